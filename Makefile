@@ -1,0 +1,37 @@
+# Every target bootstraps its own virtualenv, so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest demo chaos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded,test,dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay tests bench
+	$(BIN)/ruff format --check relay tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy relay
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: $(STAMP)
+	$(BIN)/relay demo
+
+chaos: $(STAMP)
+	$(BIN)/pytest -m slow tests/chaos
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.write_overhead
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .relay-demo

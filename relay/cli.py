@@ -1,0 +1,73 @@
+"""The ``relay`` command.
+
+``relay sql install|uninstall|show``   what a DBA runs (or reads) on the database side.
+``relay serve``                        the relay process frontends connect to.
+``relay config check``                 prints the effective configuration, secrets redacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import psycopg
+
+from relay.errors import RelayError
+from relay.sqlfiles import install_script, uninstall_script
+
+__all__ = ["main"]
+
+
+def _dsn_from(args: argparse.Namespace) -> str:
+    dsn: str | None = args.dsn or os.environ.get("RELAY_DSN") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        raise RelayError("no database: pass --dsn or set RELAY_DSN / DATABASE_URL")
+    return dsn
+
+
+def _run_sql(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        sys.stdout.write(install_script())
+        return 0
+    script = install_script() if args.action == "install" else uninstall_script()
+    with psycopg.connect(_dsn_from(args), autocommit=True) as conn:
+        conn.execute(script)
+        if args.action == "install":
+            row = conn.execute("SELECT schema_version, epoch FROM relay.settings").fetchone()
+            assert row is not None
+            print(f"relay schema installed: version {row[0]}, epoch {row[1]}")
+        else:
+            print("relay schema removed; application tables untouched")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sql = commands.add_parser("sql", help="install, remove or print the database side")
+    sql.add_argument("action", choices=["install", "uninstall", "show"])
+    sql.add_argument(
+        "--dsn", help="PostgreSQL connection string (default: $RELAY_DSN, $DATABASE_URL)"
+    )
+    sql.set_defaults(handler=_run_sql)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except RelayError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"relay: database error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

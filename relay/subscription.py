@@ -1,0 +1,34 @@
+"""What a client subscribed to: a table, the ops, a filter, and where its stream stands.
+
+A plain value shared by the router (which decides who gets an event) and the outbound queue
+(which applies the subscription's coalescing window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.filters import RowFilter
+
+__all__ = ["Subscription"]
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    """One subscription of one connection.
+
+    ``schema`` None matches the table name in any schema. ``after`` is the last position this
+    subscription has been given (by replay or live), so the live stream starts strictly after it:
+    the seam between replay and live has no gap and no duplicate. ``live`` is False while the
+    subscription is still being replayed from the log; the router skips it until then.
+    ``coalesce_ms`` > 0 batches UPDATEs of one row within that window into one delivery.
+    """
+
+    id: str
+    table: str
+    schema: str | None
+    ops: frozenset[str]
+    filter: RowFilter
+    after: int
+    live: bool = False
+    coalesce_ms: int = 0

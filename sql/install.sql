@@ -1,0 +1,390 @@
+-- pgrelay: change capture for the realtime relay.
+--
+-- Install or upgrade:   psql -v ON_ERROR_STOP=1 -f sql/install.sql "$DSN"
+--                  or   relay sql install --dsn "$DSN"
+--
+-- Idempotent: running it again changes nothing; running a newer version over an older one
+-- upgrades in place (data, tracked tables and the epoch are kept). Runs in one transaction.
+-- Run it as the role that owns the tracked tables, or a superuser.
+--
+-- Design, in short (docs/operations.md has the long form):
+--   * a row trigger on each tracked table appends to relay.inbox (unsequenced) and rings
+--     NOTIFY relay_inbox with an empty payload: a doorbell, never the data;
+--   * one sequencer at a time (relay.sequence_batch, serialised on relay.head's row lock;
+--     the relay elects it with an advisory lock) moves committed inbox rows into relay.log,
+--     numbering them with strictly increasing, gap-free positions, then rings relay_log;
+--   * readers tail relay.log by position. A position is visible only once every smaller
+--     position is, whatever order the writers committed in.
+
+BEGIN;
+SET LOCAL client_min_messages = warning;
+
+-- Two concurrent installs (two replicas starting at once) queue up instead of colliding.
+DO $lock$ BEGIN PERFORM pg_advisory_xact_lock(7236111260339318784); END $lock$;
+
+CREATE SCHEMA IF NOT EXISTS relay;
+COMMENT ON SCHEMA relay IS 'pgrelay change capture: inbox, sequenced log, tracked tables';
+REVOKE ALL ON SCHEMA relay FROM PUBLIC;
+
+-- One row of settings, changed in one place (relay.configure) and read by every trigger.
+CREATE TABLE IF NOT EXISTS relay.settings (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch          uuid        NOT NULL DEFAULT gen_random_uuid(),
+    schema_version integer     NOT NULL DEFAULT 0,
+    notify         boolean     NOT NULL DEFAULT true,
+    max_row_bytes  integer     NOT NULL DEFAULT 65536 CHECK (max_row_bytes > 0),
+    installed_at   timestamptz NOT NULL DEFAULT now(),
+    upgraded_at    timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO relay.settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- Migrations, each applied once, in order.
+DO $migrate$
+DECLARE
+    current_version integer := (SELECT schema_version FROM relay.settings);
+BEGIN
+    IF current_version < 1 THEN
+        -- Written by the capture triggers. Unsequenced: id order is write order, not commit order.
+        CREATE TABLE relay.inbox (
+            id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            captured_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+            table_schema name        NOT NULL,
+            table_name   name        NOT NULL,
+            op           text        NOT NULL,
+            pk           jsonb       NOT NULL,
+            old_key      jsonb,
+            row_data     jsonb,
+            changed      text[],
+            audience     text[]      NOT NULL,
+            truncated    boolean     NOT NULL DEFAULT false
+        );
+
+        -- Written only by relay.sequence_batch. pos is gap-free and strictly increasing.
+        CREATE TABLE relay.log (
+            pos          bigint PRIMARY KEY,
+            table_schema name        NOT NULL,
+            table_name   name        NOT NULL,
+            op           text        NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE')),
+            pk           jsonb       NOT NULL,
+            old_key      jsonb,
+            row_data     jsonb,
+            changed      text[],
+            audience     text[]      NOT NULL,
+            truncated    boolean     NOT NULL DEFAULT false,
+            captured_at  timestamptz NOT NULL,
+            committed_at timestamptz NOT NULL,
+            sequenced_at timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE INDEX log_sequenced_at ON relay.log (sequenced_at);
+        -- Replay of one user's missed events without scanning everyone's.
+        CREATE INDEX log_audience ON relay.log USING gin (audience);
+
+        -- The sequencer's state. Its row lock serialises sequencers, whatever the relay does.
+        CREATE TABLE relay.head (
+            singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            pos            bigint NOT NULL DEFAULT 0,
+            pruned_through bigint NOT NULL DEFAULT 0
+        );
+        INSERT INTO relay.head DEFAULT VALUES;
+
+        CREATE TABLE relay.tracked (
+            tbl          regclass PRIMARY KEY,
+            owner_column name,
+            audience     regproc,
+            columns      name[],
+            pk_columns   name[]      NOT NULL,
+            tracked_at   timestamptz NOT NULL DEFAULT now(),
+            CHECK ((owner_column IS NULL) <> (audience IS NULL))
+        );
+    END IF;
+END
+$migrate$;
+
+-- Functions are replaced on every run, so an upgrade brings the new code.
+
+-- The capture trigger. Arguments, fixed by relay.track:
+--   0 owner column ('' when an audience function is used), 1 audience function oid ('' if none),
+--   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal).
+CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
+DECLARE
+    owner_column text     := TG_ARGV[0];
+    audience_fn  text     := TG_ARGV[1];
+    whitelist    text[]   := CASE WHEN TG_ARGV[2] = '' THEN NULL ELSE TG_ARGV[2]::text[] END;
+    pk_columns   text[]   := TG_ARGV[3]::text[];
+    cfg          relay.settings;
+    new_full     jsonb;
+    old_full     jsonb;
+    new_row      jsonb;
+    old_row      jsonb;
+    key_source   jsonb;
+    changed_cols text[];
+    who          text[];
+    is_truncated boolean  := false;
+BEGIN
+    IF TG_OP <> 'DELETE' THEN new_full := to_jsonb(NEW); END IF;
+    IF TG_OP <> 'INSERT' THEN old_full := to_jsonb(OLD); END IF;
+
+    IF whitelist IS NULL THEN
+        new_row := new_full;
+        old_row := old_full;
+    ELSE
+        new_row := (SELECT coalesce(jsonb_object_agg(c, new_full -> c), '{}')
+                      FROM unnest(whitelist) AS c WHERE new_full ? c);
+        old_row := (SELECT coalesce(jsonb_object_agg(c, old_full -> c), '{}')
+                      FROM unnest(whitelist) AS c WHERE old_full ? c);
+    END IF;
+
+    IF TG_OP = 'UPDATE' THEN
+        changed_cols := ARRAY(SELECT e.key FROM jsonb_each(new_row) AS e
+                               WHERE e.value IS DISTINCT FROM old_row -> e.key ORDER BY e.key);
+        IF cardinality(changed_cols) = 0 THEN
+            RETURN NULL;  -- nothing the events carry has changed
+        END IF;
+    END IF;
+
+    -- Who may see it: the new row's audience, or the old row's for a DELETE.
+    IF owner_column <> '' THEN
+        who := CASE WHEN coalesce(new_full, old_full) ->> owner_column IS NULL THEN '{}'::text[]
+                    ELSE ARRAY[coalesce(new_full, old_full) ->> owner_column] END;
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('SELECT %s($1)', audience_fn::oid::regproc) INTO who USING OLD;
+    ELSE
+        EXECUTE format('SELECT %s($1)', audience_fn::oid::regproc) INTO who USING NEW;
+    END IF;
+
+    SELECT * INTO cfg FROM relay.settings;
+
+    key_source := coalesce(new_full, old_full);
+    IF TG_OP = 'DELETE' THEN
+        new_row := old_row;  -- a DELETE carries the old whitelisted values
+    END IF;
+    IF pg_column_size(new_row) > cfg.max_row_bytes THEN
+        new_row := NULL;
+        is_truncated := true;
+    END IF;
+
+    INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
+                             audience, truncated)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
+            (SELECT jsonb_object_agg(c, key_source -> c) FROM unnest(pk_columns) AS c),
+            CASE WHEN TG_OP = 'INSERT' THEN NULL
+                 ELSE (SELECT jsonb_object_agg(c, old_full -> c) FROM unnest(pk_columns) AS c) END,
+            new_row, changed_cols, coalesce(who, '{}'), is_truncated);
+
+    IF cfg.notify THEN
+        -- Constant payload: Postgres folds these into one per transaction, and no row can
+        -- ever fail to commit because of NOTIFY's 8000-byte limit.
+        PERFORM pg_notify('relay_inbox', '');
+    END IF;
+    RETURN NULL;
+END
+$capture$;
+
+-- Moves committed inbox rows into the log. Returns how many it moved.
+-- Positions are numbered from relay.head under its row lock, so two sequencers can never
+-- interleave; what one batch cannot see yet (uncommitted) a later batch moves, higher up.
+CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence$
+DECLARE
+    head_pos  bigint;
+    moved     bigint;
+    commit_ts boolean := current_setting('track_commit_timestamp') = 'on';
+BEGIN
+    SELECT pos INTO head_pos FROM relay.head FOR UPDATE;
+
+    WITH batch AS (
+        SELECT id FROM relay.inbox ORDER BY id LIMIT max_rows
+    ), taken AS (
+        DELETE FROM relay.inbox AS i USING batch WHERE i.id = batch.id
+        RETURNING i.*, i.xmin AS writer_xid
+    )
+    INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data, changed,
+                           audience, truncated, captured_at, committed_at)
+    SELECT head_pos + row_number() OVER (ORDER BY t.id),
+           t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data, t.changed,
+           t.audience, t.truncated, t.captured_at,
+           -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
+           coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(t.writer_xid) END,
+                    t.captured_at)
+      FROM taken AS t;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+
+    IF moved > 0 THEN
+        UPDATE relay.head SET pos = head_pos + moved;
+        PERFORM pg_notify('relay_log', '');
+    END IF;
+    RETURN moved;
+END
+$sequence$;
+
+-- Deletes log rows sequenced before now() - older_than, at most max_rows per call, oldest
+-- first. Returns how many it deleted; call again while it returns max_rows.
+CREATE OR REPLACE FUNCTION relay.prune(older_than interval, max_rows integer DEFAULT 100000)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $prune$
+DECLARE
+    cutoff  bigint;
+    deleted bigint;
+BEGIN
+    SELECT max(pos) INTO cutoff FROM (
+        SELECT pos FROM relay.log
+         WHERE sequenced_at < now() - older_than
+         ORDER BY pos LIMIT max_rows) AS oldest;
+    IF cutoff IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM relay.log WHERE pos <= cutoff;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    UPDATE relay.head SET pruned_through = greatest(pruned_through, cutoff);
+    RETURN deleted;
+END
+$prune$;
+
+-- Changes settings in the one place triggers read them. NULL leaves a setting as it is.
+CREATE OR REPLACE FUNCTION relay.configure(notify boolean DEFAULT NULL,
+                                           max_row_bytes integer DEFAULT NULL)
+RETURNS relay.settings
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $configure$
+    UPDATE relay.settings AS s
+       SET notify = coalesce(configure.notify, s.notify),
+           max_row_bytes = coalesce(configure.max_row_bytes, s.max_row_bytes)
+    RETURNING s.*;
+$configure$;
+
+-- (Re)creates the capture trigger of a tracked table from its row in relay.tracked.
+CREATE OR REPLACE FUNCTION relay._attach(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $attach$
+DECLARE
+    t relay.tracked;
+BEGIN
+    SELECT * INTO STRICT t FROM relay.tracked WHERE relay.tracked.tbl = _attach.tbl;
+    EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', t.tbl);
+    EXECUTE format(
+        'CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
+        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L)',
+        t.tbl,
+        coalesce(t.owner_column::text, ''),
+        coalesce(t.audience::oid::text, ''),
+        coalesce(t.columns::text[]::text, ''),
+        t.pk_columns::text[]::text);
+END
+$attach$;
+
+-- Attaches change capture to a table. Give exactly one of owner_column (the column holding
+-- the owning user's id) or audience (a function of the row returning the text[] of user ids
+-- allowed to see it). columns is the whitelist of columns events carry (default: all).
+CREATE OR REPLACE FUNCTION relay.track(tbl regclass,
+                                       owner_column text DEFAULT NULL,
+                                       columns text[] DEFAULT NULL,
+                                       audience regproc DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $track$
+DECLARE
+    kind       "char";
+    row_type   oid;
+    pk_cols    name[];
+    all_cols   name[];
+    unknown    text;
+    fn         pg_proc;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'relay.track: tbl must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (owner_column IS NULL) = (audience IS NULL) THEN
+        RAISE EXCEPTION 'relay.track(%): give exactly one of owner_column or audience', tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'owner_column names the column holding the owning user id; audience is a '
+                         'function taking the row and returning text[] of user ids.';
+    END IF;
+
+    SELECT c.relkind, c.reltype INTO kind, row_type FROM pg_class AS c WHERE c.oid = tbl;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'relay.track(%): only tables can be tracked', tbl
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO pk_cols
+      FROM pg_index AS i
+      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = tbl AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION 'relay.track(%): the table has no primary key', tbl
+            USING ERRCODE = 'invalid_table_definition',
+                  HINT = format('Events name rows by their key: ALTER TABLE %s ADD PRIMARY KEY (...);', tbl);
+    END IF;
+
+    SELECT array_agg(a.attname ORDER BY a.attnum) INTO all_cols
+      FROM pg_attribute AS a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped;
+
+    SELECT string_agg(quote_ident(c), ', ') INTO unknown
+      FROM unnest(columns || owner_column) AS c
+     WHERE c IS NOT NULL AND NOT c = ANY (all_cols);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'relay.track(%): unknown column(s) %', tbl, unknown
+            USING ERRCODE = 'undefined_column',
+                  HINT = format('The columns of %s are: %s.', tbl, array_to_string(all_cols, ', '));
+    END IF;
+    IF columns IS NOT NULL AND cardinality(columns) = 0 THEN
+        RAISE EXCEPTION 'relay.track(%): columns is empty', tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass NULL to carry every column, or name at least one.';
+    END IF;
+
+    IF audience IS NOT NULL THEN
+        SELECT * INTO fn FROM pg_proc WHERE oid = audience;
+        IF fn.pronargs <> 1 OR fn.proargtypes[0] <> row_type OR fn.prorettype <> 'text[]'::regtype THEN
+            RAISE EXCEPTION 'relay.track(%): audience function % must take a % row and return text[]',
+                  tbl, audience, tbl
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('CREATE FUNCTION ... (r %s) RETURNS text[] ...', tbl);
+        END IF;
+    END IF;
+
+    INSERT INTO relay.tracked AS t (tbl, owner_column, audience, columns, pk_columns)
+    VALUES (tbl, owner_column, audience, columns, pk_cols)
+    ON CONFLICT ON CONSTRAINT tracked_pkey DO UPDATE
+       SET owner_column = excluded.owner_column, audience = excluded.audience,
+           columns = excluded.columns, pk_columns = excluded.pk_columns, tracked_at = now();
+    PERFORM relay._attach(tbl);
+END
+$track$;
+
+-- Detaches change capture. Returns false (with a notice) when the table was not tracked.
+CREATE OR REPLACE FUNCTION relay.untrack(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $untrack$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', tbl);
+    DELETE FROM relay.tracked AS t WHERE t.tbl = untrack.tbl;
+    IF NOT FOUND THEN
+        RAISE NOTICE 'relay.untrack(%): the table was not tracked', tbl;
+        RETURN false;
+    END IF;
+    RETURN true;
+END
+$untrack$;
+
+-- Grants a relay process's login role what it needs, and nothing more.
+CREATE OR REPLACE FUNCTION relay.grant_relay(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $grant$
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA relay TO %s', role);
+    EXECUTE format('GRANT SELECT ON relay.log, relay.head, relay.settings, relay.tracked TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_batch(integer), '
+                   'relay.prune(interval, integer) TO %s', role);
+END
+$grant$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA relay FROM PUBLIC;
+
+-- Forget tables that were dropped since they were tracked, then re-attach the rest so an
+-- upgrade's trigger code and argument layout apply to every tracked table.
+DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
+DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
+
+UPDATE relay.settings SET schema_version = 1, upgraded_at = now() WHERE schema_version < 1;
+
+COMMIT;

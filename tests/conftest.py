@@ -1,0 +1,74 @@
+"""Fixtures: a real, private PostgreSQL server for the test session (nothing mocks Postgres).
+
+``RELAY_TEST_DSN`` points the tests at an existing server instead; tests that stop, restart or
+crash a server always get a private one of their own (``private_pg``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from relay.devserver import PgServer
+from relay.sqlfiles import install_script, uninstall_script
+
+pytest.register_assert_rewrite("tests.helpers")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN with the right to create databases: the session's private server, or RELAY_TEST_DSN."""
+    if external := os.environ.get("RELAY_TEST_DSN"):
+        yield external
+        return
+    server = PgServer(tmp_path_factory.mktemp("pg-session"))
+    with server.running():
+        yield server.dsn()
+
+
+def _swap_dbname(dsn: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
+
+
+@pytest.fixture
+def empty_db(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _swap_dbname(pg_admin_dsn, name)
+    finally:
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def relay_db(empty_db: str) -> str:
+    """A fresh database with sql/install.sql and the example schema installed."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(install_script())
+        conn.execute(Path(example_path()).read_text())
+    return empty_db
+
+
+def example_path() -> Path:
+    from relay.sqlfiles import sql_dir
+
+    return sql_dir() / "examples" / "thumbnails_generations.sql"
+
+
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[PgServer]:
+    """A server of this test's own, which it may stop, restart or crash."""
+    server = PgServer(tmp_path / "pg")
+    with server.running():
+        yield server
+
+
+__all__ = ["install_script", "uninstall_script"]
