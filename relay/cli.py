@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import psycopg
 
+from relay.config import add_flags, settings_from_args
 from relay.errors import RelayError
 from relay.sqlfiles import install_script, uninstall_script
 
@@ -43,6 +44,25 @@ def _run_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from relay.app import run_relay
+    from relay.logs import configure_logging
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_format, settings.log_level)
+    anyio.run(run_relay, settings)
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    for name, value in settings.redacted().items():
+        print(f"{name} = {value!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dsn", help="PostgreSQL connection string (default: $RELAY_DSN, $DATABASE_URL)"
     )
     sql.set_defaults(handler=_run_sql)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the relay",
+        description="Run the relay. Every flag can also be set by its environment variable.",
+    )
+    add_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+    config = commands.add_parser("config", help="check the configuration")
+    config.add_argument("action", choices=["check"])
+    add_flags(config)
+    config.set_defaults(handler=_config_check)
     return parser
 
 

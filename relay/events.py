@@ -16,8 +16,9 @@ from typing import Any, Literal, TypeAlias
 
 __all__ = ["OPS", "Event", "JSONValue", "Op", "dumps"]
 
-Op: TypeAlias = Literal["INSERT", "UPDATE", "DELETE"]
-OPS: frozenset[str] = frozenset({"INSERT", "UPDATE", "DELETE"})
+# HEARTBEAT events are the relay's own: they travel the log with no audience and reach nobody.
+Op: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "HEARTBEAT"]
+OPS: frozenset[str] = frozenset({"INSERT", "UPDATE", "DELETE"})  # what clients subscribe to
 JSONValue: TypeAlias = Any  # what json.loads returns; rows are arbitrary JSON objects
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)

@@ -97,6 +97,14 @@ BEGIN
             CHECK ((owner_column IS NULL) <> (audience IS NULL))
         );
     END IF;
+
+    IF current_version < 2 THEN
+        -- Heartbeats: internal events the relay writes through the same inbox -> sequencer ->
+        -- log path, so "no events lately" can be told apart from "the pipeline is broken".
+        ALTER TABLE relay.log DROP CONSTRAINT log_op_check;
+        ALTER TABLE relay.log ADD CONSTRAINT log_op_check
+            CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'HEARTBEAT'));
+    END IF;
 END
 $migrate$;
 
@@ -191,6 +199,10 @@ DECLARE
     moved     bigint;
     commit_ts boolean := current_setting('track_commit_timestamp') = 'on';
 BEGIN
+    -- Polling an empty inbox (notify off) must stay cheap: no row lock, no transaction id.
+    IF NOT EXISTS (SELECT FROM relay.inbox) THEN
+        RETURN 0;
+    END IF;
     SELECT pos INTO head_pos FROM relay.head FOR UPDATE;
 
     WITH batch AS (
@@ -240,6 +252,21 @@ BEGIN
     RETURN deleted;
 END
 $prune$;
+
+-- Writes a heartbeat into the inbox, with no audience: it travels the same path as row events
+-- (inbox, sequencer, log, readers) and is delivered to nobody. Returns its inbox id.
+CREATE OR REPLACE FUNCTION relay.heartbeat(source text DEFAULT '') RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $heartbeat$
+DECLARE
+    inbox_id bigint;
+BEGIN
+    INSERT INTO relay.inbox (table_schema, table_name, op, pk, audience)
+    VALUES ('relay', 'heartbeat', 'HEARTBEAT', jsonb_build_object('source', source), '{}')
+    RETURNING id INTO inbox_id;
+    PERFORM pg_notify('relay_inbox', '');
+    RETURN inbox_id;
+END
+$heartbeat$;
 
 -- Changes settings in the one place triggers read them. NULL leaves a setting as it is.
 CREATE OR REPLACE FUNCTION relay.configure(notify boolean DEFAULT NULL,
@@ -373,7 +400,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA relay TO %s', role);
     EXECUTE format('GRANT SELECT ON relay.log, relay.head, relay.settings, relay.tracked TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_batch(integer), '
-                   'relay.prune(interval, integer) TO %s', role);
+                   'relay.prune(interval, integer), relay.heartbeat(text) TO %s', role);
 END
 $grant$;
 
@@ -385,6 +412,6 @@ REVOKE ALL ON ALL TABLES IN SCHEMA relay FROM PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 1, upgraded_at = now() WHERE schema_version < 1;
+UPDATE relay.settings SET schema_version = 2, upgraded_at = now() WHERE schema_version < 2;
 
 COMMIT;

@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from relay.sqlfiles import install_script, uninstall_script
+from tests.conftest import example_path
 
 pytestmark = pytest.mark.pg
 
@@ -446,3 +448,52 @@ def test_psql_can_run_the_scripts(relay_db: str) -> None:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert (0, "") == (result.returncode, result.stderr)
+
+
+def test_upgrade_from_version_1_keeps_data_epoch_and_tracking(empty_db: str) -> None:
+    """Installing over version 1 migrates in place: log, positions, epoch and tracked tables survive."""
+    with connect(empty_db) as conn:
+        conn.execute((Path(__file__).parent / "fixtures" / "install-v1.sql").read_text())
+        conn.execute(example_path().read_text())
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        sequence_all(conn)
+        conn.execute(
+            "INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p2')"
+        )  # in flight
+        before = conn.execute("SELECT epoch, schema_version FROM relay.settings").fetchone()
+        assert before is not None and 1 == before[1]
+
+        conn.execute(install_script())
+
+        assert (before[0], 2) == conn.execute(
+            "SELECT epoch, schema_version FROM relay.settings"
+        ).fetchone()
+        conn.execute("SELECT relay.heartbeat('upgrade-test')")
+        conn.execute("SELECT increment_thumbnail_share_click_count(1)")
+        assert 3 == sequence_all(conn)
+        assert [
+            (1, "INSERT", ["u1"]),
+            (2, "INSERT", ["u1"]),
+            (3, "HEARTBEAT", []),
+            (4, "UPDATE", ["u1"]),
+        ] == conn.execute("SELECT pos, op, audience FROM relay.log ORDER BY pos").fetchall()
+        fresh = catalog_fingerprint(conn)
+    with connect(empty_db) as conn:
+        conn.execute(uninstall_script())
+        conn.execute(install_script())
+        conn.execute(example_path().read_text())
+        # Apart from the epoch, an upgraded install is the same as a fresh one.
+        strip = [row for row in fresh if row[0] != "settings"]
+        assert strip == [row for row in catalog_fingerprint(conn) if row[0] != "settings"]
+
+
+def test_heartbeat_travels_the_event_path_to_nobody(relay_db: str) -> None:
+    """relay.heartbeat() rings the inbox doorbell and lands in the log with an empty audience."""
+    with connect(relay_db) as listener, connect(relay_db) as conn:
+        listener.execute("LISTEN relay_inbox")
+        conn.execute("SELECT relay.heartbeat('replica-1')")
+        assert ["relay_inbox"] == [n.channel for n in listener.notifies(timeout=1.0, stop_after=1)]
+        assert 1 == sequence_all(conn)
+        assert [("relay", "heartbeat", "HEARTBEAT", {"source": "replica-1"}, [])] == conn.execute(
+            "SELECT table_schema, table_name, op, pk, audience FROM relay.log"
+        ).fetchall()

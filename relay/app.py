@@ -1,0 +1,191 @@
+"""The relay process: wires the shells together under one task group.
+
+Tasks: the log reader (supervised LISTEN connection), the sequencer (competes for its advisory
+lock), the heartbeat/catalog loop, and the websockets server. SIGTERM or SIGINT stops accepting,
+closes every client with 1001 (going away) and exits within ``shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import signal
+import ssl
+from typing import Any
+
+import anyio
+import prometheus_client
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from websockets.asyncio.server import serve as ws_serve
+from websockets.typing import Origin
+
+from relay.auth import Authenticator, AuthSettings, load_jwks_file
+from relay.config import Settings, redact_dsn
+from relay.db import (
+    AsyncConn,
+    LogReader,
+    Sequencer,
+    check_direct_connection,
+    connect,
+    read_log_state,
+    write_heartbeat,
+)
+from relay.metrics import Metrics
+from relay.server import Hub, WebsocketShell
+
+__all__ = ["run_relay"]
+
+log = structlog.get_logger("relay.app")
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CATALOG_QUERY = (
+    "SELECT n.nspname, c.relname FROM relay.tracked AS t"
+    " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+)
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    jwks = load_jwks_file(settings.jwks_file) if settings.jwks_file else None
+    return Authenticator(
+        AuthSettings(
+            hs256_secret=settings.jwt_secret or None,
+            jwks=jwks,
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+            leeway=settings.jwt_leeway,
+        )
+    )
+
+
+async def preflight(settings: Settings, hub: Hub) -> None:
+    """Fails at start, with one line, on a database the relay cannot work with; loads the
+    tracked-table catalog so the first subscriptions after start are answered correctly."""
+    async with await connect(settings.dsn, "pgrelay-preflight", settings.query_timeout) as conn:
+        await check_direct_connection(conn)
+        await read_log_state(conn)
+        await _load_catalog(conn, hub)
+
+
+async def _load_catalog(conn: AsyncConn, hub: Hub) -> None:
+    rows = await (await conn.execute(CATALOG_QUERY)).fetchall()
+    hub.tables = frozenset((str(r[0]), str(r[1])) for r in rows)
+
+
+async def _maintenance(settings: Settings, hub: Hub) -> None:
+    """Heartbeats through the log, the tracked-table catalog, and the log's head for the backlog."""
+    interval = settings.heartbeat_interval or 5.0
+    while True:
+        try:
+            async with await connect(
+                settings.dsn, "pgrelay-maintenance", settings.query_timeout
+            ) as conn:
+                while True:
+                    with anyio.fail_after(settings.query_timeout):
+                        await _load_catalog(conn, hub)
+                        head = await (await conn.execute("SELECT pos FROM relay.head")).fetchone()
+                        hub.db_head = max(hub.db_head, int(head[0])) if head else hub.db_head
+                    if settings.heartbeat_interval:
+                        await write_heartbeat(conn, settings.replica_id, settings.query_timeout)
+                    await anyio.sleep(interval)
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            log.warning("maintenance_failed", error=type(exc).__name__)
+            await anyio.sleep(interval)
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def run_relay(
+    settings: Settings,
+    *,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Runs until SIGTERM/SIGINT (or cancellation); reports the bound port via task_status."""
+    metrics = Metrics()
+    hub = Hub(settings, metrics)
+    await preflight(settings, hub)
+    authenticator = build_authenticator(settings)
+    if not settings.allowed_origins:
+        log.warning("origins_unrestricted", hint="set RELAY_ALLOWED_ORIGINS for browser clients")
+    if settings.insecure_dev and not (settings.jwt_secret or settings.jwks_file):
+        log.warning("insecure_dev", hint="no JWT key configured: every token is refused")
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.dsn,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "application_name": "pgrelay-replay"},
+    )
+    reader = LogReader(
+        settings.dsn,
+        start_after=None,
+        deliver=hub.deliver,
+        on_state=hub.on_listener_state,
+        on_reconnect=metrics.listener_reconnects.inc,
+        on_caught_up=hub.read_up_to_head,
+        listen_window=settings.listen_window,
+        query_timeout=settings.query_timeout,
+        poll_interval=settings.poll_interval,
+    )
+    sequencer = Sequencer(
+        settings.dsn,
+        on_leader=lambda leader: metrics.sequencer_leader.set(1 if leader else 0),
+        query_timeout=settings.query_timeout,
+        listen_window=settings.listen_window,
+        poll_interval=settings.poll_interval,
+        batch=settings.sequencer_batch,
+        retention=settings.retention,
+        prune_interval=settings.prune_interval,
+    )
+    shell = WebsocketShell(hub, authenticator, pool)
+    await pool.open(wait=False)
+    try:
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(reader.run)
+            tasks.start_soon(sequencer.run)
+            tasks.start_soon(_maintenance, settings, hub)
+            async with ws_serve(
+                shell.handle,
+                settings.host,
+                settings.port,
+                process_request=shell.process_request,
+                max_size=settings.max_message_bytes,
+                max_queue=16,
+                compression="deflate" if settings.compression else None,
+                origins=[*map(Origin, settings.allowed_origins), None]
+                if settings.allowed_origins
+                else None,
+                ssl=_ssl_context(settings),
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=2,
+                server_header=None,
+            ) as server:
+                port = next(iter(server.sockets)).getsockname()[1]
+                log.info("listening", host=settings.host, port=port, dsn=redact_dsn(settings.dsn),
+                         replica=settings.replica_id)  # fmt: skip
+                task_status.started(port)
+                await _until_signal()
+                log.info("shutting_down", connections=len(hub.connections))
+                hub.accepting = False
+                with anyio.move_on_after(settings.shutdown_timeout):
+                    server.close(close_connections=True)  # 1001 to every client
+                    await server.wait_closed()
+            tasks.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await pool.close()
+        log.info("stopped")
+
+
+async def _until_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal", signal=signal.Signals(signum).name)
+            return

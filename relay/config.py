@@ -1,0 +1,320 @@
+"""Settings from the environment (prefix ``RELAY_``) and command-line flags, typed.
+
+Each setting has one definition here: its type, default, environment variable and flag are
+derived from it, so ``relay serve --help``, ``relay config check`` and deploy/relay.env.example
+agree. A bad value fails at start with one line naming the variable (as Starlette's config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from relay.errors import ConfigError
+
+__all__ = ["Settings", "add_flags", "parse_duration", "redact_dsn", "settings_from_args"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|kb|mb)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kib": 1024, "kb": 1024, "mib": 1 << 20, "mb": 1 << 20, "gib": 1 << 30}
+
+
+def parse_duration(text: str) -> float:
+    """'250ms', '5s', '2m', '24h', '1d' or plain seconds, as seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (like 250ms, 5s, 2m, 24h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (like 65536, 64KiB, 1MiB)")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false, on/off, 1/0)")
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _parse_networks(text: str) -> tuple[str, ...]:
+    items = _parse_list(text)
+    for item in items:
+        ipaddress.ip_network(item, strict=False)  # raises ValueError with a clear message
+    return items
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{value} must be greater than 0")
+    return value
+
+
+def _setting(
+    default: Any,
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    secret: bool = False,
+    env: tuple[str, ...] = (),
+) -> Any:
+    return field(
+        default=default,
+        metadata={"parse": parse, "help": help, "secret": secret, "env": env},
+    )
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The relay's effective configuration. Durations are seconds, sizes bytes."""
+
+    # Database
+    dsn: str = _setting(
+        "",
+        str,
+        "PostgreSQL DSN; a direct connection, not PgBouncer transaction pooling",
+        secret=True,
+        env=("RELAY_DSN", "DATABASE_URL"),
+    )
+    # Network
+    host: str = _setting("127.0.0.1", str, "address to listen on (0.0.0.0 in containers)")
+    port: int = _setting(8080, _port, "port for websockets, health and metrics")
+    metrics_port: int = _setting(
+        0, _port, "separate port for /metrics and health (0: the main port)"
+    )
+    tls_cert: str = _setting(
+        "", str, "TLS certificate file (PEM), for deployments without a TLS proxy"
+    )
+    tls_key: str = _setting("", str, "TLS private key file (PEM)", secret=False)
+    allowed_origins: tuple[str, ...] = _setting(
+        (), _parse_list, "comma-separated websocket Origins allowed (empty: any, with a warning)"
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        _parse_networks,
+        "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
+    )
+    max_connections: int = _setting(20000, _positive_int, "open websocket connections per process")
+    max_connections_per_ip: int = _setting(
+        200, _positive_int, "open connections per client address"
+    )
+    connect_rate_per_ip: float = _setting(
+        20.0, float, "new connections per second per client address (burst: twice that)"
+    )
+    websockets: bool = _setting(
+        True, _parse_bool, "serve websockets (off: kill switch, clients use long-polling)"
+    )
+    compression: bool = _setting(
+        False, _parse_bool, "permessage-deflate (costs 2 to 3 times the CPU)"
+    )
+    # Auth
+    jwt_secret: str = _setting("", str, "HS256 secret", secret=True)
+    jwks_file: str = _setting("", str, "JWKS file with the RS256/ES256 public keys")
+    jwt_audience: str = _setting("", str, "required 'aud' claim (empty: not checked)")
+    jwt_issuer: str = _setting("", str, "required 'iss' claim (empty: not checked)")
+    jwt_leeway: float = _setting(5.0, parse_duration, "clock skew allowed on exp/nbf")
+    auth_timeout: float = _setting(5.0, parse_duration, "time a client has to authenticate")
+    insecure_dev: bool = _setting(
+        False, _parse_bool, "allow starting without any JWT key (development only)"
+    )
+    # Protocol limits
+    max_message_bytes: int = _setting(65536, _parse_size, "largest client frame accepted")
+    max_subscriptions: int = _setting(100, _positive_int, "subscriptions per connection")
+    queue_max_messages: int = _setting(
+        1000, _positive_int, "outbound frames buffered per connection"
+    )
+    queue_max_bytes: int = _setting(1 << 20, _parse_size, "outbound bytes buffered per connection")
+    slow_client_timeout: float = _setting(
+        30.0, parse_duration, "a connection that does not drain for this long is aborted"
+    )
+    # Pipeline
+    listen_window: float = _setting(5.0, parse_duration, "LISTEN wait between heartbeat queries")
+    query_timeout: float = _setting(
+        3.0, parse_duration, "a database call taking longer means the connection is dead"
+    )
+    poll_interval: float = _setting(
+        0.05, parse_duration, "inbox polling interval when the database has notify off"
+    )
+    sequencer_batch: int = _setting(
+        1000, _positive_int, "inbox rows moved per sequencer transaction"
+    )
+    heartbeat_interval: float = _setting(
+        5.0, parse_duration, "interval of heartbeat events through the log (0: off)"
+    )
+    retention: float = _setting(
+        86400.0, parse_duration, "how long the log keeps events; older cursors get reset"
+    )
+    prune_interval: float = _setting(60.0, parse_duration, "how often the sequencer prunes the log")
+    replay_batch: int = _setting(500, _positive_int, "log rows fetched per replay query")
+    shutdown_timeout: float = _setting(10.0, parse_duration, "drain deadline on SIGTERM")
+    replica_id: str = _setting(
+        "", str, "name of this replica in logs and heartbeats (default: host-pid)"
+    )
+    # Logs
+    log_format: str = _setting(
+        "auto",
+        _choice("auto", "json", "console"),
+        "json lines, console, or auto (console on a TTY)",
+    )
+    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
+    log_user_ids: str = _setting(
+        "hash", _choice("hash", "plain", "none"), "how user ids appear in logs"
+    )
+    # Demo
+    demo: bool = _setting(
+        False, _parse_bool, "serve the demo page and its click endpoint (never in production)"
+    )
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Environment first, then flags given on the command line; raises ConfigError."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            meta = spec.metadata
+            for name in _env_names(spec.name, meta):
+                if name in environ:
+                    values[spec.name] = _parse(name, environ[name], meta["parse"])
+                    break
+        for name, raw in (overrides or {}).items():
+            if raw is not None:
+                meta = cls.__dataclass_fields__[name].metadata
+                values[name] = (
+                    _parse(f"--{_flag(name)}", raw, meta["parse"]) if isinstance(raw, str) else raw
+                )
+        settings = cls(**values)
+        settings.validate()
+        if not settings.replica_id:
+            settings = _replace(settings, replica_id=_default_replica_id())
+        return settings
+
+    def validate(self) -> None:
+        """Refuses combinations that cannot work, with one line saying what to do."""
+        if not self.dsn:
+            raise ConfigError("no database: set RELAY_DSN or DATABASE_URL (or pass --dsn)")
+        if not (self.jwt_secret or self.jwks_file or self.insecure_dev):
+            raise ConfigError(
+                "no JWT key: set RELAY_JWT_SECRET or RELAY_JWKS_FILE "
+                "(or --insecure-dev for local development only)"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both RELAY_TLS_CERT and RELAY_TLS_KEY")
+        if self.query_timeout <= 0 or self.listen_window <= 0:
+            raise ConfigError("RELAY_QUERY_TIMEOUT and RELAY_LISTEN_WINDOW must be greater than 0")
+        if self.retention < 60:
+            raise ConfigError("RELAY_RETENTION must be at least 60s")
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting, with secrets and DSN passwords hidden: safe to print and log."""
+        out: dict[str, Any] = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name == "dsn":
+                value = redact_dsn(value)
+            elif spec.metadata["secret"] and value:
+                value = "********"
+            out[spec.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def _env_names(name: str, meta: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(meta["env"]) or (f"RELAY_{name.upper()}",)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _parse(source: str, raw: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced, in URL or key=value form."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            netloc = f"{parts.username}:********@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+        return dsn
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1********", dsn)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; the help names the environment variable and the default."""
+    for spec in fields(Settings):
+        meta = spec.metadata
+        env = " / ".join(_env_names(spec.name, meta))
+        default = spec.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{meta['help']} [env {env}; default {shown!r}]".replace("%", "%%")
+        if meta["parse"] is _parse_bool:
+            parser.add_argument(
+                f"--{_flag(spec.name)}",
+                dest=spec.name,
+                action="store_true",
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                f"--{_flag(spec.name)}", dest=spec.name, default=None, help=help_text
+            )
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    overrides = {spec.name: getattr(args, spec.name, None) for spec in fields(Settings)}
+    return Settings.load(environ, overrides)

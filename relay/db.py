@@ -1,0 +1,387 @@
+"""The Postgres shell: log reader, sequencer, replay queries. All the relay's SQL is here.
+
+Each long-lived role is a supervised loop on a connection of its own:
+
+* ``LogReader`` LISTENs on ``relay_log`` and reads ``relay.log`` by position. It waits for the
+  doorbell in windows (``notifies(timeout=listen_window)``); between windows it reads the log,
+  which doubles as the heartbeat query. Every database call runs under ``query_timeout``, so a
+  backend that hangs (SIGSTOP, a dead network path) is detected in about one window plus one
+  timeout; a killed backend or a restart fails at once. On any failure it reconnects with
+  capped, jittered backoff, LISTENs again and reads from its last position: nothing committed
+  during the gap is lost.
+* ``Sequencer`` competes for an advisory lock; the holder moves committed inbox rows into the
+  log (``relay.sequence_batch``) whenever the inbox doorbell rings, or on ``poll_interval`` when
+  the database has notify off. The lock is a session lock: if the holder dies, its backend goes,
+  the lock is released and another replica takes over within ``takeover_interval``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import psycopg
+import structlog
+from psycopg.rows import TupleRow
+
+from relay.backoff import Backoff
+from relay.errors import DatabaseError
+from relay.events import Event
+
+__all__ = [
+    "LogReader",
+    "LogState",
+    "ReplayPage",
+    "Sequencer",
+    "connect",
+    "event_from_row",
+    "fetch_replay",
+    "read_log_state",
+]
+
+SCHEMA_VERSION: Final = 2  # the sql/install.sql version this relay speaks
+SEQUENCER_LOCK_KEY: Final = 7236111260339318785
+LOG_COLUMNS: Final = (
+    "pos, table_schema, table_name, op, pk, row_data, old_key, changed, audience,"
+    " committed_at, truncated"
+)
+READ_BATCH: Final = 1000
+TAKEOVER_INTERVAL: Final = 1.0
+
+log = structlog.get_logger("relay.db")
+AsyncConn = psycopg.AsyncConnection[TupleRow]
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """A relay.log row (in LOG_COLUMNS order) as an Event."""
+    pos, schema, table, op, pk, row_data, old_key, changed, audience, committed_at, truncated = row
+    return Event(
+        pos=pos,
+        schema=schema,
+        table=table,
+        op=op,
+        pk=pk,
+        row=row_data,
+        old_key=old_key,
+        changed=tuple(changed or ()),
+        audience=frozenset(audience),
+        committed_at=committed_at,
+        truncated=truncated,
+    )
+
+
+async def connect(dsn: str, application_name: str, timeout: float) -> AsyncConn:
+    """An autocommit connection, tagged so operators can find it in pg_stat_activity."""
+    with anyio.fail_after(timeout + 1):
+        return await psycopg.AsyncConnection.connect(
+            dsn,
+            autocommit=True,
+            application_name=application_name,
+            connect_timeout=max(1, math.ceil(timeout)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """What the database says about the log: its epoch, head and pruning horizon."""
+
+    epoch: str  # 32 hex digits
+    head: int
+    pruned_through: int
+    notify: bool
+
+
+async def read_log_state(conn: AsyncConn) -> LogState:
+    try:
+        cur = await conn.execute(
+            "SELECT replace(s.epoch::text, '-', ''), h.pos, h.pruned_through, s.notify,"
+            " s.schema_version FROM relay.settings AS s, relay.head AS h"
+        )
+    except psycopg.errors.UndefinedTable:
+        raise DatabaseError(
+            "the relay schema is not installed: run `relay sql install` (or psql -f install.sql)"
+        ) from None
+    row = await cur.fetchone()
+    assert row is not None
+    if row[4] < SCHEMA_VERSION:
+        raise DatabaseError(
+            f"the relay schema is version {row[4]}, this relay needs {SCHEMA_VERSION}: "
+            "run `relay sql install` to upgrade it in place"
+        )
+    return LogState(epoch=row[0], head=row[1], pruned_through=row[2], notify=row[3])
+
+
+async def check_direct_connection(conn: AsyncConn) -> None:
+    """Refuses a pooler in transaction mode, where LISTEN silently never works.
+
+    Two autocommit statements on one client connection run on the same backend unless a pooler
+    (PgBouncer with pool_mode=transaction) hands each transaction to another server connection.
+    """
+    pids = set()
+    for _ in range(3):
+        cur = await conn.execute("SELECT pg_backend_pid()")
+        row = await cur.fetchone()
+        assert row is not None
+        pids.add(row[0])
+    if len(pids) > 1:
+        raise DatabaseError(
+            "the DSN goes through a connection pooler in transaction mode (PgBouncer?): LISTEN "
+            "cannot work there; point the relay at Postgres directly or at a session-mode pool"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPage:
+    events: list[Event]
+    scanned_to: int  # the highest position this page covered
+
+
+async def fetch_replay(
+    conn: AsyncConn,
+    *,
+    user: str,
+    table: str,
+    schema: str | None,
+    after: int,
+    upto: int,
+    limit: int,
+) -> ReplayPage:
+    """One page of the log between two positions, for one user and table, in position order.
+
+    Audience and table are filtered in SQL (the GIN index on audience keeps one user's replay
+    from scanning everyone's events); ops and column filters are applied by the caller, so no
+    client-supplied filter value ever reaches the database as SQL text.
+    """
+    cur = await conn.execute(
+        f"SELECT {LOG_COLUMNS} FROM relay.log"  # noqa: S608 - a constant column list
+        " WHERE pos > %(after)s AND pos <= %(upto)s AND table_name = %(table)s"
+        " AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
+        " AND audience @> ARRAY[%(user)s]::text[]"
+        " ORDER BY pos LIMIT %(limit)s",
+        {"after": after, "upto": upto, "table": table, "schema": schema, "user": user,
+         "limit": limit},
+    )  # fmt: skip
+    rows = await cur.fetchall()
+    events = [event_from_row(row) for row in rows]
+    scanned_to = events[-1].pos if len(events) == limit else upto
+    return ReplayPage(events, scanned_to)
+
+
+class LogReader:
+    """Tails relay.log and hands each batch of events, in position order, to ``deliver``.
+
+    ``deliver`` is synchronous and must not block: it routes into bounded queues.
+    ``on_state`` is told when the reader connects (with the log state) and disconnects (None).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        start_after: int | None,
+        deliver: Callable[[list[Event]], None],
+        on_state: Callable[[LogState | None], None],
+        listen_window: float,
+        query_timeout: float,
+        poll_interval: float,
+        on_reconnect: Callable[[], None] = lambda: None,
+        on_caught_up: Callable[[], None] = lambda: None,
+        application_name: str = "pgrelay-listener",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.last_pos = start_after
+        self.deliver = deliver
+        self.on_state = on_state
+        self.on_reconnect = on_reconnect
+        self.on_caught_up = on_caught_up
+        self.listen_window = listen_window
+        self.query_timeout = query_timeout
+        self.poll_interval = poll_interval
+        self.application_name = application_name
+        self.backoff = Backoff(rng=rng)
+        self.epoch: str | None = None
+        self.head_seen = 0  # the log's head at the last read: for backlog and readiness
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        while True:
+            try:
+                async with await connect(
+                    self.dsn, self.application_name, self.query_timeout
+                ) as conn:
+                    await self._serve(conn, started, task_status)
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError) as exc:
+                self.on_state(None)
+                self.backoff.failed(anyio.current_time())
+                delay = self.backoff.next_delay()
+                log.warning("listener_lost", error=_one_line(exc), retry_in=round(delay, 3))
+                self.on_reconnect()
+                await anyio.sleep(delay)
+            else:  # pragma: no cover - _serve only returns by raising
+                return
+            finally:
+                if not started and self.epoch is not None:
+                    started = True
+
+    async def _serve(
+        self, conn: AsyncConn, started: bool, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        with anyio.fail_after(self.query_timeout):
+            await check_direct_connection(conn)
+            await conn.execute("LISTEN relay_log")
+            state = await read_log_state(conn)
+        if self.epoch is not None and state.epoch != self.epoch:
+            # Reinstalled or restored under us: positions of the old epoch mean nothing now.
+            log.warning("epoch_changed", old=self.epoch, new=state.epoch)
+            self.last_pos = None
+        self.epoch = state.epoch
+        if self.last_pos is None or self.last_pos > state.head:
+            self.last_pos = state.head  # from now; a head behind us means a restore
+        self.head_seen = state.head
+        self.backoff.succeeded(anyio.current_time())
+        self.on_state(state)
+        log.info("listener_up", head=state.head, notify=state.notify)
+        if not started:
+            task_status.started()
+        # Without the doorbell, wait no longer than the poll interval between reads.
+        window = self.listen_window if state.notify else min(self.listen_window, self.poll_interval)
+        while True:
+            await self._read_all(conn)
+            async for _ in conn.notifies(timeout=window, stop_after=1):
+                pass
+
+    async def _read_all(self, conn: AsyncConn) -> None:
+        while True:
+            assert self.last_pos is not None
+            with anyio.fail_after(self.query_timeout):
+                cur = await conn.execute(
+                    f"SELECT {LOG_COLUMNS} FROM relay.log WHERE pos > %s ORDER BY pos LIMIT %s",  # noqa: S608
+                    (self.last_pos, READ_BATCH),
+                )
+                rows = await cur.fetchall()
+            if rows:
+                events = [event_from_row(row) for row in rows]
+                self.last_pos = events[-1].pos
+                self.head_seen = max(self.head_seen, self.last_pos)
+                self.deliver(events)
+            if len(rows) < READ_BATCH:
+                self.head_seen = self.last_pos
+                self.on_caught_up()
+                return
+
+
+class Sequencer:
+    """Competes for the sequencer lock; while held, moves inbox rows into the log.
+
+    ``on_leader`` is told True when this replica takes the role and False when it loses it.
+    ``maintenance`` runs on the leader's connection after batches, at most every
+    ``prune_interval`` seconds (the log's retention).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_leader: Callable[[bool], None],
+        query_timeout: float,
+        listen_window: float,
+        poll_interval: float,
+        batch: int,
+        retention: float,
+        prune_interval: float,
+        application_name: str = "pgrelay-sequencer",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.on_leader = on_leader
+        self.query_timeout = query_timeout
+        self.listen_window = listen_window
+        self.poll_interval = poll_interval
+        self.batch = batch
+        self.retention = retention
+        self.prune_interval = prune_interval
+        self.application_name = application_name
+        self.backoff = Backoff(rng=rng)
+        self.leader = False
+        self._next_prune = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with await connect(
+                    self.dsn, self.application_name, self.query_timeout
+                ) as conn:
+                    await self._serve(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError) as exc:
+                self._set_leader(False)
+                self.backoff.failed(anyio.current_time())
+                delay = self.backoff.next_delay()
+                log.warning("sequencer_lost", error=_one_line(exc), retry_in=round(delay, 3))
+                await anyio.sleep(delay)
+
+    def _set_leader(self, leader: bool) -> None:
+        if leader != self.leader:
+            self.leader = leader
+            log.info("sequencer_leader" if leader else "sequencer_follower")
+            self.on_leader(leader)
+
+    async def _query(self, conn: AsyncConn, sql: str, params: Sequence[Any] = ()) -> Any:
+        with anyio.fail_after(self.query_timeout):
+            cur = await conn.execute(sql, params)
+            row = None if cur.description is None else await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def _serve(self, conn: AsyncConn) -> None:
+        await self._query(conn, "SELECT 1")
+        self.backoff.succeeded(anyio.current_time())
+        # Polling, not blocking: a blocked pg_advisory_lock would hide a dead connection.
+        while not await self._query(  # noqa: ASYNC110
+            conn, "SELECT pg_try_advisory_lock(%s)", (SEQUENCER_LOCK_KEY,)
+        ):
+            await anyio.sleep(TAKEOVER_INTERVAL)
+        await self._query(conn, "LISTEN relay_inbox")
+        self._set_leader(True)
+        notify = bool(await self._query(conn, "SELECT notify FROM relay.settings"))
+        window = self.listen_window if notify else min(self.listen_window, self.poll_interval)
+        while True:
+            while (
+                await self._query(conn, "SELECT relay.sequence_batch(%s)", (self.batch,))
+                >= self.batch
+            ):
+                pass  # a full batch: more is waiting
+            await self._maybe_prune(conn)
+            async for _ in conn.notifies(timeout=window, stop_after=1):
+                pass
+
+    async def _maybe_prune(self, conn: AsyncConn) -> None:
+        now = anyio.current_time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self.prune_interval
+        total = 0
+        while True:
+            deleted = await self._query(
+                conn, "SELECT relay.prune(make_interval(secs => %s), 10000)", (self.retention,)
+            )
+            total += deleted
+            if deleted < 10000:
+                break
+        if total:
+            log.info("log_pruned", deleted=total)
+
+
+async def write_heartbeat(conn: AsyncConn, source: str, timeout: float) -> None:
+    with anyio.fail_after(timeout):
+        await conn.execute("SELECT relay.heartbeat(%s)", (source,))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,217 @@
+"""Row filters: the column conditions a subscription puts on the rows it receives.
+
+A client sends a filter as a JSON object mapping column names to conditions::
+
+    {"status": "open", "team_id": {"in": [3, 4, 5]}}
+
+Every condition must hold (AND). A condition is either a JSON scalar (string, number, boolean or
+null), meaning the column equals it, or ``{"in": [scalars...]}`` (1 to 100 values), meaning the
+column equals one of them. Nothing else: no nesting, no ranges, no matching inside JSON columns.
+
+Equality is JSON (jsonb) equality, not Python's: numbers compare by decimal value (``1`` equals
+``1.0``, ``1e30`` equals ``1000000000000000000000000000000``), a boolean is not a number (``true``
+does not equal ``1``), a string is not a number (``"1"`` does not equal ``1``) and ``null`` equals
+only ``null``. Objects and arrays in a row never match. Each filter value is normalised once, at
+parse time, into a hashable key, so matching an ``in`` of 100 values is one set lookup per event.
+
+Where ``json.loads`` floats fall short of jsonb's exact numerics: a float is compared as its
+shortest decimal repr, so two number texts past 17 significant digits that parse to the same float
+compare equal (jsonb would say no), and a number past the float range (``1e400``) parses to
+infinity and is rejected.
+
+A column the row does not have does not match. A truncated event (``row`` is None: the row was
+over the database's size cap, its values are unknown) is checked against its primary key only;
+conditions on other columns are treated as matching. This fails open on purpose: a filter narrows
+what a client asked for, it is not access control. The audience check in the router is what keeps
+rows from users who may not see them, and it never fails open.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+from relay.errors import ProtocolError
+from relay.events import Event, JSONValue
+
+__all__ = ["MAX_COLUMNS", "MAX_IN_VALUES", "MAX_NAME_BYTES", "RowFilter"]
+
+MAX_COLUMNS: Final = 16
+MAX_IN_VALUES: Final = 100
+MAX_NAME_BYTES: Final = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+class _Sentinel:
+    """A distinct hashable object standing for a value that Python would conflate."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+# Python says True == 1 and hash(True) == hash(1); jsonb does not, so booleans get their own keys.
+# Strings, None and ints are their own keys: str and None never equal another type, and ints
+# compare exactly. A float becomes the Decimal of its shortest repr, the decimal the JSON text
+# most likely said: JSON "1e30" parses to a float that is not exactly 10**30, but jsonb says the
+# two are equal, and so does Decimal("1e+30") == 10**30. Python hashes equal ints, Decimals and
+# floats alike, so one frozenset lookup compares numerically.
+_TRUE: Final = _Sentinel("<true>")
+_FALSE: Final = _Sentinel("<false>")
+# The key of a row value no filter value can equal (objects, arrays, non-finite numbers).
+_UNMATCHABLE: Final = _Sentinel("<unmatchable>")
+
+
+def _key(value: object) -> object:
+    """The normalised comparison key of a JSON value; ``_UNMATCHABLE`` if it is not a scalar."""
+    if value is True:
+        return _TRUE
+    if value is False:
+        return _FALSE
+    if value is None or isinstance(value, str | int):  # bool was handled above
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else _UNMATCHABLE
+    if isinstance(value, Decimal):  # a row decoded with parse_float=Decimal
+        return value if value.is_finite() else _UNMATCHABLE
+    return _UNMATCHABLE
+
+
+def _quote(column: str) -> str:
+    """A column name for an error message: JSON-quoted (one line, ASCII), bounded in length."""
+    # ensure_ascii escapes control characters and U+2028/U+2029 too: the message stays one line.
+    text = json.dumps(column, ensure_ascii=True)
+    return text if len(text) <= 80 else text[:76] + '..."'
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad_message", message)
+
+
+def _scalar_key(column: str, value: object, what: str) -> object:
+    """The key of one filter value, or ProtocolError if it is not a finite JSON scalar."""
+    key = _key(value)
+    if key is _UNMATCHABLE:
+        problem = (
+            "a finite number"
+            if isinstance(value, float | Decimal)
+            else f"a JSON scalar (string, number, boolean or null), not {_json_kind(value)}"
+        )
+        raise _bad(f"filter on column {_quote(column)}: {what} must be {problem}")
+    return key
+
+
+def _parse_column(column: object) -> str:
+    if not isinstance(column, str):
+        raise _bad(f"filter column names must be strings, not {type(column).__name__}")
+    if not column:
+        raise _bad("filter column names must not be empty")
+    if len(column.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise _bad(f"filter column {_quote(column)} is longer than {MAX_NAME_BYTES} bytes")
+    return column
+
+
+def _parse_condition(column: str, condition: object) -> frozenset[object]:
+    if isinstance(condition, list):
+        raise _bad(
+            f'filter on column {_quote(column)}: use {{"in": [...]}} to match one of several '
+            "values, not a bare array"
+        )
+    if not isinstance(condition, dict):
+        return frozenset((_scalar_key(column, condition, "the value"),))
+    if set(condition) != {"in"}:
+        raise _bad(
+            f"filter on column {_quote(column)}: an object condition must be exactly "
+            '{"in": [...]}'
+        )
+    values = condition["in"]
+    if not isinstance(values, list):
+        raise _bad(f'filter on column {_quote(column)}: "in" must be an array')
+    if not 1 <= len(values) <= MAX_IN_VALUES:
+        raise _bad(
+            f'filter on column {_quote(column)}: "in" must have 1 to {MAX_IN_VALUES} values, '
+            f"not {len(values)}"
+        )
+    return frozenset(_scalar_key(column, value, '"in" values') for value in values)
+
+
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """A parsed filter: per column, the set of normalised keys its value must be one of.
+
+    ``clauses`` is sorted by column name, so two filters with the same conditions compare equal
+    whatever the key order of the JSON they came from. The empty filter matches every row.
+    """
+
+    clauses: tuple[tuple[str, frozenset[object]], ...] = ()
+
+    @classmethod
+    def parse(cls, raw: object) -> RowFilter:
+        """Parses a client's ``filter``; None is the empty filter.
+
+        Raises ``ProtocolError("bad_message", ...)`` naming the column and the problem.
+        """
+        if raw is None:
+            return _EMPTY
+        if not isinstance(raw, dict):
+            raise _bad(f"filter must be a JSON object or null, not {_json_kind(raw)}")
+        if len(raw) > MAX_COLUMNS:
+            raise _bad(f"filter has {len(raw)} columns; at most {MAX_COLUMNS} are allowed")
+        clauses = []
+        for column, condition in raw.items():
+            name = _parse_column(column)
+            clauses.append((name, _parse_condition(name, condition)))
+        if not clauses:
+            return _EMPTY
+        clauses.sort(key=lambda clause: clause[0])
+        return cls(tuple(clauses))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The filtered columns, sorted (for checking them against a table's whitelist)."""
+        return tuple(column for column, _ in self.clauses)
+
+    def matches(self, event: Event) -> bool:
+        """Whether the event's row meets every condition.
+
+        Evaluated against ``event.row`` (the new values, or the old ones for a DELETE); a column
+        the row lacks does not match. When ``event.row`` is None (a truncated event, its values
+        unknown) only conditions on primary-key columns are checked, against ``event.pk``, and the
+        others are treated as matching. That fails open deliberately: a filter is a client's
+        narrowing, not access control; the router's audience check is what protects users.
+        """
+        row: Mapping[str, JSONValue] | None = event.row
+        if row is None:
+            pk = event.pk
+            for column, keys in self.clauses:
+                if column in pk and _key(pk[column]) not in keys:
+                    return False
+            return True
+        for column, keys in self.clauses:
+            if column not in row or _key(row[column]) not in keys:
+                return False
+        return True
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+_EMPTY: Final = RowFilter()

@@ -1,0 +1,44 @@
+"""Structured logs: JSON lines by default, the console renderer on a TTY.
+
+One event a line with its keys. Tokens and DSN passwords never reach a log line: the relay never
+passes them to a logger, and user ids are hashed unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+
+import structlog
+
+__all__ = ["configure_logging", "user_label"]
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def user_label(user: str, mode: str) -> str | None:
+    """How a user id appears in logs: hashed (stable, not reversible), plain, or not at all."""
+    if mode == "plain":
+        return user
+    if mode == "none":
+        return None
+    return hashlib.sha256(user.encode()).hexdigest()[:16]

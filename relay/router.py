@@ -1,0 +1,204 @@
+"""The router: which of this replica's connections get an event, and for which subscriptions.
+
+Connections are indexed by authenticated user id. An event names its audience (every user allowed
+to see the row), so routing walks the users that are both in the audience and connected here:
+whichever of the two sets is smaller is iterated, and the cost per event is
+``O(min(audience, connected users))`` plus the deliveries, never a pass over every connection and
+never a database call. A user outside the audience is never looked at, whatever their filters.
+
+Per connection, subscriptions are indexed by id (for the protocol) and by table name (for
+routing). A subscription gets an event when it is live, the event is past its ``after``, and the
+schema, op and row filter match. Delivering hands the event to the connection's bounded queue
+(``Target.offer``, which never blocks) and advances ``after``, so each subscription sees each
+position at most once and in order.
+
+Positions strictly increase: ``head`` is the last routed position and an event at or below it has
+already been routed (a poll and a doorbell can both fetch it) and is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay.events import Event
+from relay.subscription import Subscription
+
+__all__ = ["Router", "Target"]
+
+
+class Target(Protocol):
+    """A connection as the router sees it."""
+
+    @property
+    def user(self) -> str:
+        """The authenticated user id."""
+        ...
+
+    @property
+    def conn_id(self) -> str:
+        """Unique per connection on this replica."""
+        ...
+
+    def offer(self, sub: Subscription, event: Event, now: float) -> None:
+        """Queues the event for the subscription on the connection's bounded queue; never blocks."""
+        ...
+
+
+@dataclass(slots=True, eq=False)
+class _Conn:
+    target: Target
+    user: str  # as indexed at add(): removal must find the same key even if the target changes
+    by_id: dict[str, Subscription] = field(default_factory=dict)
+    by_table: dict[str, dict[str, Subscription]] = field(default_factory=dict)
+
+
+class Router:
+    """User id -> connections -> subscriptions, and the routing of each event through them."""
+
+    __slots__ = ("_count", "_head", "_users")
+
+    def __init__(self, head: int = 0) -> None:
+        self._users: dict[str, dict[str, _Conn]] = {}
+        self._count = 0
+        self._head = head
+
+    @property
+    def head(self) -> int:
+        """The position of the last event routed (or the starting position)."""
+        return self._head
+
+    @property
+    def connection_count(self) -> int:
+        return self._count
+
+    @property
+    def user_count(self) -> int:
+        return len(self._users)
+
+    def _conn(self, target: Target) -> _Conn | None:
+        conns = self._users.get(target.user)
+        conn = None if conns is None else conns.get(target.conn_id)
+        # Another object under the same conn_id is not this connection.
+        return conn if conn is not None and conn.target is target else None
+
+    def add(self, target: Target) -> None:
+        """Registers a connection with no subscriptions; adding it again is a no-op.
+
+        Raises ValueError if a different target is registered under the same conn_id.
+        """
+        conns = self._users.setdefault(target.user, {})
+        existing = conns.get(target.conn_id)
+        if existing is not None:
+            if existing.target is not target:
+                raise ValueError(f"connection id {target.conn_id!r} is already registered")
+            return
+        conns[target.conn_id] = _Conn(target, target.user)
+        self._count += 1
+
+    def remove(self, target: Target) -> None:
+        """Unregisters a connection and its subscriptions; a no-op if it is not registered.
+
+        The user's key goes with their last connection, so the index does not grow with every
+        user ever seen.
+        """
+        conn = self._conn(target)
+        if conn is None:
+            return
+        conns = self._users[conn.user]
+        del conns[target.conn_id]
+        if not conns:
+            del self._users[conn.user]
+        self._count -= 1
+        # Drop references so a target still holding this _Conn cannot keep subscriptions alive.
+        conn.by_id.clear()
+        conn.by_table.clear()
+
+    def subscribe(self, target: Target, sub: Subscription) -> None:
+        """Adds a subscription to a registered connection, replacing one with the same id.
+
+        Raises KeyError if the connection is not registered.
+        """
+        conn = self._conn(target)
+        if conn is None:
+            raise KeyError(f"connection {target.conn_id!r} is not registered")
+        self._drop(conn, sub.id)
+        conn.by_id[sub.id] = sub
+        conn.by_table.setdefault(sub.table, {})[sub.id] = sub
+
+    def unsubscribe(self, target: Target, sub_id: str) -> bool:
+        """Removes a subscription; False if there was none with that id."""
+        conn = self._conn(target)
+        return conn is not None and self._drop(conn, sub_id)
+
+    @staticmethod
+    def _drop(conn: _Conn, sub_id: str) -> bool:
+        sub = conn.by_id.pop(sub_id, None)
+        if sub is None:
+            return False
+        table = conn.by_table[sub.table]
+        del table[sub_id]
+        if not table:
+            del conn.by_table[sub.table]
+        return True
+
+    def subscriptions(self, target: Target) -> list[Subscription]:
+        """The connection's subscriptions in the order they were made; empty if not registered."""
+        conn = self._conn(target)
+        return [] if conn is None else list(conn.by_id.values())
+
+    def go_live(self, target: Target, sub_id: str, after: int) -> bool:
+        """Switches a subscription from replay to live, its stream standing at ``after``.
+
+        The caller's replay must have covered the log through ``head`` (``after`` is the last
+        position it gave, which may be lower if nothing later matched), read ``head`` and call
+        this with no await in between: every event past ``head`` is then routed to the
+        subscription, and none at or below ``after`` is. False if the subscription is gone.
+        """
+        conn = self._conn(target)
+        sub = None if conn is None else conn.by_id.get(sub_id)
+        if sub is None:
+            return False
+        sub.after = after
+        sub.live = True
+        return True
+
+    def route(self, event: Event, now: float) -> int:
+        """Offers the event to every matching live subscription; returns the deliveries made.
+
+        An event at or below ``head`` was already routed and is ignored (returns 0).
+        """
+        pos = event.pos
+        if pos <= self._head:
+            return 0
+        self._head = pos
+
+        users = self._users
+        audience = event.audience
+        if len(audience) <= len(users):
+            matched = [conns for user in audience if (conns := users.get(user)) is not None]
+        else:
+            matched = [conns for user, conns in users.items() if user in audience]
+
+        table = event.table
+        delivered = 0
+        for conns in matched:
+            # Snapshots: an offer may close a connection or drop a subscription (an overflow
+            # reset, say), and a dict must not change size while it is iterated.
+            for conn in tuple(conns.values()):
+                subs = conn.by_table.get(table)
+                if subs is None:
+                    continue
+                for sub in tuple(subs.values()):
+                    if (
+                        sub.live
+                        and pos > sub.after
+                        and (sub.schema is None or sub.schema == event.schema)
+                        and event.op in sub.ops
+                        and sub.filter.matches(event)
+                        and conn.by_id.get(sub.id) is sub  # not dropped by an earlier offer
+                    ):
+                        conn.target.offer(sub, event, now)
+                        sub.after = pos
+                        delivered += 1
+        return delivered

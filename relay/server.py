@@ -1,0 +1,412 @@
+"""The websocket and HTTP shell around the protocol core.
+
+``Hub`` receives batches of events from the log reader and routes them (relay/router.py) into
+each connection's bounded ``OutQueue``; routing never touches a socket. Each connection has a
+writer task that drains its queue to the socket and a watchdog that enforces the protocol's
+timers and the slow-client rule: a connection whose socket has not accepted a frame for
+``slow_client_timeout`` seconds is aborted (websockets' ``send`` to a client that never reads
+blocks forever, and its keepalive ping does not notice).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Final
+
+import anyio
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from relay.auth import Authenticator
+from relay.config import Settings
+from relay.cursor import Cursor
+from relay.db import LogState, fetch_replay, read_log_state
+from relay.events import Event
+from relay.logs import user_label
+from relay.metrics import Metrics
+from relay.outqueue import OutQueue
+from relay.protocol import CLOSE_TOO_SLOW, Close, Limits, Replay, Session
+from relay.router import Router
+
+__all__ = ["Hub", "WebsocketShell"]
+
+WS_PATH: Final = "/v1/ws"
+WRITE_BATCH: Final = 256  # frames popped per writer wake-up
+CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
+READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
+HEARTBEAT: Final = "HEARTBEAT"
+
+log = structlog.get_logger("relay.server")
+
+
+class _Wakeup:
+    """A level-triggered wake-up for one waiting task (anyio's Event cannot be cleared)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float | None) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+
+class Hub:
+    """Everything the connections of one process share: routing, the log's state, metrics."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.router = Router()
+        self.epoch: str | None = None
+        self.listener_up = False
+        self.caught_up_at = -1e9  # monotonic time the log was last read up to its head
+        self.last_event_at: float | None = None  # monotonic
+        self.db_head = 0
+        self.tables: frozenset[tuple[str, str]] = frozenset()
+        self.connections: dict[str, Connection] = {}
+        self.accepting = True
+        metrics.last_event_age.set_function(self._last_event_age)
+        metrics.log_backlog.set_function(lambda: max(0, self.db_head - self.router.head))
+
+    def _last_event_age(self) -> float:
+        if self.last_event_at is None:
+            return float("nan")
+        return time.monotonic() - self.last_event_at
+
+    # -- fed by the log reader ------------------------------------------------------------------
+
+    def on_listener_state(self, state: LogState | None) -> None:
+        self.listener_up = state is not None
+        self.metrics.listener_up.set(1 if state else 0)
+        if state is None:
+            return
+        if self.epoch is not None and state.epoch != self.epoch:
+            # Reinstalled or restored: every cursor handed out is meaningless. Clients reconnect
+            # and resume with their cursors, which now get an explicit epoch_changed reset.
+            for connection in list(self.connections.values()):
+                connection.close_soon(1012, "epoch_changed")
+            self.router = Router(state.head)
+        elif self.epoch is None:
+            self.router = Router(state.head)
+        self.epoch = state.epoch
+        self.db_head = max(self.db_head, state.head)
+
+    def deliver(self, events: list[Event]) -> None:
+        now = time.time()
+        metrics = self.metrics
+        for event in events:
+            if event.op == HEARTBEAT:
+                self.router.route(event, now)  # no audience: only advances the head
+                continue
+            metrics.events.labels(event.table, event.op).inc()
+            if (event.schema, event.table) not in self.tables:  # tracked since the last refresh
+                self.tables = self.tables | {(event.schema, event.table)}
+            self.router.route(event, now)
+        self.last_event_at = time.monotonic()
+        self.caught_up_at = self.last_event_at
+        self.db_head = max(self.db_head, self.router.head)
+
+    def read_up_to_head(self) -> None:
+        self.caught_up_at = time.monotonic()
+
+    def ready(self) -> bool:
+        return (
+            self.accepting
+            and self.listener_up
+            and self.epoch is not None
+            and time.monotonic() - self.caught_up_at
+            < max(READY_LAG, 2 * self.settings.listen_window)
+        )
+
+    def tracked(self) -> Collection[tuple[str, str]]:
+        return self.tables
+
+
+class Connection:
+    """One websocket client: its session, queue, writer and watchdog."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, shell: WebsocketShell, ws: ServerConnection) -> None:
+        hub = shell.hub
+        settings = hub.settings
+        self.shell = shell
+        self.ws = ws
+        self.id = f"{os.getpid():x}-{next(self._ids):x}"
+        self.queue = OutQueue(
+            epoch=hub.epoch or "",
+            max_messages=settings.queue_max_messages,
+            max_bytes=settings.queue_max_bytes,
+        )
+        self.session = Session(
+            conn_id=self.id,
+            router=hub.router,
+            queue=self.queue,
+            authenticator=shell.authenticator,
+            tables=hub.tracked,
+            epoch=lambda: hub.epoch or "",
+            now=time.time(),
+            limits=Limits(settings.max_subscriptions, settings.auth_timeout),
+            on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
+            on_offer=self._wake_writer,
+        )
+        self.wakeup = _Wakeup()
+        self.send_started: float | None = None  # monotonic start of a write still pending
+        self.drained = _Wakeup()
+        self.closing: tuple[int, str] | None = None
+        self.log = log.bind(conn=self.id)
+
+    def _wake_writer(self) -> None:
+        self.wakeup.set()
+
+    def close_soon(self, code: int, reason: str) -> None:
+        self.closing = (code, reason)
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        hub = self.shell.hub
+        hub.connections[self.id] = self
+        hub.metrics.connections.opened()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._writer)
+                tasks.start_soon(self._watchdog, tasks.cancel_scope)
+                await self._reader(tasks)
+                tasks.cancel_scope.cancel()
+        finally:
+            self.session.close()
+            hub.connections.pop(self.id, None)
+            hub.metrics.connections.closed()
+            self._count_dropped()
+
+    def _count_dropped(self) -> None:
+        metrics = self.shell.hub.metrics
+        if self.queue.dropped:
+            metrics.drops.labels("overflow").inc(self.queue.dropped)
+            self.queue.dropped = 0
+        if self.queue.resets:
+            metrics.resets.labels("overflow").inc(self.queue.resets)
+            self.queue.resets = 0
+
+    async def _reader(self, tasks: anyio.abc.TaskGroup) -> None:
+        header = self.ws.request.headers.get("Authorization", "") if self.ws.request else ""
+        if header[:7].lower() == "bearer ":
+            if await self._act(self.session.authenticate(header[7:].strip(), time.time()), tasks):
+                return
+            self._log_auth()
+        try:
+            async for message in self.ws:
+                authed = self.session.claims is not None
+                if isinstance(message, str):
+                    actions = self.session.receive_text(message, time.time())
+                else:
+                    actions = self.session.receive_binary()
+                self.wakeup.set()
+                if await self._act(actions, tasks):
+                    return
+                if not authed and self.session.claims is not None:
+                    self._log_auth()
+        except ConnectionClosed:
+            return
+
+    def _log_auth(self) -> None:
+        user = user_label(self.session.user, self.shell.hub.settings.log_user_ids)
+        self.log = self.log.bind(user=user) if user else self.log
+        self.log.info("authenticated")
+
+    async def _act(self, actions: Sequence[Close | Replay], tasks: anyio.abc.TaskGroup) -> bool:
+        """Carries out the session's actions; True when the connection is to end."""
+        for action in actions:
+            if isinstance(action, Close):
+                self.log.info("closing", code=action.code, reason=action.reason)
+                await self._close(action.code, action.reason)
+                return True
+            tasks.start_soon(self._replay, action)
+        return False
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self._flush_controls()
+        with anyio.move_on_after(CLOSE_GRACE) as scope:
+            await self.ws.close(code, reason)
+        if scope.cancelled_caught:
+            self.abort()
+
+    async def _flush_controls(self) -> None:
+        """Best effort: send what is queued (an error, a reset) before a close frame."""
+        with anyio.move_on_after(CLOSE_GRACE):
+            for frame in self.queue.pop_ready(time.time()):
+                await self.ws.send(frame)
+
+    def abort(self) -> None:
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _writer(self) -> None:
+        metrics = self.shell.hub.metrics
+        while True:
+            if self.closing is not None:
+                await self._close(*self.closing)
+                return
+            now = time.time()
+            frames = self.queue.pop_ready_timed(now, WRITE_BATCH)
+            if not frames:
+                self._count_dropped()
+                self.drained.set()
+                deadline = self.queue.next_deadline()
+                await self.wakeup.wait(None if deadline is None else max(0.0, deadline - now))
+                continue
+            for frame, committed_at in frames:
+                self.send_started = time.monotonic()
+                await self.ws.send(frame)
+                self.send_started = None
+                if committed_at is not None:
+                    metrics.deliveries.inc()
+                    metrics.delivery_lag.observe(max(0.0, time.time() - committed_at.timestamp()))
+
+    async def _watchdog(self, scope: anyio.CancelScope) -> None:
+        settings = self.shell.hub.settings
+        while True:
+            now = time.time()
+            for action in self.session.tick(now):
+                if action.code == CLOSE_TOO_SLOW:
+                    self.shell.hub.metrics.drops.labels("slow_client").inc()
+                    self.log.warning("aborted", reason="buffer_overflow")
+                    self.abort()
+                    scope.cancel()
+                    return
+                self.close_soon(action.code, action.reason)
+            started = self.send_started
+            if started is not None and time.monotonic() - started > settings.slow_client_timeout:
+                self.shell.hub.metrics.drops.labels("slow_client").inc()
+                self.log.warning(
+                    "aborted", reason="not_draining", seconds=settings.slow_client_timeout
+                )
+                self.abort()
+                scope.cancel()
+                return
+            deadline = self.session.next_deadline()
+            wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+            await anyio.sleep(wait)
+
+    async def _replay(self, action: Replay) -> None:
+        """Replays a subscription from its cursor, paced by the client's drain, then goes live."""
+        hub = self.shell.hub
+        session = self.session
+        sub = action.sub
+        settings = hub.settings
+        try:
+            async with self.shell.pool.connection(timeout=settings.query_timeout * 2) as conn:
+                with anyio.fail_after(settings.query_timeout):
+                    state = await read_log_state(conn)
+                reason = _resume_problem(action.since, state)
+                if reason is not None:
+                    hub.metrics.resets.labels(reason).inc()
+                    session.reset_subscription(sub.id, reason)
+                    self.wakeup.set()
+                    return
+                while sub.id in session.subs:
+                    upto = hub.router.head
+                    if sub.after >= upto:
+                        if session.finish_replay(sub.id):
+                            self.wakeup.set()
+                            return
+                        continue
+                    while len(self.queue) > settings.queue_max_messages // 2:
+                        await self.drained.wait(1.0)  # paced by the client: no overflow by replay
+                    with anyio.fail_after(settings.query_timeout):
+                        page = await fetch_replay(
+                            conn,
+                            user=session.user,
+                            table=sub.table,
+                            schema=sub.schema,
+                            after=sub.after,
+                            upto=upto,
+                            limit=settings.replay_batch,
+                        )
+                    if not session.replay_events(sub.id, page.events, page.scanned_to, time.time()):
+                        return
+                    self.wakeup.set()
+        except (psycopg.Error, TimeoutError) as exc:
+            # The database is unreachable: the client retries with the same cursor.
+            self.log.warning("replay_failed", error=type(exc).__name__)
+            self.close_soon(1011, "replay_unavailable")
+
+
+def _resume_problem(since: Cursor, state: LogState) -> str | None:
+    """Why the log cannot resume after this cursor, as a reset reason, or None."""
+    if since.epoch != state.epoch or since.pos > state.head:
+        return "epoch_changed"  # another install, or the database went back in time (restore)
+    if since.pos < state.pruned_through:
+        return "cursor_expired"
+    return None
+
+
+class WebsocketShell:
+    """The websockets server's callbacks: HTTP routes, handshake checks, connections."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        authenticator: Authenticator,
+        pool: AsyncConnectionPool[Any],
+        admission: Callable[[ServerConnection, Request], Response | None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.authenticator = authenticator
+        self.pool = pool
+        self.admission = admission
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return _text(200, "ok\n")
+        if path == "/readyz":
+            return _text(200, "ready\n") if self.hub.ready() else _text(503, "not ready\n")
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            return _response(200, self.hub.metrics.render(), CONTENT_TYPE_LATEST)
+        if path != WS_PATH:
+            return _text(404, "not found\n")
+        if not self.hub.settings.websockets:
+            self.hub.metrics.refused.labels("websockets_off").inc()
+            return _text(503, "websockets are switched off: use /v1/poll\n")
+        if not self.hub.ready():
+            self.hub.metrics.refused.labels("not_ready").inc()
+            return _text(503, "not ready\n")
+        if len(self.hub.connections) >= self.hub.settings.max_connections:
+            self.hub.metrics.refused.labels("max_connections").inc()
+            return _text(503, "too many connections\n")
+        if self.admission is not None:
+            return self.admission(connection, request)
+        return None
+
+    async def handle(self, ws: ServerConnection) -> None:
+        await Connection(self, ws).run()
+
+
+def _text(status: int, body: str) -> Response:
+    return _response(status, body.encode(), "text/plain; charset=utf-8")
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    from http import HTTPStatus
+
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return Response(status, HTTPStatus(status).phrase, headers, body)
