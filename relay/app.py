@@ -17,7 +17,6 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import serve as ws_serve
-from websockets.typing import Origin
 
 from relay.auth import Authenticator, AuthSettings, load_jwks_file
 from relay.config import Settings, redact_dsn
@@ -31,6 +30,7 @@ from relay.db import (
     write_heartbeat,
 )
 from relay.metrics import Metrics
+from relay.poll import MAX_WAIT
 from relay.server import Hub, WebsocketShell
 
 __all__ = ["run_relay"]
@@ -155,16 +155,15 @@ async def run_relay(
                 settings.host,
                 settings.port,
                 process_request=shell.process_request,
+                process_response=shell.process_response,
                 max_size=settings.max_message_bytes,
                 max_queue=16,
                 compression="deflate" if settings.compression else None,
-                origins=[*map(Origin, settings.allowed_origins), None]
-                if settings.allowed_origins
-                else None,
                 ssl=_ssl_context(settings),
                 ping_interval=20,
                 ping_timeout=20,
                 close_timeout=2,
+                open_timeout=MAX_WAIT + 10,  # a long-poll is answered inside the handshake
                 server_header=None,
             ) as server:
                 port = next(iter(server.sockets)).getsockname()[1]

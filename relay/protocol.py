@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,6 +35,7 @@ __all__ = [
     "Replay",
     "Session",
     "SessionState",
+    "parse_subscription",
 ]
 
 CLOSE_GOING_AWAY: Final = 1001  # the relay is shutting down
@@ -269,22 +270,9 @@ class Session:
                     "too_many_subscriptions",
                     f"at most {self.limits.max_subscriptions} subscriptions per connection",
                 )
-            table, schema = _table(message.get("table")), _schema(message.get("schema"))
-            if schema == "relay":
-                raise ProtocolError("forbidden", "the relay's own tables cannot be subscribed to")
-            tracked = self.tables()
-            if not any(t == table and (schema is None or s == schema) for s, t in tracked):
-                raise ProtocolError("unknown_table", f"table {_short(table)} is not tracked")
-            sub = Subscription(
-                id=sub_id,
-                table=table,
-                schema=schema,
-                ops=_ops(message.get("ops")),
-                filter=RowFilter.parse(message.get("filter")),
-                after=self.router.head,
-                coalesce_ms=_coalesce(message.get("coalesce_ms")),
+            sub, since = parse_subscription(
+                message, sub_id, tracked=self.tables(), head=self.router.head, epoch=self.epoch()
             )
-            since = _since(message.get("since"), self.epoch())
         except ProtocolError as exc:
             exc.sub_id = sub_id
             raise
@@ -333,6 +321,34 @@ class Session:
 
 
 # -- validation of client input: every rule raises ProtocolError with a one-line message ------
+
+
+def parse_subscription(
+    message: Mapping[str, Any],
+    sub_id: str,
+    *,
+    tracked: Collection[tuple[str, str]],
+    head: int,
+    epoch: str,
+) -> tuple[Subscription, Cursor | str | None]:
+    """Validates a subscribe request (websocket message or long-poll query) into a not-yet-live
+    Subscription standing at ``head``, and where to resume: None (from now), a Cursor (replay
+    after it), or a reset reason for a cursor of another epoch."""
+    table, schema = _table(message.get("table")), _schema(message.get("schema"))
+    if schema == "relay":
+        raise ProtocolError("forbidden", "the relay's own tables cannot be subscribed to")
+    if not any(t == table and (schema is None or s == schema) for s, t in tracked):
+        raise ProtocolError("unknown_table", f"table {_short(table)} is not tracked")
+    sub = Subscription(
+        id=sub_id,
+        table=table,
+        schema=schema,
+        ops=_ops(message.get("ops")),
+        filter=RowFilter.parse(message.get("filter")),
+        after=head,
+        coalesce_ms=_coalesce(message.get("coalesce_ms")),
+    )
+    return sub, _since(message.get("since"), epoch)
 
 
 def _parse_object(text: str) -> dict[str, Any]:

@@ -10,10 +10,11 @@ blocks forever, and its keepalive ping does not notice).
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Final
 
 import anyio
@@ -25,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from relay.admission import Admission, client_address
 from relay.auth import Authenticator
 from relay.config import Settings
 from relay.cursor import Cursor
@@ -33,16 +35,19 @@ from relay.events import Event
 from relay.logs import user_label
 from relay.metrics import Metrics
 from relay.outqueue import OutQueue
+from relay.poll import handle_poll
 from relay.protocol import CLOSE_TOO_SLOW, Close, Limits, Replay, Session
 from relay.router import Router
 
 __all__ = ["Hub", "WebsocketShell"]
 
 WS_PATH: Final = "/v1/ws"
+POLL_PATH: Final = "/v1/poll"
 WRITE_BATCH: Final = 256  # frames popped per writer wake-up
 CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
 READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
 HEARTBEAT: Final = "HEARTBEAT"
+CLOSE_EPOCH_CHANGED: Final = 1012  # "service restart": reconnect and resume with the cursor
 
 log = structlog.get_logger("relay.server")
 
@@ -95,11 +100,13 @@ class Hub:
         self.metrics.listener_up.set(1 if state else 0)
         if state is None:
             return
-        if self.epoch is not None and state.epoch != self.epoch:
+        went_back = state.head < self.router.head  # a restore from backup keeps the epoch
+        if self.epoch is not None and (state.epoch != self.epoch or went_back):
             # Reinstalled or restored: every cursor handed out is meaningless. Clients reconnect
             # and resume with their cursors, which now get an explicit epoch_changed reset.
+            log.warning("log_replaced", epoch_changed=state.epoch != self.epoch, head=state.head)
             for connection in list(self.connections.values()):
-                connection.close_soon(1012, "epoch_changed")
+                connection.close_soon(CLOSE_EPOCH_CHANGED, "epoch_changed")
             self.router = Router(state.head)
         elif self.epoch is None:
             self.router = Router(state.head)
@@ -118,7 +125,6 @@ class Hub:
                 self.tables = self.tables | {(event.schema, event.table)}
             self.router.route(event, now)
         self.last_event_at = time.monotonic()
-        self.caught_up_at = self.last_event_at
         self.db_head = max(self.db_head, self.router.head)
 
     def read_up_to_head(self) -> None:
@@ -314,7 +320,7 @@ class Connection:
             async with self.shell.pool.connection(timeout=settings.query_timeout * 2) as conn:
                 with anyio.fail_after(settings.query_timeout):
                     state = await read_log_state(conn)
-                reason = _resume_problem(action.since, state)
+                reason = resume_problem(action.since, state)
                 if reason is not None:
                     hub.metrics.resets.labels(reason).inc()
                     session.reset_subscription(sub.id, reason)
@@ -348,7 +354,7 @@ class Connection:
             self.close_soon(1011, "replay_unavailable")
 
 
-def _resume_problem(since: Cursor, state: LogState) -> str | None:
+def resume_problem(since: Cursor, state: LogState) -> str | None:
     """Why the log cannot resume after this cursor, as a reset reason, or None."""
     if since.epoch != state.epoch or since.pos > state.head:
         return "epoch_changed"  # another install, or the database went back in time (restore)
@@ -361,44 +367,85 @@ class WebsocketShell:
     """The websockets server's callbacks: HTTP routes, handshake checks, connections."""
 
     def __init__(
-        self,
-        hub: Hub,
-        authenticator: Authenticator,
-        pool: AsyncConnectionPool[Any],
-        admission: Callable[[ServerConnection, Request], Response | None] | None = None,
+        self, hub: Hub, authenticator: Authenticator, pool: AsyncConnectionPool[Any]
     ) -> None:
+        settings = hub.settings
         self.hub = hub
         self.authenticator = authenticator
         self.pool = pool
-        self.admission = admission
+        self.admission = Admission(
+            allowed_origins=settings.allowed_origins,
+            rate_per_ip=settings.connect_rate_per_ip,
+            max_open_per_ip=settings.max_connections_per_ip,
+        )
+        self.trusted_proxies = [
+            ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
+        ]
+        self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _refuse(self, status: int, reason: str, text: str) -> Response:
+        self.hub.metrics.refused.labels(reason).inc()
+        return _text(status, text)
+
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path = request.path.split("?", 1)[0]
+        hub = self.hub
         if path == "/healthz":
             return _text(200, "ok\n")
         if path == "/readyz":
-            return _text(200, "ready\n") if self.hub.ready() else _text(503, "not ready\n")
+            return _text(200, "ready\n") if hub.ready() else _text(503, "not ready\n")
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
 
-            return _response(200, self.hub.metrics.render(), CONTENT_TYPE_LATEST)
-        if path != WS_PATH:
+            return _response(200, hub.metrics.render(), CONTENT_TYPE_LATEST)
+        if path not in (WS_PATH, POLL_PATH):
             return _text(404, "not found\n")
-        if not self.hub.settings.websockets:
-            self.hub.metrics.refused.labels("websockets_off").inc()
-            return _text(503, "websockets are switched off: use /v1/poll\n")
-        if not self.hub.ready():
-            self.hub.metrics.refused.labels("not_ready").inc()
-            return _text(503, "not ready\n")
-        if len(self.hub.connections) >= self.hub.settings.max_connections:
-            self.hub.metrics.refused.labels("max_connections").inc()
-            return _text(503, "too many connections\n")
-        if self.admission is not None:
-            return self.admission(connection, request)
+        origin = self.admission.check_origin(request.headers.get("Origin"))
+        if not origin.admitted:
+            return self._refuse(origin.status, origin.reason, "origin not allowed\n")
+        if path == WS_PATH and not hub.settings.websockets:
+            return self._refuse(
+                503, "websockets_off", "websockets are switched off: use /v1/poll\n"
+            )
+        if not hub.ready():
+            return self._refuse(503, "not_ready", "not ready\n")
+        if len(hub.connections) >= hub.settings.max_connections:
+            return self._refuse(503, "max_connections", "too many connections\n")
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        address = client_address(peer, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        decision = self.admission.admit(address, time.monotonic())
+        if not decision.admitted:
+            return self._refuse(decision.status, decision.reason, "too many connections\n")
+        if path == POLL_PATH:
+            try:
+                status, body = await handle_poll(
+                    self, request.path, request.headers.get("Authorization", "")
+                )
+            finally:
+                self.admission.release(address)
+            return _response(status, body.encode(), "application/json")
+        self.addresses[id(connection)] = address
         return None
 
+    def process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        """A handshake that did not become a websocket gives its admission slot back."""
+        if response.status_code != 101:
+            self._release(connection)
+
+    def _release(self, connection: ServerConnection) -> None:
+        address = self.addresses.pop(id(connection), None)
+        if address is not None:
+            self.admission.release(address)
+
     async def handle(self, ws: ServerConnection) -> None:
-        await Connection(self, ws).run()
+        try:
+            await Connection(self, ws).run()
+        finally:
+            self._release(ws)
 
 
 def _text(status: int, body: str) -> Response:

@@ -137,7 +137,9 @@ class Client:
 
     def __init__(self, url: str, user: str | None = None, *, header: bool = True) -> None:
         headers = {"Authorization": f"Bearer {token(user)}"} if user and header else None
-        self.ws: ClientConnection = connect(url, additional_headers=headers, open_timeout=10)
+        self.ws: ClientConnection = connect(
+            url, additional_headers=headers, open_timeout=10, legacy=True
+        )
         self.user = user
         self.frames: list[dict[str, Any]] = []
 

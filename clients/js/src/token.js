@@ -1,0 +1,47 @@
+/**
+ * Token expiry, read from the JWT itself: the payload's `exp` (seconds since the epoch).
+ * The signature is not checked: the relay does that; the client only needs to know when to ask
+ * its token provider for a new one.
+ */
+
+/** setTimeout's largest delay (about 24.8 days); longer ones fire at once in browsers. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Shortest wait before asking for another token, so a provider handing out tokens that are
+ * already (nearly) expired cannot make the client spin. */
+export const MIN_REFRESH_MS = 1000;
+
+/** The token's `exp` in milliseconds since the epoch, or null when it has none or is no JWT. */
+export function tokenExpiry(token) {
+  if (typeof token !== 'string') return null;
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  let payload;
+  try {
+    payload = JSON.parse(base64UrlDecode(parts[1]));
+  } catch {
+    return null;
+  }
+  const exp = payload !== null && typeof payload === 'object' ? payload.exp : undefined;
+  return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : null;
+}
+
+/**
+ * How long to wait, from `nowMs`, before replacing a token that expires at `expMs`:
+ * `refreshBeforeMs` ahead of its expiry, or halfway through what is left of a token that lives
+ * less than twice that. Never less than MIN_REFRESH_MS; Infinity when the token has no expiry.
+ */
+export function refreshDelay(expMs, nowMs, refreshBeforeMs = 60_000) {
+  if (expMs === null || expMs === undefined) return Infinity;
+  const left = expMs - nowMs;
+  const lead = Math.min(refreshBeforeMs, left / 2);
+  return Math.max(MIN_REFRESH_MS, left - lead);
+}
+
+function base64UrlDecode(text) {
+  const base64 = text.replace(/-/g, '+').replace(/_/g, '/');
+  const padded = base64 + '='.repeat((4 - (base64.length % 4)) % 4);
+  const binary = atob(padded);
+  const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  return new TextDecoder().decode(bytes);
+}
