@@ -135,13 +135,19 @@ def test_one_address_past_its_limit_is_refused_while_others_connect(relay_db: st
     with relay_process(relay_db, env) as relay:
         mine = [
             ws_connect(
-                relay.url, additional_headers={"X-Forwarded-For": "203.0.113.1"}, open_timeout=5
+                relay.url,
+                additional_headers={"X-Forwarded-For": "203.0.113.1"},
+                open_timeout=5,
+                legacy=True,
             )
             for _ in range(3)
         ]
         with pytest.raises(InvalidStatus) as refused:
             ws_connect(
-                relay.url, additional_headers={"X-Forwarded-For": "203.0.113.1"}, open_timeout=5
+                relay.url,
+                additional_headers={"X-Forwarded-For": "203.0.113.1"},
+                open_timeout=5,
+                legacy=True,
             )
         assert 429 == refused.value.response.status_code
         other = Client(relay.url, "bob", header=True)
@@ -151,5 +157,8 @@ def test_one_address_past_its_limit_is_refused_while_others_connect(relay_db: st
             ws.close()
         time.sleep(0.3)
         ws_connect(
-            relay.url, additional_headers={"X-Forwarded-For": "203.0.113.1"}, open_timeout=5
+            relay.url,
+            additional_headers={"X-Forwarded-For": "203.0.113.1"},
+            open_timeout=5,
+            legacy=True,
         ).close()
