@@ -8,9 +8,14 @@ process drains the inbox with ``relay.sequence_batch(1000)`` as the relay does i
 "bare outbox trigger" is a diagnostic: a minimal trigger appending to the same inbox, to tell
 the cost of the extra durable row from the cost of the capture function's work.
 
+Besides throughput, each run records the CPU time of every process involved (server backends,
+the server's background processes, the Python clients) from /proc, as microseconds per commit,
+and how much CPU other processes on the machine used meanwhile: on a small shared machine
+throughput moves with the neighbours, CPU per commit much less.
+
     python -m bench.write_overhead [--seconds N] [--repeats N] [--out FILE] [--short | --quick]
 
-Writes Markdown to stdout (and to --out), progress to stderr. Exits 1 when a cell's counts do
+Writes Markdown to stdout (and to --out), progress to stderr. Exits 1 when a run's counts do
 not add up (commits against increments and captured events), never because of speed.
 """
 
@@ -25,9 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.context import SpawnContext
+from multiprocessing.context import ForkServerContext
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event, Semaphore
@@ -49,6 +54,7 @@ TARGET = 0.75  # from the issue: notify off keeps 75 % of untracked throughput, 
 BATCH = 1000
 SEQUENCER_IDLE_SLEEP = 0.02
 DRAIN_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 60.0
 
 UNTRACKED = "untracked"
 NOTIFY_ON = "tracked, notify on"
@@ -57,6 +63,8 @@ BARE = "bare outbox trigger"
 MODES = (UNTRACKED, NOTIFY_ON, NOTIFY_OFF, BARE)
 SEQUENCED = frozenset({NOTIFY_ON, NOTIFY_OFF, BARE})
 
+WRITER_APP = "bench-writer"
+SEQUENCER_APP = "bench-sequencer"
 UPDATE = "UPDATE public.thumbnails SET share_click_count = share_click_count + 1 WHERE id = %s"
 TABLE = """
 CREATE TABLE public.thumbnails (
@@ -72,6 +80,13 @@ FILL = """
 INSERT INTO public.thumbnails (id, user_id, project_id, title)
 SELECT g, 'user-' || (g %% 500), 'project-' || (g %% 2000), 'Thumbnail ' || g
   FROM generate_series(1, %s) AS g
+"""
+RESET = """
+SET client_min_messages = warning;
+DROP TABLE IF EXISTS public.thumbnails;
+DROP FUNCTION IF EXISTS public.bench_bare_outbox();
+DROP SCHEMA IF EXISTS relay CASCADE;
+RESET client_min_messages;
 """
 # As sql/examples/thumbnails_generations.sql tracks it: owner column and a column whitelist.
 TRACK = """
@@ -92,6 +107,9 @@ CREATE TRIGGER bench_bare_outbox AFTER UPDATE ON public.thumbnails
     FOR EACH ROW EXECUTE FUNCTION public.bench_bare_outbox();
 """
 
+# Where CPU time goes, per commit. "others" is the rest of the machine, in cores.
+CPU_PARTS = ("writer backends", "sequencer backend", "server background", "Python clients")
+
 
 @dataclass
 class Run:
@@ -101,10 +119,15 @@ class Run:
     seconds: float
     backlog: int  # inbox rows left when the writers stopped
     drained: bool  # the sequencer emptied the inbox afterwards
+    cpu: dict[str, float]  # CPU seconds per part over the measured window
+    others: float  # cores used by everything else on the machine meanwhile
 
     @property
     def tps(self) -> float:
         return self.commits / self.seconds
+
+    def cpu_us(self, part: str) -> float:
+        return self.cpu[part] / self.commits * 1e6 if self.commits else 0.0
 
 
 @dataclass
@@ -117,12 +140,84 @@ class Cell:
     def median(self) -> float:
         return statistics.median(run.tps for run in self.runs)
 
+    def median_cpu_us(self, part: str | None = None) -> float:
+        parts = CPU_PARTS if part is None else (part,)
+        return statistics.median(sum(run.cpu_us(p) for p in parts) for run in self.runs)
+
 
 class BenchError(Exception):
-    """A run's counts do not add up: the numbers would mean nothing."""
+    """A run could not be measured, or its counts do not add up: the numbers would mean nothing."""
 
 
-# -- child processes (spawned: each opens its own connection) -------------------------------
+# -- CPU accounting from /proc --------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = values[:7]
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    busy: float
+    parts: dict[str, dict[int, float]]  # part -> pid -> CPU seconds
+
+
+def _snapshot(
+    admin: psycopg.Connection[tuple[object, ...]], postmaster: int, clients: Iterable[int]
+) -> CpuSnapshot:
+    """Every process of the run, by part: the server's (from pg_stat_activity), the clients."""
+    rows = admin.execute(
+        "SELECT pid, application_name, backend_type FROM pg_stat_activity"
+        " WHERE pid <> pg_backend_pid()"
+    ).fetchall()
+    pids: dict[str, list[int]] = {part: [] for part in CPU_PARTS}
+    pids["server background"].append(postmaster)
+    for pid, app, kind in rows:
+        assert isinstance(pid, int)
+        if app == WRITER_APP:
+            pids["writer backends"].append(pid)
+        elif app == SEQUENCER_APP:
+            pids["sequencer backend"].append(pid)
+        elif kind != "client backend":
+            pids["server background"].append(pid)
+    pids["Python clients"].extend(clients)
+    parts = {
+        part: {pid: cpu for pid in members if (cpu := _cpu_seconds(pid)) is not None}
+        for part, members in pids.items()
+    }
+    return CpuSnapshot(at=time.monotonic(), busy=_machine_busy(), parts=parts)
+
+
+def _cpu_between(start: CpuSnapshot, end: CpuSnapshot) -> tuple[dict[str, float], float]:
+    """CPU seconds per part, and the other processes' load in cores, between two snapshots."""
+    used = {
+        part: sum(cpu - start.parts[part].get(pid, 0.0) for pid, cpu in end.parts[part].items())
+        for part in CPU_PARTS
+    }
+    elapsed = max(end.at - start.at, 1e-9)
+    others = max(0.0, (end.busy - start.busy - sum(used.values())) / elapsed)
+    return used, others
+
+
+# -- child processes (each opens its own connection) -------------------------------
 
 
 def _writer(
@@ -131,11 +226,12 @@ def _writer(
     seconds: float,
     ready: Semaphore,
     go: Event,
+    release: Event,
     start_at: Synchronized[float],
     results: Queue[int],
 ) -> None:
     rng = random.Random(seed)
-    with psycopg.connect(dsn, autocommit=True, application_name="bench-writer") as conn:
+    with psycopg.connect(dsn, autocommit=True, application_name=WRITER_APP) as conn:
         cur = conn.cursor()
         cur.execute(UPDATE, (0,), prepare=True)  # no such row: prepares the plan, writes nothing
         ready.release()
@@ -148,12 +244,13 @@ def _writer(
         while time.monotonic() < deadline:
             cur.execute(UPDATE, (rng.randint(1, ROWS),), prepare=True)
             commits += 1
-    results.put(commits)
+        results.put(commits)
+        release.wait(CONNECT_TIMEOUT)  # the backend stays until its CPU time has been read
 
 
 def _sequencer(dsn: str, ready: Semaphore, stop: Event, results: Queue[int]) -> None:
     """What the relay's sequencer does: LISTEN relay_inbox, move batches, idle when empty."""
-    with psycopg.connect(dsn, autocommit=True, application_name="bench-sequencer") as conn:
+    with psycopg.connect(dsn, autocommit=True, application_name=SEQUENCER_APP) as conn:
         conn.add_notify_handler(lambda _notify: None)  # drop doorbells instead of queueing them
         conn.execute("LISTEN relay_inbox")
         ready.release()
@@ -167,7 +264,7 @@ def _sequencer(dsn: str, ready: Semaphore, stop: Event, results: Queue[int]) -> 
     results.put(moved)
 
 
-# -- one cell -----------------------------------------------------------------------------
+# -- one run ------------------------------------------------------------------------------
 
 
 def _scalar(conn: psycopg.Connection[tuple[object, ...]], query: str) -> int:
@@ -179,7 +276,9 @@ def _scalar(conn: psycopg.Connection[tuple[object, ...]], query: str) -> int:
 
 
 def _prepare(dsn: str, mode: str, script: str) -> None:
+    """A fresh start: the previous run's table, trigger and relay schema go, then all anew."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(RESET)
         conn.execute(script)
         conn.execute(TABLE)
         conn.execute(FILL, (ROWS,))
@@ -201,64 +300,63 @@ def _wait_drained(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
     return False
 
 
-def run_cell(ctx: SpawnContext, dsn: str, mode: str, writers: int, seconds: float) -> Run:
+def run_cell(
+    ctx: ForkServerContext, dsn: str, postmaster: int, mode: str, writers: int, seconds: float
+) -> Run:
     """Measures one run of one cell in the database at dsn (prepared for mode)."""
     ready = ctx.Semaphore(0)
-    go = ctx.Event()
-    stop = ctx.Event()
+    go, release, stop = ctx.Event(), ctx.Event(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
     writer_results: Queue[int] = ctx.Queue()
     sequencer_results: Queue[int] = ctx.Queue()
-    sequencer = None
-    if mode in SEQUENCED:
-        sequencer = ctx.Process(target=_sequencer, args=(dsn, ready, stop, sequencer_results))
-        sequencer.start()
-        if not ready.acquire(timeout=60):
-            sequencer.kill()
-            raise BenchError("the sequencer did not connect within 60 s")
+    shared = (ready, go, release, start_at, writer_results)
     procs = [
-        ctx.Process(
-            target=_writer,
-            args=(dsn, random.randrange(1 << 30), seconds, ready, go, start_at, writer_results),
-        )
+        ctx.Process(target=_writer, args=(dsn, random.randrange(1 << 30), seconds, *shared))
         for _ in range(writers)
     ]
+    if mode in SEQUENCED:
+        procs.append(ctx.Process(target=_sequencer, args=(dsn, ready, stop, sequencer_results)))
     for proc in procs:
         proc.start()
     try:
-        for _ in procs:
-            if not ready.acquire(timeout=60):
-                raise BenchError("a writer did not connect within 60 s")
-        start_at.value = time.monotonic() + 0.05
-        go.set()
-        commits = sum(writer_results.get(timeout=seconds + 60) for _ in procs)
-        for proc in procs:
-            proc.join()
         with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in procs:
+                if not ready.acquire(timeout=CONNECT_TIMEOUT):
+                    raise BenchError(f"a client did not connect within {CONNECT_TIMEOUT:g} s")
+            clients = [proc.pid for proc in procs if proc.pid is not None]
+            start_at.value = time.monotonic() + 0.05
+            go.set()
+            time.sleep(max(0.0, start_at.value - time.monotonic()))
+            before = _snapshot(conn, postmaster, clients)
+            commits = sum(writer_results.get(timeout=seconds + 60) for _ in range(writers))
+            after = _snapshot(conn, postmaster, clients)
+            release.set()
+            cpu, others = _cpu_between(before, after)
             backlog = _scalar(conn, "SELECT count(*) FROM relay.inbox")
-            drained = _wait_drained(conn) if sequencer else backlog == 0
+            drained = _wait_drained(conn) if mode in SEQUENCED else backlog == 0
             stop.set()
-            moved = sequencer_results.get(timeout=60) if sequencer else 0
+            moved = sequencer_results.get(timeout=60) if mode in SEQUENCED else 0
             increments = _scalar(
                 conn, "SELECT sum(share_click_count)::bigint FROM public.thumbnails"
             )
             logged = _scalar(conn, "SELECT count(*) FROM relay.log")
             left = _scalar(conn, "SELECT count(*) FROM relay.inbox")
     finally:
-        stop.set()
-        go.set()
-        for proc in [*procs, *([sequencer] if sequencer else [])]:
+        for event in (go, release, stop):
+            event.set()
+        for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+                proc.join()
     if increments != commits:
         raise BenchError(f"{mode}: {commits} commits counted but {increments} increments stored")
-    if sequencer and (logged + left != commits or logged != moved):
+    if mode in SEQUENCED and (logged + left != commits or logged != moved):
         raise BenchError(
             f"{mode}: {commits} commits, {logged} events sequenced ({moved} by the sequencer),"
             f" {left} left in the inbox"
         )
-    return Run(commits=commits, seconds=seconds, backlog=backlog, drained=drained)
+    return Run(commits, seconds, backlog, drained, cpu, others)
 
 
 # -- the whole benchmark ------------------------------------------------------------------
@@ -293,14 +391,6 @@ def _filesystem(folder: Path) -> str:
     return kind
 
 
-def _database(admin: psycopg.Connection[tuple[object, ...]], name: str, create: bool) -> None:
-    ident = sql.Identifier(name)
-    if create:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    else:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
-
 def run_all(
     server: PgServer,
     seconds: float,
@@ -309,27 +399,31 @@ def run_all(
     progress: Callable[[str], None],
 ) -> list[Cell]:
     """Every cell, repeats interleaved (round robin) so slow drift hits every mode alike."""
-    ctx = mp.get_context("spawn")
+    # Children fork from a clean server process that has imported psycopg once: quick to
+    # start, and nothing of this process (its connections) is inherited.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    postmaster = server.pid
+    if postmaster is None:
+        raise BenchError("the server is not running")
     cells = {(mode, writers): Cell(mode, writers) for writers in WRITERS for mode in MODES}
     total = len(cells) * repeats
     done = 0
     with psycopg.connect(server.dsn(), autocommit=True) as admin:
-        for repeat in range(repeats):
-            for (mode, writers), cell in cells.items():
-                name = f"bench_{repeat}_{done}"
-                _database(admin, name, create=True)
-                dsn = psycopg.conninfo.make_conninfo(server.dsn(), dbname=name)
-                try:
-                    _prepare(dsn, mode, script)
-                    run = run_cell(ctx, dsn, mode, writers, seconds)
-                finally:
-                    _database(admin, name, create=False)
-                cell.runs.append(run)
-                done += 1
-                progress(
-                    f"[{done}/{total}] {mode}, {writers} writer(s): {run.tps:,.0f} tps"
-                    f" (backlog at stop {run.backlog}, drained {run.drained})"
-                )
+        admin.execute("CREATE DATABASE bench")
+    dsn = psycopg.conninfo.make_conninfo(server.dsn(), dbname="bench")
+    for _ in range(repeats):
+        for (mode, writers), cell in cells.items():
+            _prepare(dsn, mode, script)
+            run = run_cell(ctx, dsn, postmaster, mode, writers, seconds)
+            cell.runs.append(run)
+            done += 1
+            progress(
+                f"[{done}/{total}] {mode}, {writers} writer(s): {run.tps:,.0f} tps, "
+                f"server CPU {sum(run.cpu_us(p) for p in CPU_PARTS[:3]):,.0f} µs/commit, "
+                f"others {run.others:.2f} cores, backlog at stop {run.backlog}, "
+                f"drained {run.drained}"
+            )
     return list(cells.values())
 
 
@@ -360,7 +454,7 @@ def render(cells: Sequence[Cell], setup: Setup) -> str:
         f"{setup.filesystem}",
         f"- Durable commits: {settings}",
         f"- {setup.seconds:g} s per run, {setup.repeats} repeat(s) per cell, interleaved; each "
-        f"run on a fresh database: {ROWS:,} rows, VACUUM ANALYZE, CHECKPOINT",
+        f"run on a fresh table: {ROWS:,} rows, VACUUM ANALYZE, CHECKPOINT",
         "- Workload: each writer (one process, one connection) loops `UPDATE thumbnails SET "
         "share_click_count = share_click_count + 1 WHERE id = <random id>` in autocommit: "
         "one durable commit per UPDATE",
@@ -385,13 +479,31 @@ def render(cells: Sequence[Cell], setup: Setup) -> str:
             f"| {cell.mode} | {cell.writers} | {cell.median:,.0f} | {_ratio(cell, cells):.0%} "
             f"| {runs} | {inbox} |"
         )
-    lines += ["", target_line(cells)[1], ""]
+    lines += [
+        "",
+        target_line(cells)[1],
+        "",
+        "CPU time per commit in µs (median of the runs), from /proc; `others` is the CPU the "
+        "rest of the machine used during the runs, in cores (highest of the runs):",
+        "",
+        "| mode | writers | " + " | ".join(CPU_PARTS) + " | server total | others |",
+        "|---|---:|" + "---:|" * (len(CPU_PARTS) + 2),
+    ]
+    for cell in cells:
+        parts = " | ".join(f"{cell.median_cpu_us(part):,.0f}" for part in CPU_PARTS)
+        server = statistics.median(
+            sum(run.cpu_us(part) for part in CPU_PARTS[:3]) for run in cell.runs
+        )
+        others = max(run.others for run in cell.runs)
+        lines.append(f"| {cell.mode} | {cell.writers} | {parts} | {server:,.0f} | {others:.2f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.write_overhead", description=__doc__.split("\n\n")[0]
+        prog="python -m bench.write_overhead",
+        description="Write-path overhead of change capture, in durable commits per second.",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per run (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (default 3)")
@@ -425,6 +537,11 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
+def _show(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str:
+    row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+    return str(row[0]) if row else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     script = args.install_sql.read_text() if args.install_sql else install_script()
@@ -436,11 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = PgServer(Path(folder) / "pg", settings=DURABLE_SETTINGS)
         with server.running():
             with psycopg.connect(server.dsn(), autocommit=True) as conn:
-                version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-                shown = {
-                    name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
-                    for name in (*DURABLE_SETTINGS, "wal_sync_method")
-                }
+                version = _show(conn, "server_version")
+                shown = {name: _show(conn, name) for name in (*DURABLE_SETTINGS, "wal_sync_method")}
             if any(shown[name] != value for name, value in DURABLE_SETTINGS.items()):
                 progress(f"the server did not take the durable settings: {shown}")
                 return 1
@@ -450,18 +564,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             except BenchError as exc:
                 progress(f"bench: {exc}")
                 return 1
-        setup = Setup(
-            server_version=version,
-            settings=shown,
-            cpus=os.cpu_count() or 0,
-            filesystem=_filesystem(Path(folder)),
-            seconds=args.seconds,
-            repeats=args.repeats,
-            command=_command(args),
-            script=f"{args.install_sql.name} (candidate)"
-            if args.install_sql
-            else "sql/install.sql",
-        )
+        filesystem = _filesystem(Path(folder))
+    setup = Setup(
+        server_version=version,
+        settings=shown,
+        cpus=os.cpu_count() or 0,
+        filesystem=filesystem,
+        seconds=args.seconds,
+        repeats=args.repeats,
+        command=_command(args),
+        script=f"{args.install_sql.name} (candidate)" if args.install_sql else "sql/install.sql",
+    )
     report = render(cells, setup)
     print(report)
     if args.out:

@@ -26,6 +26,7 @@ from relay.db import (
     Sequencer,
     check_direct_connection,
     connect,
+    read_catalog,
     read_log_state,
     write_heartbeat,
 )
@@ -37,11 +38,6 @@ __all__ = ["run_relay"]
 
 log = structlog.get_logger("relay.app")
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-
-CATALOG_QUERY = (
-    "SELECT n.nspname, c.relname FROM relay.tracked AS t"
-    " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
-)
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
@@ -67,8 +63,7 @@ async def preflight(settings: Settings, hub: Hub) -> None:
 
 
 async def _load_catalog(conn: AsyncConn, hub: Hub) -> None:
-    rows = await (await conn.execute(CATALOG_QUERY)).fetchall()
-    hub.tables = frozenset((str(r[0]), str(r[1])) for r in rows)
+    hub.tables = await read_catalog(conn)
 
 
 async def _maintenance(settings: Settings, hub: Hub) -> None:

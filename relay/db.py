@@ -40,6 +40,7 @@ __all__ = [
     "connect",
     "event_from_row",
     "fetch_replay",
+    "read_catalog",
     "read_log_state",
 ]
 
@@ -132,6 +133,19 @@ async def check_direct_connection(conn: AsyncConn) -> None:
             "the DSN goes through a connection pooler in transaction mode (PgBouncer?): LISTEN "
             "cannot work there; point the relay at Postgres directly or at a session-mode pool"
         )
+
+
+async def read_catalog(conn: AsyncConn) -> dict[tuple[str, str], frozenset[str]]:
+    """Every tracked table with the columns its events carry: the whitelist (or every column)
+    and the primary key, which events always carry."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname, t.pk_columns::text[] || coalesce(t.columns::text[], ARRAY("
+        "  SELECT a.attname::text FROM pg_attribute AS a"
+        "   WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped))"
+        " FROM relay.tracked AS t"
+        " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    )
+    return {(str(s), str(t)): frozenset(cols) for s, t, cols in await cur.fetchall()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,11 @@ shortest decimal repr, so two number texts past 17 significant digits that parse
 compare equal (jsonb would say no), and a number past the float range (``1e400``) parses to
 infinity and is rejected.
 
-A column the row does not have does not match. A truncated event (``row`` is None: the row was
-over the database's size cap, its values are unknown) is checked against its primary key only;
-conditions on other columns are treated as matching. This fails open on purpose: a filter narrows
+A column the row does not carry is looked up in the primary key (key columns are sent to clients
+in ``pk`` whether or not the table's whitelist carries them in ``row``); a column in neither does
+not match. A truncated event (``row`` is None: the row was over the database's size cap, its
+values are unknown) is checked against its primary key only; conditions on other columns are
+treated as matching. This fails open on purpose: a filter narrows
 what a client asked for, it is not access control. The audience check in the router is what keeps
 rows from users who may not see them, and it never fails open.
 """
@@ -181,10 +183,11 @@ class RowFilter:
     def matches(self, event: Event) -> bool:
         """Whether the event's row meets every condition.
 
-        Evaluated against ``event.row`` (the new values, or the old ones for a DELETE); a column
-        the row lacks does not match. When ``event.row`` is None (a truncated event, its values
-        unknown) only conditions on primary-key columns are checked, against ``event.pk``, and the
-        others are treated as matching. That fails open deliberately: a filter is a client's
+        Evaluated against ``event.row`` (the new values, or the old ones for a DELETE), and for a
+        key column the whitelist leaves out, against ``event.pk``; a column neither has does not
+        match. When ``event.row`` is None (a truncated event, its values unknown) only conditions
+        on primary-key columns are checked, against ``event.pk``, and the others are treated as
+        matching. That fails open deliberately: a filter is a client's
         narrowing, not access control; the router's audience check is what protects users.
         """
         row: Mapping[str, JSONValue] | None = event.row
@@ -195,7 +198,13 @@ class RowFilter:
                     return False
             return True
         for column, keys in self.clauses:
-            if column not in row or _key(row[column]) not in keys:
+            if column in row:
+                value = row[column]
+            elif column in event.pk:
+                value = event.pk[column]
+            else:
+                return False
+            if _key(value) not in keys:
                 return False
         return True
 

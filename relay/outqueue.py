@@ -270,6 +270,16 @@ class OutQueue:
         self._bytes += control.size
         return control
 
+    def release_window(self, sub_id: str) -> None:
+        """Closes the subscription's coalescing window now: its held frames become ready.
+
+        Before a control frame that must follow them (``subscribed`` after a replay)."""
+        window = self._windows.pop(sub_id, None)
+        if window is not None:
+            for item in window.held.values():
+                item.window = None
+                self._ready[item.seq] = item
+
     def _close_windows(self, now: float) -> None:
         due = [
             (w.deadline, w.order, sub_id)

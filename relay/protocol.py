@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,18 +29,18 @@ __all__ = [
     "CLOSE_AUTH",
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY",
-    "CLOSE_TOO_SLOW",
+    "Abort",
     "Close",
     "Limits",
     "Replay",
     "Session",
     "SessionState",
+    "Tracked",
     "parse_subscription",
 ]
 
 CLOSE_GOING_AWAY: Final = 1001  # the relay is shutting down
 CLOSE_POLICY: Final = 1008  # too many bad frames
-CLOSE_TOO_SLOW: Final = 4008  # the outbound buffer could not be kept bounded
 CLOSE_AUTH: Final = 4001  # missing, invalid or expired token
 
 MAX_ID_LENGTH: Final = 64
@@ -63,6 +63,14 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class Abort:
+    """Drop the connection without a close handshake: the client is not reading, so a close
+    frame could not reach it either."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """Read the subscription's missed events from the log, then call ``Session.finish_replay``."""
 
@@ -70,7 +78,9 @@ class Replay:
     since: Cursor
 
 
-Action = Close | Replay
+Action = Close | Abort | Replay
+# (schema, table) -> the columns its events carry (the whitelist, or every column) and its key.
+Tracked = Mapping[tuple[str, str], frozenset[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +102,7 @@ class Session:
         router: Router,
         queue: OutQueue,
         authenticator: Authenticator,
-        tables: Callable[[], Collection[tuple[str, str]]],
+        tables: Callable[[], Tracked],
         epoch: Callable[[], str],
         now: float,
         limits: Limits = Limits(),
@@ -136,9 +146,14 @@ class Session:
             return []
         try:
             message = _parse_object(text)
-            kind = message.get("type")
-            if self.state is SessionState.AWAITING_AUTH and kind != "auth":
+        except ProtocolError as exc:
+            if self.state is SessionState.AWAITING_AUTH:
                 return self._close(CLOSE_AUTH, "auth_required")
+            return self._error(exc)
+        kind = message.get("type")
+        if self.state is SessionState.AWAITING_AUTH and kind != "auth":
+            return self._close(CLOSE_AUTH, "auth_required")
+        try:
             if kind == "auth":
                 return self._auth(message.get("token"), now)
             if kind == "subscribe":
@@ -154,14 +169,17 @@ class Session:
 
     def receive_binary(self) -> Sequence[Action]:
         """A binary frame: protocol v1 is JSON text only."""
+        if self.state is SessionState.AWAITING_AUTH:
+            return self._close(CLOSE_AUTH, "auth_required")
         return self._error(ProtocolError("bad_message", "binary frames are not supported"))
 
-    def tick(self, now: float) -> list[Close]:
+    def tick(self, now: float) -> Sequence[Close | Abort]:
         """Time-driven rules: the auth deadline, token expiry, an unbounded outbound buffer."""
         if self.state is SessionState.CLOSED:
             return []
         if self.queue.overflowed:
-            return self._close(CLOSE_TOO_SLOW, "too_slow")
+            self.close()
+            return [Abort("control_overflow")]
         if self.state is SessionState.AWAITING_AUTH and now >= self.auth_deadline:
             self.on_auth_failure("timeout")
             return self._close(CLOSE_AUTH, "auth_timeout")
@@ -180,10 +198,15 @@ class Session:
 
     # -- replay, driven by the shell --------------------------------------------------------
 
-    def replay_events(self, sub_id: str, events: list[Event], scanned_to: int, now: float) -> bool:
-        """Queues one page of replayed events; False when the subscription is gone."""
-        sub = self.subs.get(sub_id)
-        if sub is None or sub.live:
+    def replaying(self, sub: Subscription) -> bool:
+        """Whether this very subscription (not a newer one reusing its id) still awaits replay."""
+        return self.subs.get(sub.id) is sub and not sub.live
+
+    def replay_events(
+        self, sub: Subscription, events: list[Event], scanned_to: int, now: float
+    ) -> bool:
+        """Queues replayed events; False when the subscription is gone or already live."""
+        if not self.replaying(sub):
             return False
         for event in events:
             if event.pos > sub.after and event.op in sub.ops and sub.filter.matches(event):
@@ -192,19 +215,18 @@ class Session:
         sub.after = max(sub.after, scanned_to)
         return True
 
-    def finish_replay(self, sub_id: str) -> bool:
+    def finish_replay(self, sub: Subscription) -> bool:
         """Makes the subscription live if the replay reached the router's head.
 
-        Returns True when it went live (and ``subscribed`` was queued), False when the head moved
-        on meanwhile (replay more) or the subscription is gone (check ``sub_id in subs``). The
-        shell calls this with no await between its last replay page and this call.
+        Returns True when it went live (and ``subscribed`` was queued after every replayed
+        event, coalescing window included), False when the head moved on meanwhile (replay
+        more) or the subscription is gone (``replaying`` says which). The shell calls this with
+        no await between its last replay page and this call.
         """
-        sub = self.subs.get(sub_id)
-        if sub is None or sub.live:
+        if not self.replaying(sub) or sub.after < self.router.head:
             return False
-        if sub.after < self.router.head:
-            return False
-        self.router.go_live(self, sub_id, sub.after)
+        self.router.go_live(self, sub.id, sub.after)
+        self.queue.release_window(sub.id)
         self._subscribed(sub)
         return True
 
@@ -219,17 +241,6 @@ class Session:
         )
         self.router.go_live(self, sub_id, head)
         self._subscribed(sub)
-
-    def reset_all(self, reason: str) -> None:
-        """Every subscription resets (the log's epoch changed under a live connection)."""
-        head = self.router.head
-        for sub in self.subs.values():
-            self.queue.push_control(
-                dumps(
-                    {"type": "reset", "sub": sub.id, "reason": reason, "cursor": self._cursor(head)}
-                )
-            )
-            sub.after = head
 
     def close(self) -> None:
         """The connection is gone: forget it in the router."""
@@ -327,7 +338,7 @@ def parse_subscription(
     message: Mapping[str, Any],
     sub_id: str,
     *,
-    tracked: Collection[tuple[str, str]],
+    tracked: Tracked,
     head: int,
     epoch: str,
 ) -> tuple[Subscription, Cursor | str | None]:
@@ -337,14 +348,21 @@ def parse_subscription(
     table, schema = _table(message.get("table")), _schema(message.get("schema"))
     if schema == "relay":
         raise ProtocolError("forbidden", "the relay's own tables cannot be subscribed to")
-    if not any(t == table and (schema is None or s == schema) for s, t in tracked):
+    carried = [cols for (s, t), cols in tracked.items() if t == table and schema in (None, s)]
+    if not carried:
         raise ProtocolError("unknown_table", f"table {_short(table)} is not tracked")
+    row_filter = RowFilter.parse(message.get("filter"))
+    for column in row_filter.columns:
+        if not any(column in cols for cols in carried):
+            raise ProtocolError(
+                "bad_message", f"filter column {_short(column)} is not carried by {_short(table)}"
+            )
     sub = Subscription(
         id=sub_id,
         table=table,
         schema=schema,
         ops=_ops(message.get("ops")),
-        filter=RowFilter.parse(message.get("filter")),
+        filter=row_filter,
         after=head,
         coalesce_ms=_coalesce(message.get("coalesce_ms")),
     )
@@ -374,25 +392,37 @@ def _jsonable(value: object) -> bool:
     return True
 
 
+def _utf8_length(value: object) -> int:
+    """The UTF-8 length of a client string, or -1 when it is not one (a lone surrogate, which
+    JSON's escapes allow, could not be echoed back in a frame)."""
+    if not isinstance(value, str):
+        return -1
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
+
+
 def _sub_id(value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
-        raise ProtocolError(
-            "bad_message", f"id must be a string of 1 to {MAX_ID_LENGTH} characters"
-        )
+    if not 0 < _utf8_length(value) <= MAX_ID_LENGTH:
+        raise ProtocolError("bad_message", f"id must be a string of 1 to {MAX_ID_LENGTH} bytes")
+    assert isinstance(value, str)
     return value
 
 
 def _table(value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value.encode()) <= 63:
+    if not 0 < _utf8_length(value) <= 63:
         raise ProtocolError("bad_message", "table must be a table name")
+    assert isinstance(value, str)
     return value
 
 
 def _schema(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not 0 < len(value.encode()) <= 63:
+    if not 0 < _utf8_length(value) <= 63:
         raise ProtocolError("bad_message", "schema must be a schema name")
+    assert isinstance(value, str)
     return value
 
 

@@ -14,7 +14,7 @@ import ipaddress
 import itertools
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
@@ -36,7 +36,7 @@ from relay.logs import user_label
 from relay.metrics import Metrics
 from relay.outqueue import OutQueue
 from relay.poll import handle_poll
-from relay.protocol import CLOSE_TOO_SLOW, Close, Limits, Replay, Session
+from relay.protocol import Abort, Close, Limits, Replay, Session, Tracked
 from relay.router import Router
 
 __all__ = ["Hub", "WebsocketShell"]
@@ -82,7 +82,7 @@ class Hub:
         self.caught_up_at = -1e9  # monotonic time the log was last read up to its head
         self.last_event_at: float | None = None  # monotonic
         self.db_head = 0
-        self.tables: frozenset[tuple[str, str]] = frozenset()
+        self.tables: Tracked = {}
         self.connections: dict[str, Connection] = {}
         self.accepting = True
         metrics.last_event_age.set_function(self._last_event_age)
@@ -122,7 +122,7 @@ class Hub:
                 continue
             metrics.events.labels(event.table, event.op).inc()
             if (event.schema, event.table) not in self.tables:  # tracked since the last refresh
-                self.tables = self.tables | {(event.schema, event.table)}
+                self.tables = {**self.tables, (event.schema, event.table): _columns_of(event)}
             self.router.route(event, now)
         self.last_event_at = time.monotonic()
         self.db_head = max(self.db_head, self.router.head)
@@ -139,8 +139,13 @@ class Hub:
             < max(READY_LAG, 2 * self.settings.listen_window)
         )
 
-    def tracked(self) -> Collection[tuple[str, str]]:
+    def tracked(self) -> Tracked:
         return self.tables
+
+
+def _columns_of(event: Event) -> frozenset[str]:
+    """A table's carried columns as one event shows them, until the catalog is refreshed."""
+    return frozenset(event.pk) | frozenset(event.row or ())
 
 
 class Connection:
@@ -235,15 +240,25 @@ class Connection:
         self.log = self.log.bind(user=user) if user else self.log
         self.log.info("authenticated")
 
-    async def _act(self, actions: Sequence[Close | Replay], tasks: anyio.abc.TaskGroup) -> bool:
+    async def _act(
+        self, actions: Sequence[Close | Abort | Replay], tasks: anyio.abc.TaskGroup
+    ) -> bool:
         """Carries out the session's actions; True when the connection is to end."""
         for action in actions:
             if isinstance(action, Close):
                 self.log.info("closing", code=action.code, reason=action.reason)
                 await self._close(action.code, action.reason)
                 return True
+            if isinstance(action, Abort):
+                self._abort(action.reason)
+                return True
             tasks.start_soon(self._replay, action)
         return False
+
+    def _abort(self, reason: str) -> None:
+        self.shell.hub.metrics.drops.labels("slow_client").inc()
+        self.log.warning("aborted", reason=reason)
+        self.abort()
 
     async def _close(self, code: int, reason: str) -> None:
         await self._flush_controls()
@@ -290,25 +305,26 @@ class Connection:
         while True:
             now = time.time()
             for action in self.session.tick(now):
-                if action.code == CLOSE_TOO_SLOW:
-                    self.shell.hub.metrics.drops.labels("slow_client").inc()
-                    self.log.warning("aborted", reason="buffer_overflow")
-                    self.abort()
+                if isinstance(action, Abort):
+                    self._abort(action.reason)
                     scope.cancel()
                     return
                 self.close_soon(action.code, action.reason)
             started = self.send_started
             if started is not None and time.monotonic() - started > settings.slow_client_timeout:
-                self.shell.hub.metrics.drops.labels("slow_client").inc()
-                self.log.warning(
-                    "aborted", reason="not_draining", seconds=settings.slow_client_timeout
-                )
-                self.abort()
+                self._abort("not_draining")
                 scope.cancel()
                 return
             deadline = self.session.next_deadline()
             wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
             await anyio.sleep(wait)
+
+    async def _room_for_replay(self) -> None:
+        """Replay goes at the client's pace: it waits while the queue is half full (by count or
+        bytes), so a long replay never overflows the queue; live events keep their room."""
+        queue = self.queue
+        while len(queue) > queue.max_messages // 2 or queue.pending_bytes > queue.max_bytes // 2:
+            await self.drained.wait(1.0)
 
     async def _replay(self, action: Replay) -> None:
         """Replays a subscription from its cursor, paced by the client's drain, then goes live."""
@@ -322,19 +338,18 @@ class Connection:
                     state = await read_log_state(conn)
                 reason = resume_problem(action.since, state)
                 if reason is not None:
-                    hub.metrics.resets.labels(reason).inc()
-                    session.reset_subscription(sub.id, reason)
-                    self.wakeup.set()
+                    if session.replaying(sub):
+                        hub.metrics.resets.labels(reason).inc()
+                        session.reset_subscription(sub.id, reason)
+                        self.wakeup.set()
                     return
-                while sub.id in session.subs:
-                    upto = hub.router.head
-                    if sub.after >= upto:
-                        if session.finish_replay(sub.id):
-                            self.wakeup.set()
-                            return
-                        continue
-                    while len(self.queue) > settings.queue_max_messages // 2:
-                        await self.drained.wait(1.0)  # paced by the client: no overflow by replay
+                page_size = min(settings.replay_batch, max(1, settings.queue_max_messages // 2))
+                while session.replaying(sub):
+                    if sub.after >= hub.router.head:
+                        # No await since reading the head: nothing was routed in between.
+                        session.finish_replay(sub)
+                        self.wakeup.set()
+                        return
                     with anyio.fail_after(settings.query_timeout):
                         page = await fetch_replay(
                             conn,
@@ -342,12 +357,15 @@ class Connection:
                             table=sub.table,
                             schema=sub.schema,
                             after=sub.after,
-                            upto=upto,
-                            limit=settings.replay_batch,
+                            upto=hub.router.head,
+                            limit=page_size,
                         )
-                    if not session.replay_events(sub.id, page.events, page.scanned_to, time.time()):
-                        return
-                    self.wakeup.set()
+                    for event in page.events:
+                        await self._room_for_replay()
+                        if not session.replay_events(sub, [event], 0, time.time()):
+                            return
+                        self.wakeup.set()
+                    session.replay_events(sub, [], page.scanned_to, time.time())
         except (psycopg.Error, TimeoutError) as exc:
             # The database is unreachable: the client retries with the same cursor.
             self.log.warning("replay_failed", error=type(exc).__name__)
@@ -405,6 +423,11 @@ class WebsocketShell:
         origin = self.admission.check_origin(request.headers.get("Origin"))
         if not origin.admitted:
             return self._refuse(origin.status, origin.reason, "origin not allowed\n")
+        cors = _cors_headers(request.headers.get("Origin")) if path == POLL_PATH else []
+        if path == POLL_PATH and request.method == "OPTIONS":  # a browser's CORS preflight
+            return _response(204, b"", "text/plain", cors)
+        if request.method != "GET":
+            return _response(405, b"only GET\n", "text/plain", [("Allow", "GET"), *cors])
         if path == WS_PATH and not hub.settings.websockets:
             return self._refuse(
                 503, "websockets_off", "websockets are switched off: use /v1/poll\n"
@@ -425,7 +448,9 @@ class WebsocketShell:
                 )
             finally:
                 self.admission.release(address)
-            return _response(status, body.encode(), "application/json")
+            return _response(
+                status, body.encode(), "application/json", [("Cache-Control", "no-store"), *cors]
+            )
         self.addresses[id(connection)] = address
         return None
 
@@ -452,8 +477,25 @@ def _text(status: int, body: str) -> Response:
     return _response(status, body.encode(), "text/plain; charset=utf-8")
 
 
-def _response(status: int, body: bytes, content_type: str) -> Response:
+def _response(
+    status: int, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
+) -> Response:
     from http import HTTPStatus
 
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    headers.update(extra)
     return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _cors_headers(origin: str | None) -> list[tuple[str, str]]:
+    """CORS for long-polling from a browser app on another origin. The Origin was checked
+    against the allow-list already; the token travels in a header, never in cookies."""
+    if origin is None:
+        return []
+    return [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+        ("Access-Control-Allow-Headers", "Authorization"),
+        ("Access-Control-Max-Age", "600"),
+        ("Vary", "Origin"),
+    ]

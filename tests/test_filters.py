@@ -158,10 +158,27 @@ def test_every_condition_must_hold() -> None:
 
 
 def test_missing_column_does_not_match() -> None:
-    """A filtered column absent from the row is no match, even when the filter value is null."""
+    """A column in neither the row nor the pk is no match, even when the filter value is null."""
     assert not matches({"a": 1}, {"b": 1})
     assert not matches({"a": None}, {"b": 1})
     assert not matches({"a": {"in": [None]}}, {})
+
+
+def test_key_column_outside_the_row_is_matched_against_pk() -> None:
+    """A pk column the whitelist leaves out of the row is compared with the pk's value."""
+    event = make_event(1, pk={"id": 7}, row={"status": "open"})
+    assert RowFilter.parse({"id": 7.0, "status": "open"}).matches(event)
+    assert not RowFilter.parse({"id": 8}).matches(event)
+    assert not RowFilter.parse({"id": True}).matches(make_event(2, pk={"id": 1}, row={}))
+
+
+def test_row_value_wins_over_pk_value() -> None:
+    """When the row carries a key column, the row's value is the one compared."""
+    event = make_event(1, pk={"id": 7}, row={"id": 8})
+    assert (False, True) == (
+        RowFilter.parse({"id": 7}).matches(event),
+        RowFilter.parse({"id": 8}).matches(event),
+    )
 
 
 def test_delete_matches_on_its_old_values() -> None:

@@ -162,3 +162,35 @@ def test_one_address_past_its_limit_is_refused_while_others_connect(relay_db: st
             open_timeout=5,
             legacy=True,
         ).close()
+
+
+def test_poll_answers_a_cors_preflight_and_carries_cors_headers(relay_db: str) -> None:
+    """A browser on an allowed origin can long-poll cross-origin: preflight 204, CORS on the answer."""
+    with relay_process(relay_db, {"RELAY_ALLOWED_ORIGINS": "https://app.example"}) as relay:
+        url = f"http://127.0.0.1:{relay.port}/v1/poll?table=generations"
+        preflight = urllib.request.Request(url, method="OPTIONS")
+        preflight.add_header("Origin", "https://app.example")
+        preflight.add_header("Access-Control-Request-Headers", "authorization")
+        with urllib.request.urlopen(preflight, timeout=5) as response:
+            assert (204, "https://app.example", "Authorization") == (
+                response.status,
+                response.headers["Access-Control-Allow-Origin"],
+                response.headers["Access-Control-Allow-Headers"],
+            )
+        get = urllib.request.Request(url, headers={"Origin": "https://app.example",
+                                                   "Authorization": f"Bearer {token('alice')}"})  # fmt: skip
+        with urllib.request.urlopen(get, timeout=5) as response:
+            assert ("https://app.example", "no-store") == (
+                response.headers["Access-Control-Allow-Origin"],
+                response.headers["Cache-Control"],
+            )
+
+
+def test_poll_refuses_other_methods_with_405(relay: RelayProcess) -> None:
+    """Only GET (and the CORS preflight) are served on /v1/poll."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{relay.port}/v1/poll?table=generations", method="DELETE"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert 405 == refused.value.code

@@ -136,10 +136,17 @@ def oracle_matches(raw: object, event: Event) -> bool:
     assert isinstance(raw, dict)
     for column, condition in raw.items():
         options = condition["in"] if isinstance(condition, dict) else [condition]
-        if event.row is None:
+        if event.row is None:  # truncated: pk columns only, the rest fail open
             if column in event.pk and not any(json_eq(event.pk[column], o) for o in options):
                 return False
-        elif column not in event.row or not any(json_eq(event.row[column], o) for o in options):
+            continue
+        if column in event.row:
+            value = event.row[column]
+        elif column in event.pk:  # a key column the whitelist does not carry
+            value = event.pk[column]
+        else:
+            return False
+        if not any(json_eq(value, o) for o in options):
             return False
     return True
 

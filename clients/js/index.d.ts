@@ -81,17 +81,19 @@ export interface TimerFunctions {
 
 /** A WebSocket constructor: the browser's, or e.g. `WebSocket` from the "ws" package. */
 export interface WebSocketConstructor {
-  new (url: string): WebSocketLike;
+  new (url: string, ...rest: any[]): WebSocketLike;
 }
 
+/** What the client uses of a WebSocket. `event` is the browser's Event, MessageEvent and
+ * CloseEvent (it reads `data`, `code` and `reason`). */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
-  onopen: ((event: any) => void) | null;
-  onmessage: ((event: { data: any }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: any) => void) | null;
+  onopen: ((event: any) => any) | null;
+  onmessage: ((event: any) => any) | null;
+  onclose: ((event: any) => any) | null;
+  onerror: ((event: any) => any) | null;
 }
 
 export interface ClientOptions {

@@ -38,11 +38,10 @@ export function endpoints(url, pollUrl) {
     u.hash = '';
     return u.href;
   };
+  const toHttp = { 'ws:': 'http:', 'wss:': 'https:' };
   return {
     ws: at(WS_PATH, { 'http:': 'ws:', 'https:': 'wss:' }),
-    poll: pollUrl
-      ? new URL(pollUrl, base.href).href
-      : at(POLL_PATH, { 'ws:': 'http:', 'wss:': 'https:' }),
+    poll: pollUrl ? new URL(pollUrl, at('/', toHttp)).href : at(POLL_PATH, toHttp),
   };
 }
 
@@ -73,7 +72,10 @@ export function createClient(options) {
   if (!WS && !fetchImpl) {
     throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
   }
-  const backoffOptions = { initialMs: backoff.initialMs ?? 500, capMs: backoff.capMs ?? 30_000 };
+  const backoffOptions = {
+    initialMs: backoff?.initialMs ?? 500,
+    capMs: backoff?.capMs ?? 30_000,
+  };
   const urls = endpoints(url, pollUrl);
   const timer = timerFactory(timers);
   const wait = Math.min(MAX_POLL_WAIT_S, Math.max(1, pollWaitS));
@@ -96,6 +98,7 @@ export function createClient(options) {
   let receivedAtTick = 0;
 
   let cachedToken = null; // { token, refreshAt }
+  let socketRefreshAt = Infinity; // when the token sent on `socket` is due for replacement
   let pendingToken = null;
 
   const reconnectTimer = timer();
@@ -207,7 +210,9 @@ export function createClient(options) {
     ws.onopen = () => {
       tokenPromise.then(
         (value) => {
-          if (socket === ws) send({ type: 'auth', token: value });
+          if (socket !== ws) return;
+          socketRefreshAt = refreshTime(value);
+          send({ type: 'auth', token: value });
         },
         (err) => {
           if (socket !== ws) return;
@@ -276,7 +281,10 @@ export function createClient(options) {
     try {
       frame = JSON.parse(typeof data === 'string' ? data : String(data));
     } catch {
-      report(new RelayError('bad_frame', 'the relay sent a frame that is not JSON'));
+      frame = null;
+    }
+    if (frame === null || typeof frame !== 'object') {
+      report(new RelayError('bad_frame', 'the relay sent a frame that is not a JSON object'));
       return;
     }
     const sub = subs.get(frame.type === 'event' || frame.type === 'reset' ? frame.sub : frame.id);
@@ -325,8 +333,10 @@ export function createClient(options) {
     });
     scheduleRefresh();
     armKeepalive();
+    for (const sub of [...subs.values()]) {
+      if (!sub.sent) sendSubscribe(sub);
+    }
     setState('live');
-    for (const sub of subs.values()) sendSubscribe(sub);
   }
 
   function sendSubscribe(sub) {
@@ -339,9 +349,13 @@ export function createClient(options) {
     sub.sent = send(message);
   }
 
+  function refreshTime(value) {
+    return cachedToken?.token === value ? cachedToken.refreshAt : now();
+  }
+
   function scheduleRefresh() {
-    if (!cachedToken || cachedToken.refreshAt === Infinity) return;
-    const delay = cachedToken.refreshAt - now();
+    if (socketRefreshAt === Infinity) return;
+    const delay = socketRefreshAt - now();
     if (delay > MAX_TIMER_MS) {
       refreshTimer.set(MAX_TIMER_MS, scheduleRefresh);
       return;
@@ -361,6 +375,7 @@ export function createClient(options) {
       return;
     }
     if (socket !== ws || !ready) return;
+    socketRefreshAt = refreshTime(value);
     send({ type: 'auth', token: value });
     scheduleRefresh();
   }

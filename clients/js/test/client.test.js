@@ -1,7 +1,7 @@
 // The client against a fake relay: a WebSocket and a fetch driven by the test, fake timers.
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { backoffCeiling, createClient } from '../src/index.js';
+import { backoffCeiling, createClient, endpoints } from '../src/index.js';
 import { FakeClock, cursor, fakeSockets, flush, unsignedToken } from '../testlib/fakes.js';
 
 function setup(options = {}) {
@@ -342,4 +342,66 @@ test('no timer and no listener survives close()', async () => {
   assert.equal(clock.pending, 0);
   assert.equal(client.state, 'closed');
   assert.throws(() => client.subscribe('thumbnails'), /closed/);
+});
+
+test('subscribing from onState("live") sends that subscription once', async () => {
+  let client;
+  const { sockets, client: c } = setup({
+    onState: (state) => {
+      if (state === 'live') client.subscribe('generations', {}, {});
+    },
+  });
+  client = c;
+  client.subscribe('thumbnails', {}, {});
+  await sockets[0].accept();
+  assert.deepEqual(sockets[0].of('subscribe').map((m) => [m.id, m.table]), [
+    ['s1', 'thumbnails'],
+    ['s2', 'generations'],
+  ]);
+  sockets[0].receive(null);
+  client.close();
+});
+
+test('endpoints: /v1/ws and /v1/poll under the base URL, schemes mapped', () => {
+  assert.deepEqual(endpoints('ws://127.0.0.1:8080'), {
+    ws: 'ws://127.0.0.1:8080/v1/ws',
+    poll: 'http://127.0.0.1:8080/v1/poll',
+  });
+  assert.deepEqual(endpoints('https://example.com/relay/?x=1'), {
+    ws: 'wss://example.com/relay/v1/ws',
+    poll: 'https://example.com/relay/v1/poll',
+  });
+  assert.equal(endpoints('wss://a.example', '/poll-here').poll, 'https://a.example/poll-here');
+});
+
+test('page visible again or network back: an immediate attempt; listeners removed on close', async (t) => {
+  const win = new EventTarget();
+  const doc = Object.assign(new EventTarget(), { visibilityState: 'hidden' });
+  const saved = { add: globalThis.addEventListener, remove: globalThis.removeEventListener, doc: globalThis.document };
+  globalThis.addEventListener = win.addEventListener.bind(win);
+  globalThis.removeEventListener = win.removeEventListener.bind(win);
+  globalThis.document = doc;
+  t.after(() => {
+    globalThis.addEventListener = saved.add;
+    globalThis.removeEventListener = saved.remove;
+    globalThis.document = saved.doc;
+  });
+  const { sockets, client } = setup({ random: () => 0.999 });
+  await sockets[0].accept();
+  sockets[0].serverClose(1006);
+  doc.dispatchEvent(new Event('visibilitychange')); // still hidden: nothing
+  assert.equal(sockets.length, 1);
+  doc.visibilityState = 'visible';
+  doc.dispatchEvent(new Event('visibilitychange'));
+  assert.equal(sockets.length, 2);
+  sockets[1].serverClose(1006);
+  win.dispatchEvent(new Event('online'));
+  assert.equal(sockets.length, 3);
+  await sockets[2].accept();
+  win.dispatchEvent(new Event('online')); // live: a ping checks the socket
+  assert.deepEqual(sockets[2].of('ping'), [{ type: 'ping' }]);
+  client.close();
+  win.dispatchEvent(new Event('online'));
+  doc.dispatchEvent(new Event('visibilitychange'));
+  assert.equal(sockets.length, 3);
 });
