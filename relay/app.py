@@ -7,8 +7,10 @@ closes every client with 1001 (going away) and exits within ``shutdown_timeout``
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -16,6 +18,7 @@ import prometheus_client
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
+from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from relay.auth import Authenticator, AuthSettings, load_jwks_file
@@ -24,7 +27,7 @@ from relay.db import (
     AsyncConn,
     LogReader,
     Sequencer,
-    check_direct_connection,
+    check_listen_works,
     connect,
     read_catalog,
     read_log_state,
@@ -57,9 +60,9 @@ async def preflight(settings: Settings, hub: Hub) -> None:
     """Fails at start, with one line, on a database the relay cannot work with; loads the
     tracked-table catalog so the first subscriptions after start are answered correctly."""
     async with await connect(settings.dsn, "pgrelay-preflight", settings.query_timeout) as conn:
-        await check_direct_connection(conn)
         await read_log_state(conn)
         await _load_catalog(conn, hub)
+    await check_listen_works(settings.dsn, settings.query_timeout)
 
 
 async def _load_catalog(conn: AsyncConn, hub: Hub) -> None:
@@ -145,25 +148,28 @@ async def run_relay(
             await tasks.start(reader.run)
             tasks.start_soon(sequencer.run)
             tasks.start_soon(_maintenance, settings, hub)
-            async with ws_serve(
-                shell.handle,
-                settings.host,
-                settings.port,
-                process_request=shell.process_request,
-                process_response=shell.process_response,
-                max_size=settings.max_message_bytes,
-                max_queue=16,
-                compression="deflate" if settings.compression else None,
-                ssl=_ssl_context(settings),
-                ping_interval=20,
-                ping_timeout=20,
-                close_timeout=2,
-                open_timeout=MAX_WAIT + 10,  # a long-poll is answered inside the handshake
-                server_header=None,
-            ) as server:
+            async with (
+                ws_serve(
+                    shell.handle,
+                    settings.host,
+                    settings.port,
+                    process_request=shell.process_request,
+                    process_response=shell.process_response,
+                    max_size=settings.max_message_bytes,
+                    max_queue=16,
+                    compression="deflate" if settings.compression else None,
+                    ssl=_ssl_context(settings),
+                    ping_interval=20,
+                    ping_timeout=20,
+                    close_timeout=2,
+                    open_timeout=MAX_WAIT + 10,  # a long-poll is answered inside the handshake
+                    server_header=None,
+                ) as server,
+                _metrics_server(settings, shell) as metrics_port,
+            ):
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("listening", host=settings.host, port=port, dsn=redact_dsn(settings.dsn),
-                         replica=settings.replica_id)  # fmt: skip
+                         replica=settings.replica_id, metrics_port=metrics_port)  # fmt: skip
                 task_status.started(port)
                 await _until_signal()
                 log.info("shutting_down", connections=len(hub.connections))
@@ -176,6 +182,26 @@ async def run_relay(
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await pool.close()
         log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _metrics_server(settings: Settings, shell: WebsocketShell) -> AsyncIterator[int | None]:
+    """With RELAY_METRICS_PORT, /metrics (and health) on a port of their own, never upgraded."""
+    if not settings.metrics_port:
+        yield None
+        return
+
+    async def refuse(ws: ServerConnection) -> None:  # every request is answered before this
+        await ws.close(1008, "not a websocket endpoint")
+
+    async with ws_serve(
+        refuse,
+        settings.host,
+        settings.metrics_port,
+        process_request=shell.process_ops_request,
+        server_header=None,
+    ) as server:
+        yield next(iter(server.sockets)).getsockname()[1]
 
 
 async def _until_signal() -> None:

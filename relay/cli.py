@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from relay.config import add_flags, settings_from_args
+from relay.config import add_flags, render_env_example, settings_from_args
 from relay.errors import RelayError
 from relay.sqlfiles import install_script, uninstall_script
 
@@ -57,6 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    if args.action == "example":
+        sys.stdout.write(render_env_example())
+        return 0
     settings = settings_from_args(args)
     for name, value in settings.redacted().items():
         print(f"{name} = {value!r}")
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     config = commands.add_parser("config", help="check the configuration")
-    config.add_argument("action", choices=["check"])
+    config.add_argument("action", choices=["check", "example"])
     add_flags(config)
     config.set_defaults(handler=_config_check)
     return parser

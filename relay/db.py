@@ -37,6 +37,8 @@ __all__ = [
     "LogState",
     "ReplayPage",
     "Sequencer",
+    "check_direct_connection",
+    "check_listen_works",
     "connect",
     "event_from_row",
     "fetch_replay",
@@ -148,6 +150,32 @@ async def read_catalog(conn: AsyncConn) -> dict[tuple[str, str], frozenset[str]]
     return {(str(s), str(t)): frozenset(cols) for s, t, cols in await cur.fetchall()}
 
 
+LISTEN_PROBE_TIMEOUT: Final = 3.0
+
+
+async def check_listen_works(dsn: str, timeout: float) -> None:
+    """Proves that NOTIFY reaches a LISTENing connection made with this DSN.
+
+    Through PgBouncer in transaction mode a LISTEN lands on whichever server connection serves
+    that one statement, and notifications never come back to the client: the relay would wait
+    forever, silently. Comparing backend pids catches that only when the pooler happens to hand
+    out another server connection, so this asks the question that matters directly.
+    """
+    channel = f"relay_probe_{random.getrandbits(48):x}"
+    async with await connect(dsn, "pgrelay-preflight", timeout) as listener:
+        await check_direct_connection(listener)
+        await listener.execute(f"LISTEN {channel}")
+        async with await connect(dsn, "pgrelay-preflight", timeout) as sender:
+            await sender.execute("SELECT pg_notify(%s, 'probe')", (channel,))
+        async for _ in listener.notifies(timeout=LISTEN_PROBE_TIMEOUT, stop_after=1):
+            return
+    raise DatabaseError(
+        "NOTIFY does not reach a LISTENing connection through this DSN: it goes through a "
+        "connection pooler in transaction mode (PgBouncer?); point the relay at Postgres "
+        "directly or at a session-mode pool"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayPage:
     events: list[Event]
@@ -220,17 +248,17 @@ class LogReader:
         self.backoff = Backoff(rng=rng)
         self.epoch: str | None = None
         self.head_seen = 0  # the log's head at the last read: for backlog and readiness
+        self._started = False  # task_status.started() was called
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        started = False
         while True:
             try:
                 async with await connect(
                     self.dsn, self.application_name, self.query_timeout
                 ) as conn:
-                    await self._serve(conn, started, task_status)
+                    await self._serve(conn, task_status)
             except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError) as exc:
                 self.on_state(None)
                 self.backoff.failed(anyio.current_time())
@@ -240,13 +268,8 @@ class LogReader:
                 await anyio.sleep(delay)
             else:  # pragma: no cover - _serve only returns by raising
                 return
-            finally:
-                if not started and self.epoch is not None:
-                    started = True
 
-    async def _serve(
-        self, conn: AsyncConn, started: bool, task_status: anyio.abc.TaskStatus[None]
-    ) -> None:
+    async def _serve(self, conn: AsyncConn, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.fail_after(self.query_timeout):
             await check_direct_connection(conn)
             await conn.execute("LISTEN relay_log")
@@ -262,12 +285,13 @@ class LogReader:
         self.backoff.succeeded(anyio.current_time())
         self.on_state(state)
         log.info("listener_up", head=state.head, notify=state.notify)
-        if not started:
-            task_status.started()
         # Without the doorbell, wait no longer than the poll interval between reads.
         window = self.listen_window if state.notify else min(self.listen_window, self.poll_interval)
         while True:
             await self._read_all(conn)
+            if not self._started:  # ready once the log was read up to its head
+                self._started = True
+                task_status.started()
             async for _ in conn.notifies(timeout=window, stop_after=1):
                 pass
 

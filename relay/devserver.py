@@ -28,7 +28,7 @@ import psycopg
 
 from relay.errors import RelayError
 
-__all__ = ["DevServerError", "PgServer", "find_bindir"]
+__all__ = ["DevServerError", "PgServer", "find_bindir", "grant_traverse"]
 
 SERVER_USER = "pgrelay-pg"
 START_TIMEOUT = 30.0
@@ -101,7 +101,7 @@ def _ensure_user() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _grant_traverse(folder: Path) -> None:
+def grant_traverse(folder: Path) -> None:
     """Lets the server user reach its data folder: search (x) permission only, never read."""
     for path in [folder, *folder.parents]:
         mode = path.stat().st_mode
@@ -211,7 +211,7 @@ class PgServer:
             uid, gid = self._as_user
             for path in (self.datadir, self.socket_dir):
                 os.chown(path, uid, gid)
-            _grant_traverse(self.datadir.parent)
+            grant_traverse(self.datadir.parent)
         if (self.pgdata / "PG_VERSION").is_file():
             return
         result = subprocess.run(

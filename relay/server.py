@@ -43,6 +43,7 @@ __all__ = ["Hub", "WebsocketShell"]
 
 WS_PATH: Final = "/v1/ws"
 POLL_PATH: Final = "/v1/poll"
+OPS_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 WRITE_BATCH: Final = 256  # frames popped per writer wake-up
 CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
 READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
@@ -401,6 +402,19 @@ class WebsocketShell:
         ]
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
 
+    def process_ops_request(self, connection: ServerConnection, request: Request) -> Response:
+        """/healthz, /readyz and /metrics: on the main port, or alone on the metrics port."""
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return _text(200, "ok\n")
+        if path == "/readyz":
+            return _text(200, "ready\n") if self.hub.ready() else _text(503, "not ready\n")
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            return _response(200, self.hub.metrics.render(), CONTENT_TYPE_LATEST)
+        return _text(404, "not found\n")
+
     def _refuse(self, status: int, reason: str, text: str) -> Response:
         self.hub.metrics.refused.labels(reason).inc()
         return _text(status, text)
@@ -410,14 +424,11 @@ class WebsocketShell:
     ) -> Response | None:
         path = request.path.split("?", 1)[0]
         hub = self.hub
-        if path == "/healthz":
-            return _text(200, "ok\n")
-        if path == "/readyz":
-            return _text(200, "ready\n") if hub.ready() else _text(503, "not ready\n")
-        if path == "/metrics":
-            from prometheus_client import CONTENT_TYPE_LATEST
-
-            return _response(200, hub.metrics.render(), CONTENT_TYPE_LATEST)
+        if path in OPS_PATHS:
+            # With a separate metrics port, /metrics is served there only; health on both.
+            if path == "/metrics" and hub.settings.metrics_port:
+                return _text(404, "not found\n")
+            return self.process_ops_request(connection, request)
         if path not in (WS_PATH, POLL_PATH):
             return _text(404, "not found\n")
         origin = self.admission.check_origin(request.headers.get("Origin"))

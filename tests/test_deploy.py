@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from relay.config import env_variables
+
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
@@ -50,28 +52,8 @@ METRIC_NAME = re.compile(r"\brelay_[a-z_]+")
 
 # The settings the relay reads: RELAY_* and DATABASE_URL (relay/config.py), RELAY_SQL_DIR
 # (relay/sqlfiles.py).
-SETTINGS = frozenset(
-    {
-        "DATABASE_URL",
-        "RELAY_DSN",
-        "RELAY_HOST",
-        "RELAY_PORT",
-        "RELAY_METRICS_PORT",
-        "RELAY_JWT_SECRET",
-        "RELAY_JWKS_FILE",
-        "RELAY_JWT_AUDIENCE",
-        "RELAY_JWT_ISSUER",
-        "RELAY_ALLOWED_ORIGINS",
-        "RELAY_LOG_FORMAT",
-        "RELAY_RETENTION",
-        "RELAY_HEARTBEAT_INTERVAL",
-        "RELAY_SHUTDOWN_TIMEOUT",
-        "RELAY_TLS_CERT",
-        "RELAY_TLS_KEY",
-        "RELAY_TRUSTED_PROXIES",
-        "RELAY_SQL_DIR",
-    }
-)
+# Every environment variable the relay reads: its settings, plus where the SQL files are.
+SETTINGS = frozenset({*env_variables(), "RELAY_SQL_DIR"})
 
 ALERTS = frozenset(
     {
