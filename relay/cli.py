@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from relay.config import add_flags, render_env_example, settings_from_args
+from relay.config import Settings, add_flags, render_env_example, settings_from_args
 from relay.errors import RelayError
 from relay.sqlfiles import install_script, uninstall_script
 
@@ -56,11 +56,33 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from relay.demo import run_demo
+    from relay.logs import configure_logging
+
+    # The demo supplies its own database and JWT secret; every other RELAY_ setting applies.
+    environ = {
+        **os.environ,
+        "RELAY_DSN": args.dsn or "postgresql:///demo",
+        "RELAY_INSECURE_DEV": "1",
+    }
+    overrides = {"host": args.host, "port": args.port}
+    settings = replace(Settings.load(environ, overrides), dsn=args.dsn or "")
+    configure_logging(settings.log_format, "warning" if not args.verbose else settings.log_level)
+    run_demo(settings, simulate=not args.no_simulator)
+    return 0
+
+
 def _config_check(args: argparse.Namespace) -> int:
     if args.action == "example":
         sys.stdout.write(render_env_example())
         return 0
     settings = settings_from_args(args)
+    from relay.app import build_authenticator
+
+    build_authenticator(settings)  # the JWT secret's strength and the JWKS file, checked now
     for name, value in settings.redacted().items():
         print(f"{name} = {value!r}")
     return 0
@@ -84,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(serve)
     serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the live demo: embedded PostgreSQL, example schema, relay, simulator",
+        description="Run the demo. Without --dsn, PostgreSQL runs with its data in .relay-demo/.",
+    )
+    demo.add_argument("--dsn", help="use this PostgreSQL server instead of the embedded one")
+    demo.add_argument("--host", default=None, help="address for the demo page (default 127.0.0.1)")
+    demo.add_argument("--port", default=None, help="port for the demo page (default 8080)")
+    demo.add_argument("--no-simulator", action="store_true", help="no simulated activity")
+    demo.add_argument("--verbose", action="store_true", help="the relay's info logs too")
+    demo.set_defaults(handler=_demo)
 
     config = commands.add_parser("config", help="check the configuration")
     config.add_argument("action", choices=["check", "example"])

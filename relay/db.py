@@ -54,6 +54,9 @@ LOG_COLUMNS: Final = (
 )
 READ_BATCH: Final = 1000
 TAKEOVER_INTERVAL: Final = 1.0
+# What a supervised loop survives by reconnecting: any database error (a dropped connection, a
+# restart, the schema dropped and reinstalled under it), a timeout (a hung backend), the network.
+SUPERVISED_ERRORS: Final = (psycopg.Error, DatabaseError, TimeoutError, OSError)
 
 log = structlog.get_logger("relay.db")
 AsyncConn = psycopg.AsyncConnection[TupleRow]
@@ -259,7 +262,7 @@ class LogReader:
                     self.dsn, self.application_name, self.query_timeout
                 ) as conn:
                     await self._serve(conn, task_status)
-            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError) as exc:
+            except SUPERVISED_ERRORS as exc:
                 self.on_state(None)
                 self.backoff.failed(anyio.current_time())
                 delay = self.backoff.next_delay()
@@ -279,14 +282,17 @@ class LogReader:
             log.warning("epoch_changed", old=self.epoch, new=state.epoch)
             self.last_pos = None
         self.epoch = state.epoch
-        if self.last_pos is None or self.last_pos > state.head:
-            self.last_pos = state.head  # from now; a head behind us means a restore
+        if self.last_pos is None or not state.pruned_through <= self.last_pos <= state.head:
+            # From now: a head behind us means a restore, a horizon past us that events we
+            # never read were pruned. The hub resets its clients in both cases.
+            self.last_pos = state.head
         self.head_seen = state.head
         self.backoff.succeeded(anyio.current_time())
         self.on_state(state)
         log.info("listener_up", head=state.head, notify=state.notify)
-        # Without the doorbell, wait no longer than the poll interval between reads.
-        window = self.listen_window if state.notify else min(self.listen_window, self.poll_interval)
+        # The sequencer rings relay_log after every batch whatever the notify setting (that
+        # setting only spares the writers' commits), so the reader always waits a full window.
+        window = self.listen_window
         while True:
             await self._read_all(conn)
             if not self._started:  # ready once the log was read up to its head
@@ -357,7 +363,7 @@ class Sequencer:
                     self.dsn, self.application_name, self.query_timeout
                 ) as conn:
                     await self._serve(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError) as exc:
+            except SUPERVISED_ERRORS as exc:
                 self._set_leader(False)
                 self.backoff.failed(anyio.current_time())
                 delay = self.backoff.next_delay()
@@ -386,8 +392,6 @@ class Sequencer:
             await anyio.sleep(TAKEOVER_INTERVAL)
         await self._query(conn, "LISTEN relay_inbox")
         self._set_leader(True)
-        notify = bool(await self._query(conn, "SELECT notify FROM relay.settings"))
-        window = self.listen_window if notify else min(self.listen_window, self.poll_interval)
         while True:
             while (
                 await self._query(conn, "SELECT relay.sequence_batch(%s)", (self.batch,))
@@ -395,6 +399,10 @@ class Sequencer:
             ):
                 pass  # a full batch: more is waiting
             await self._maybe_prune(conn)
+            # Read each time: a DBA may switch notify off (or on) while the relay runs. Without
+            # the writers' doorbell the inbox is polled every poll_interval.
+            notify = bool(await self._query(conn, "SELECT notify FROM relay.settings"))
+            window = self.listen_window if notify else min(self.listen_window, self.poll_interval)
             async for _ in conn.notifies(timeout=window, stop_after=1):
                 pass
 

@@ -107,6 +107,7 @@ class Session:
         now: float,
         limits: Limits = Limits(),
         on_auth_failure: Callable[[str], None] = lambda reason: None,
+        on_reset: Callable[[str], None] = lambda reason: None,
         on_offer: Callable[[], None] = lambda: None,
     ) -> None:
         self.conn_id = conn_id
@@ -118,6 +119,7 @@ class Session:
         self.limits = limits
         self.on_auth_failure = on_auth_failure
         self.on_offer = on_offer
+        self.on_reset = on_reset
         self.state = SessionState.AWAITING_AUTH
         self.claims: Claims | None = None
         self.auth_deadline = now + limits.auth_timeout
@@ -235,6 +237,7 @@ class Session:
         sub = self.subs.get(sub_id)
         if sub is None:
             return
+        self.on_reset(reason)
         head = self.router.head
         self.queue.push_control(
             dumps({"type": "reset", "sub": sub_id, "reason": reason, "cursor": self._cursor(head)})

@@ -102,10 +102,17 @@ class Hub:
         if state is None:
             return
         went_back = state.head < self.router.head  # a restore from backup keeps the epoch
-        if self.epoch is not None and (state.epoch != self.epoch or went_back):
+        # Down longer than the retention: events this relay never read were pruned meanwhile.
+        pruned_past_us = state.pruned_through > self.router.head
+        if self.epoch is not None and (state.epoch != self.epoch or went_back or pruned_past_us):
             # Reinstalled or restored: every cursor handed out is meaningless. Clients reconnect
             # and resume with their cursors, which now get an explicit epoch_changed reset.
-            log.warning("log_replaced", epoch_changed=state.epoch != self.epoch, head=state.head)
+            log.warning(
+                "log_discontinuity",
+                epoch_changed=state.epoch != self.epoch,
+                went_back=went_back,
+                pruned_past_us=pruned_past_us,
+            )
             for connection in list(self.connections.values()):
                 connection.close_soon(CLOSE_EPOCH_CHANGED, "epoch_changed")
             self.router = Router(state.head)
@@ -175,6 +182,7 @@ class Connection:
             now=time.time(),
             limits=Limits(settings.max_subscriptions, settings.auth_timeout),
             on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
+            on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
             on_offer=self._wake_writer,
         )
         self.wakeup = _Wakeup()
@@ -333,24 +341,27 @@ class Connection:
         session = self.session
         sub = action.sub
         settings = hub.settings
+        pool = self.shell.pool
+        # A pool connection is held only for each query, never while waiting on the client:
+        # slow clients replaying cannot starve the pool.
         try:
-            async with self.shell.pool.connection(timeout=settings.query_timeout * 2) as conn:
+            async with pool.connection(timeout=settings.query_timeout * 2) as conn:
                 with anyio.fail_after(settings.query_timeout):
                     state = await read_log_state(conn)
-                reason = resume_problem(action.since, state)
-                if reason is not None:
-                    if session.replaying(sub):
-                        hub.metrics.resets.labels(reason).inc()
-                        session.reset_subscription(sub.id, reason)
-                        self.wakeup.set()
+            reason = resume_problem(action.since, state)
+            if reason is not None:
+                if session.replaying(sub):
+                    session.reset_subscription(sub.id, reason)
+                    self.wakeup.set()
+                return
+            page_size = min(settings.replay_batch, max(1, settings.queue_max_messages // 2))
+            while session.replaying(sub):
+                if sub.after >= hub.router.head:
+                    # No await since reading the head: nothing was routed in between.
+                    session.finish_replay(sub)
+                    self.wakeup.set()
                     return
-                page_size = min(settings.replay_batch, max(1, settings.queue_max_messages // 2))
-                while session.replaying(sub):
-                    if sub.after >= hub.router.head:
-                        # No await since reading the head: nothing was routed in between.
-                        session.finish_replay(sub)
-                        self.wakeup.set()
-                        return
+                async with pool.connection(timeout=settings.query_timeout * 2) as conn:
                     with anyio.fail_after(settings.query_timeout):
                         page = await fetch_replay(
                             conn,
@@ -361,12 +372,12 @@ class Connection:
                             upto=hub.router.head,
                             limit=page_size,
                         )
-                    for event in page.events:
-                        await self._room_for_replay()
-                        if not session.replay_events(sub, [event], 0, time.time()):
-                            return
-                        self.wakeup.set()
-                    session.replay_events(sub, [], page.scanned_to, time.time())
+                for event in page.events:
+                    await self._room_for_replay()
+                    if not session.replay_events(sub, [event], 0, time.time()):
+                        return
+                    self.wakeup.set()
+                session.replay_events(sub, [], page.scanned_to, time.time())
         except (psycopg.Error, TimeoutError) as exc:
             # The database is unreachable: the client retries with the same cursor.
             self.log.warning("replay_failed", error=type(exc).__name__)
@@ -429,6 +440,10 @@ class WebsocketShell:
             if path == "/metrics" and hub.settings.metrics_port:
                 return _text(404, "not found\n")
             return self.process_ops_request(connection, request)
+        from relay.demo_web import handle_demo_request
+
+        if hub.settings.demo and (demo := await handle_demo_request(self, request)) is not None:
+            return demo
         if path not in (WS_PATH, POLL_PATH):
             return _text(404, "not found\n")
         origin = self.admission.check_origin(request.headers.get("Origin"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
+
 import pytest
 
 from relay.events import Event
@@ -73,6 +76,40 @@ def test_index_larger_than_audience() -> None:
     targets = [connect(router, f"u{i}", f"c{i}", make_sub()) for i in range(20_000)]
     assert 1 == router.route(make_event(1, audience=["u123"]), 0.0)
     assert [1 if i == 123 else 0 for i in range(20_000)] == [len(t.received) for t in targets]
+
+
+class CountingAudience(frozenset[str]):
+    """An audience that counts how the router reads it."""
+
+    iterated = 0
+    probed = 0
+
+    def __iter__(self) -> Iterator[str]:
+        type(self).iterated += 1
+        return super().__iter__()
+
+    def __contains__(self, item: object) -> bool:
+        type(self).probed += 1
+        return super().__contains__(item)
+
+
+def test_routing_walks_the_smaller_side() -> None:
+    """A big audience is probed once per connected user; a small one is iterated, not probed."""
+    router = Router()
+    for i in range(3):
+        connect(router, f"u{i}", f"c{i}", make_sub())
+    CountingAudience.iterated = CountingAudience.probed = 0
+    big = CountingAudience(f"u{i}" for i in range(1_000))
+    event = replace(make_event(1), audience=big)
+    assert 3 == router.route(event, 0.0)
+    assert (0, 3) == (CountingAudience.iterated, CountingAudience.probed)
+
+    for i in range(3, 1_000):
+        connect(router, f"u{i}", f"c{i}", make_sub())
+    CountingAudience.iterated = CountingAudience.probed = 0
+    small = CountingAudience({"u7", "nobody"})
+    assert 1 == router.route(replace(make_event(2), audience=small), 0.0)
+    assert (1, 0) == (CountingAudience.iterated, CountingAudience.probed)
 
 
 # --- matching ------------------------------------------------------------------------------

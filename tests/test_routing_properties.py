@@ -251,10 +251,10 @@ def run_scenario(scenario: Scenario) -> int:
             assert removed == router.unsubscribe(targets[index], action.sub_id)
         else:
             after = head + action.delta
-            msub = models[index].subs.get(action.sub_id)
-            assert (msub is not None) == router.go_live(targets[index], action.sub_id, after)
-            if msub is not None:
-                msub.live, msub.after = True, after
+            live = models[index].subs.get(action.sub_id)
+            assert (live is not None) == router.go_live(targets[index], action.sub_id, after)
+            if live is not None:
+                live.live, live.after = True, after
 
     assert head == router.head
     alive = [m for m in models if m.alive]
@@ -262,10 +262,10 @@ def run_scenario(scenario: Scenario) -> int:
     assert len({m.user for m in alive}) == router.user_count
     for target in targets:
         got = {sub_id: positions for sub_id, positions in target.got.items() if positions}
-        want = {s: p for (c, s), p in expected.items() if c == target.conn_id}
-        assert want == got, target.conn_id
-        for positions in got.values():
-            assert sorted(set(positions)) == positions  # once each, in position order
+        wanted = {s: p for (c, s), p in expected.items() if c == target.conn_id}
+        assert wanted == got, target.conn_id
+        for received in got.values():
+            assert sorted(set(received)) == received  # once each, in position order
     for model, target in zip(models, targets, strict=True):
         for sub_id, msub in model.subs.items():
             sub = subs[target.conn_id, sub_id]
@@ -283,7 +283,13 @@ raw_filters = st.none() | st.dictionaries(
     values | st.builds(lambda vs: {"in": vs}, st.lists(values, min_size=1, max_size=3)),
     max_size=2,
 )
-OP_SETS = (OPS, OPS, frozenset({"INSERT"}), frozenset({"UPDATE", "DELETE"}), frozenset())
+OP_SETS: tuple[frozenset[str], ...] = (
+    OPS,
+    OPS,
+    frozenset({"INSERT"}),
+    frozenset({"UPDATE", "DELETE"}),
+    frozenset(),
+)
 sub_specs = st.builds(
     SubSpec,
     id=st.sampled_from(SUB_IDS),
@@ -342,16 +348,28 @@ SHAPES = list(
         (1, 1, 1, 1, 1, 1, 1, 2, 0, -2), TABLES, SCHEMAS, OP_LIST, (False,) * 9 + (True,)
     )
 )
-route_steps = st.tuples(
+
+
+def _route_step(
+    shape: tuple[int, str, str, Op, bool],
+    audience: frozenset[str],
+    pk: dict[str, JSONValue],
+    row: dict[str, JSONValue],
+) -> RouteStep:
+    return RouteStep(*shape, audience, pk, row)
+
+
+route_steps = st.builds(
+    _route_step,
     st.sampled_from(SHAPES),
     st.sampled_from(AUDIENCES),
     st.sampled_from(_dicts(VALUES, range(1, 3))),
     st.sampled_from(_dicts(ROW_VALUES, range(4))),
-).map(lambda t: RouteStep(*t[0], audience=t[1], pk=t[2], row=t[3]))
+)
 conn_indexes = st.integers(0, 7)
 sub_ids = st.sampled_from(SUB_IDS)
 # Routes weighted 10 to 6 against the index changes (one_of would weight its branches evenly).
-STEP_KINDS = (
+STEP_KINDS: tuple[st.SearchStrategy[RouteStep | Action], ...] = (
     *[route_steps] * 10,
     connects,
     st.builds(Remove, conn_indexes),
