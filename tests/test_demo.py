@@ -65,7 +65,12 @@ def settle(relay: RelayProcess, dsn: str, timeout: float = 10.0) -> None:
 
 
 def http(
-    relay: RelayProcess, path: str, *, method: str = "GET", user: str | None = None, bearer: str = ""
+    relay: RelayProcess,
+    path: str,
+    *,
+    method: str = "GET",
+    user: str | None = None,
+    bearer: str = "",
 ) -> tuple[int, str, bytes]:
     """Status, Content-Type and body of one request to the relay."""
     request = urllib.request.Request(f"http://127.0.0.1:{relay.port}{path}", method=method)
@@ -355,11 +360,14 @@ GENERATIONS = """[...document.querySelectorAll('#generations [data-generation-id
   Number(node.dataset.generationId), node.dataset.status,
   node.querySelector('img') ? node.querySelector('img').src.slice(0, 5) : null])"""
 
-PIXEL = "data:image/svg+xml;base64," + base64.b64encode(
-    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 10">'
-    b'<rect width="16" height="10" fill="#0ea5e9"/><circle cx="11" cy="3" r="2" fill="#fde68a"/>'
-    b'<path d="M0 10 6 4l4 4 2-2 4 4z" fill="#0c4a6e"/></svg>'
-).decode()
+PIXEL = (
+    "data:image/svg+xml;base64,"
+    + base64.b64encode(
+        b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 10">'
+        b'<rect width="16" height="10" fill="#0ea5e9"/><circle cx="11" cy="3" r="2" fill="#fde68a"/>'
+        b'<path d="M0 10 6 4l4 4 2-2 4 4z" fill="#0c4a6e"/></svg>'
+    ).decode()
+)
 
 
 def test_browser_click_updates_the_owners_dashboard_within_a_second(seeded_db: str) -> None:
@@ -396,11 +404,15 @@ def test_browser_click_updates_the_owners_dashboard_within_a_second(seeded_db: s
                 ]
             ]  # fmt: skip
             browser.until(alice, f"!!document.querySelector('[data-generation-id=\"{new[-1]}\"]')")
-            browser.js(alice, f"document.querySelector('[data-generation-id=\"{new[3]}\"]').mark = 1")
+            browser.js(
+                alice, f"document.querySelector('[data-generation-id=\"{new[3]}\"]').mark = 1"
+            )
             conn.execute("UPDATE generations SET status = 'succeeded' WHERE id = %s", (new[3],))
         browser.until(alice, f"document.querySelector('[data-generation-id=\"{new[3]}\"]')"
                              ".dataset.status === 'succeeded'")  # fmt: skip
-        assert 1 == browser.js(alice, f"document.querySelector('[data-generation-id=\"{new[3]}\"]').mark")
+        assert 1 == browser.js(
+            alice, f"document.querySelector('[data-generation-id=\"{new[3]}\"]').mark"
+        )
         assert [
             [new[4], "running", None], [new[3], "succeeded", None], [new[2], "succeeded", "data:"],
             [new[1], "failed", None], [new[0], "succeeded", None],
@@ -420,7 +432,9 @@ def test_browser_click_updates_the_owners_dashboard_within_a_second(seeded_db: s
         assert ("6", "6") == (landed["count"], landed["shown"])
         assert landed["ms"] < 1000, f"click to screen took {landed['ms']:.0f} ms"
         latency = browser.js(alice, "document.querySelector('#latency').dataset.ms")
-        assert f"{latency} ms" == browser.js(alice, "document.querySelector('#latency .v').textContent")
+        assert f"{latency} ms" == browser.js(
+            alice, "document.querySelector('#latency .v').textContent"
+        )
         assert 0 <= int(latency) < 1000
         browser.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 1, "y": 850}, alice)
         time.sleep(0.25)  # the count's highlight, mid-way, in the picture

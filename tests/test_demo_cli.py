@@ -63,7 +63,9 @@ class Demo:
         """The printed links by label (page, alice, bob), once the 'stop:' line is out."""
         deadline = time.monotonic() + timeout
         while not any(line.strip().startswith("stop:") for line in self.lines):
-            assert self.process.poll() is None, f"demo exited {self.process.returncode}: {self.lines}"
+            assert self.process.poll() is None, (
+                f"demo exited {self.process.returncode}: {self.lines}"
+            )
             assert time.monotonic() < deadline, f"no links within {timeout}s: {self.lines}"
             time.sleep(0.05)
         labelled = (line.strip().split(None, 1) for line in self.lines if line.startswith("  "))
