@@ -27,8 +27,10 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(BIN)/relay demo
 
+# The full fault suite (RELIABILITY.md) and the long routing property test (100,000+ events).
 chaos: $(STAMP)
-	$(BIN)/pytest -m slow tests/chaos
+	RELAY_LONG_PROPERTY=1 $(BIN)/pytest -p no:cacheprovider tests/test_routing_properties.py
+	$(BIN)/pytest -m slow -p no:cacheprovider tests/chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.write_overhead

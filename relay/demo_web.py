@@ -49,6 +49,7 @@ MAX_TARGET: Final = 2048  # path and query of a demo request
 MAX_OWNER: Final = 256
 MAX_ID: Final = 2**63 - 1
 GENERATIONS: Final = 20
+THUMBNAILS: Final = 500  # per answer: a demo user has a handful
 MODULE_NAME: Final = re.compile(r"/([A-Za-z0-9_-]{1,64}\.js)")
 # The page loads nothing from elsewhere; images are same-origin or data: URLs.
 PAGE_CSP: Final = (
@@ -180,7 +181,8 @@ async def _state(shell: WebsocketShell, request: Request, query: Mapping[str, st
         shell,
         [
             ("SELECT id, project_id, title, share_click_count, created_at"
-             " FROM public.thumbnails WHERE user_id = %s ORDER BY id", (claims.sub,)),
+             " FROM public.thumbnails WHERE user_id = %s ORDER BY id LIMIT %s",
+             (claims.sub, THUMBNAILS)),
             ("SELECT id, project_id, shot_id, status, url, created_at"
              " FROM public.generations WHERE user_id = %s ORDER BY id DESC LIMIT %s",
              (claims.sub, GENERATIONS)),
@@ -196,8 +198,9 @@ async def _gallery(shell: WebsocketShell, request: Request, query: Mapping[str, 
         raise _Refused(400, f"owner must be 1 to {MAX_OWNER} characters")
     (thumbnails,) = await _read(
         shell,
-        [("SELECT id, title FROM public.thumbnails WHERE user_id = %s ORDER BY id", (owner,))],
-    )
+        [("SELECT id, title FROM public.thumbnails WHERE user_id = %s ORDER BY id LIMIT %s",
+          (owner, THUMBNAILS))],
+    )  # fmt: skip
     return _json(200, {"owner": owner, "thumbnails": thumbnails})
 
 

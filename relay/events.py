@@ -50,7 +50,9 @@ class Event:
     audience: frozenset[str]
     committed_at: datetime
     truncated: bool = False
-    _tail: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The encoded wire tail per epoch; not a constructor argument, so dataclasses.replace()
+    # never carries another event's encoding over.
+    _tail: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def row_key(self) -> tuple[str, str, str]:

@@ -380,12 +380,12 @@ def test_browser_click_updates_the_owners_dashboard_within_a_second(seeded_db: s
     bob_ids = [i for i, _ in thumbnails_of(seeded_db, "bob")]
 
     with relay_process(seeded_db, DEMO) as relay, chromium() as browser:
+        settle(relay, seeded_db)
         page = f"http://127.0.0.1:{relay.port}/?token="
         alice = browser.open(page + token("alice"))
         bob = browser.open(page + token("bob"))
         browser.until(alice, LOADED)
         browser.until(bob, LOADED)
-        settle(relay, seeded_db)
 
         # New generations appear at the top; a status change patches its row in place.
         with psycopg.connect(seeded_db, autocommit=True) as conn:

@@ -69,6 +69,7 @@ function toast(message) {
 
 function showNotice(title, text) {
   $('#app').hidden = true;
+  for (const chip of ['#user', '#latency', '#status']) $(chip).hidden = true;
   const notice = $('#notice');
   notice.querySelector('.title').textContent = title;
   notice.querySelector('.text').textContent = text;
@@ -254,7 +255,9 @@ async function loadState() {
 }
 
 function refused() {
-  client?.close();
+  // After the client's own handling of the refusal: closing from inside its onError would
+  // leave it re-arming a reconnect.
+  setTimeout(() => client?.close(), 0);
   showNotice(
     'This link’s token was refused',
     'It has expired or belongs to another demo run. Open a fresh link printed by:',
