@@ -177,7 +177,7 @@ async def _state(shell: WebsocketShell, request: Request, query: Mapping[str, st
     except AuthError as exc:
         shell.hub.metrics.auth_failures.labels(exc.reason).inc()
         raise _Refused(401, "token refused", reason=exc.reason) from None
-    thumbnails, generations = await _read(
+    thumbnails, generations = await _run(
         shell,
         [
             ("SELECT id, project_id, title, share_click_count, created_at"
@@ -196,7 +196,7 @@ async def _gallery(shell: WebsocketShell, request: Request, query: Mapping[str, 
     owner = query.get("owner", "")
     if not owner or len(owner) > MAX_OWNER:
         raise _Refused(400, f"owner must be 1 to {MAX_OWNER} characters")
-    (thumbnails,) = await _read(
+    (thumbnails,) = await _run(
         shell,
         [("SELECT id, title FROM public.thumbnails WHERE user_id = %s ORDER BY id LIMIT %s",
           (owner, THUMBNAILS))],
@@ -210,7 +210,7 @@ async def _click(shell: WebsocketShell, request: Request, query: Mapping[str, st
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 0 < int(raw) <= MAX_ID:
         raise _Refused(400, "id must be a positive integer")
     thumbnail_id = int(raw)
-    ((row,),) = await _read(
+    ((row,),) = await _run(
         shell,
         [("SELECT public.increment_thumbnail_share_click_count(%s) AS share_click_count",
           (thumbnail_id,))],
@@ -221,7 +221,7 @@ async def _click(shell: WebsocketShell, request: Request, query: Mapping[str, st
     return _json(200, {"id": thumbnail_id, "share_click_count": count})
 
 
-async def _read(
+async def _run(
     shell: WebsocketShell, queries: list[tuple[str, tuple[Any, ...]]]
 ) -> list[list[dict[str, Any]]]:
     """Runs parameterised queries on one pooled connection, within the query timeout."""

@@ -21,7 +21,17 @@ Op: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "HEARTBEAT"]
 OPS: frozenset[str] = frozenset({"INSERT", "UPDATE", "DELETE"})  # what clients subscribe to
 JSONValue: TypeAlias = Any  # what json.loads returns; rows are arbitrary JSON objects
 
+FRAME_CACHE_SIZE = 16  # encoded frames kept per event (per distinct subscription id)
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _text_frame_header(length: int) -> bytes:
+    """FIN + text opcode, no mask (server to client), then the payload length."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big")
+    return bytes((0x81, 127)) + length.to_bytes(8, "big")
 
 
 def dumps(value: object) -> str:
@@ -53,6 +63,9 @@ class Event:
     # The encoded wire tail per epoch; not a constructor argument, so dataclasses.replace()
     # never carries another event's encoding over.
     _tail: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _frames: dict[tuple[str, str], bytes] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def row_key(self) -> tuple[str, str, str]:
@@ -93,6 +106,19 @@ class Event:
     def frame(self, sub_id: str, epoch: str) -> str:
         """The complete ``event`` frame for one subscription."""
         return '{"type":"event","sub":' + dumps(sub_id) + "," + self.wire_tail(epoch)
+
+    def wire_frame(self, sub_id: str, epoch: str) -> bytes:
+        """The frame as an unmasked, unfragmented websocket text frame (RFC 6455 section 5.2),
+        cached for the first few subscription ids: fanning one event out to many connections
+        (which often share an id) encodes and frames it once, not once per connection."""
+        key = (sub_id, epoch)
+        data = self._frames.get(key)
+        if data is None:
+            payload = self.frame(sub_id, epoch).encode()
+            data = _text_frame_header(len(payload)) + payload
+            if len(self._frames) < FRAME_CACHE_SIZE:
+                self._frames[key] = data
+        return data
 
     def merged_with(self, newer: Event) -> Event:
         """This UPDATE followed by a newer UPDATE of the same row, as one event.

@@ -109,6 +109,7 @@ class Session:
         on_auth_failure: Callable[[str], None] = lambda reason: None,
         on_reset: Callable[[str], None] = lambda reason: None,
         on_offer: Callable[[], None] = lambda: None,
+        direct: Callable[[Subscription, Event], bool] | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.router = router
@@ -119,6 +120,7 @@ class Session:
         self.limits = limits
         self.on_auth_failure = on_auth_failure
         self.on_offer = on_offer
+        self.direct = direct
         self.on_reset = on_reset
         self.state = SessionState.AWAITING_AUTH
         self.claims: Claims | None = None
@@ -133,6 +135,15 @@ class Session:
         return self.claims.sub if self.claims is not None else ""
 
     def offer(self, sub: Subscription, event: Event, now: float) -> None:
+        # The shell may write at once when nothing waits before this event (an empty queue, no
+        # coalescing window) and its socket takes it; otherwise the bounded queue decides.
+        if (
+            self.direct is not None
+            and sub.coalesce_ms == 0
+            and not len(self.queue)
+            and self.direct(sub, event)
+        ):
+            return
         self.queue.offer(sub, event, now)
         self.on_offer()
 

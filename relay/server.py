@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from relay.admission import Admission, client_address
 from relay.auth import Authenticator
@@ -38,6 +39,7 @@ from relay.outqueue import OutQueue
 from relay.poll import handle_poll
 from relay.protocol import Abort, Close, Limits, Replay, Session, Tracked
 from relay.router import Router
+from relay.subscription import Subscription
 
 __all__ = ["Hub", "WebsocketShell"]
 
@@ -45,6 +47,8 @@ WS_PATH: Final = "/v1/ws"
 POLL_PATH: Final = "/v1/poll"
 OPS_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 WRITE_BATCH: Final = 256  # frames popped per writer wake-up
+# The fast path writes while the socket's buffer holds less than this; past it, frames queue.
+DIRECT_WRITE_LIMIT: Final = 64 * 1024
 CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
 READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
 HEARTBEAT: Final = "HEARTBEAT"
@@ -86,6 +90,7 @@ class Hub:
         self.tables: Tracked = {}
         self.connections: dict[str, Connection] = {}
         self.accepting = True
+        self._direct_writes = 0  # deliveries of the event being routed, written at once
         metrics.last_event_age.set_function(self._last_event_age)
         metrics.log_backlog.set_function(lambda: max(0, self.db_head - self.router.head))
 
@@ -132,8 +137,20 @@ class Hub:
             if (event.schema, event.table) not in self.tables:  # tracked since the last refresh
                 self.tables = {**self.tables, (event.schema, event.table): _columns_of(event)}
             self.router.route(event, now)
+            if self._direct_writes:
+                self._count_direct(event)
         self.last_event_at = time.monotonic()
         self.db_head = max(self.db_head, self.router.head)
+
+    def written_directly(self) -> None:
+        """A connection wrote the event being routed straight to its socket."""
+        self._direct_writes += 1
+
+    def _count_direct(self, event: Event) -> None:
+        count, self._direct_writes = self._direct_writes, 0
+        self.metrics.deliveries.inc(count)
+        lag = max(0.0, time.time() - event.committed_at.timestamp())
+        self.metrics.delivery_lag.observe(lag, count)
 
     def read_up_to_head(self) -> None:
         self.caught_up_at = time.monotonic()
@@ -184,9 +201,13 @@ class Connection:
             on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
             on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
             on_offer=self._wake_writer,
+            direct=self.write_direct,
         )
         self.wakeup = _Wakeup()
         self.send_started: float | None = None  # monotonic start of a write still pending
+        self.writing = False  # the writer task holds popped frames not yet written
+        # No extension (permessage-deflate) negotiated: frames are plain RFC 6455 text frames.
+        self.plain_frames = not ws.protocol.extensions
         self.drained = _Wakeup()
         self.closing: tuple[int, str] | None = None
         self.log = log.bind(conn=self.id)
@@ -301,13 +322,42 @@ class Connection:
                 deadline = self.queue.next_deadline()
                 await self.wakeup.wait(None if deadline is None else max(0.0, deadline - now))
                 continue
-            for frame, committed_at in frames:
-                self.send_started = time.monotonic()
-                await self.ws.send(frame)
-                self.send_started = None
-                if committed_at is not None:
-                    metrics.deliveries.inc()
-                    metrics.delivery_lag.observe(max(0.0, time.time() - committed_at.timestamp()))
+            self.writing = True  # the fast path must not write past frames popped here
+            try:
+                for frame, committed_at in frames:
+                    self.send_started = time.monotonic()
+                    await self.ws.send(frame)
+                    self.send_started = None
+                    if committed_at is not None:
+                        metrics.deliveries.inc()
+                        lag = max(0.0, time.time() - committed_at.timestamp())
+                        metrics.delivery_lag.observe(lag)
+            finally:
+                self.writing = False
+
+    def write_direct(self, sub: Subscription, event: Event) -> bool:
+        """The fast path: writes the event's frame to the socket now, as websockets' broadcast()
+        does, when nothing is queued before it and the socket's buffer is low. False otherwise,
+        and the event takes the bounded queue and the writer task (with backpressure)."""
+        ws = self.ws
+        transport = ws.transport
+        if (
+            self.writing
+            or self.closing is not None
+            or ws.protocol.state is not State.OPEN
+            or transport is None
+            or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT
+        ):
+            return False
+        if self.plain_frames:
+            # Without extensions a server's text frame is the same bytes on every connection:
+            # write the event's cached frame, as websockets itself would have framed it.
+            transport.write(event.wire_frame(sub.id, self.queue.epoch))
+        else:
+            ws.protocol.send_text(event.frame(sub.id, self.queue.epoch).encode())
+            ws.send_data()
+        self.shell.hub.written_directly()
+        return True
 
     async def _watchdog(self, scope: anyio.CancelScope) -> None:
         settings = self.shell.hub.settings

@@ -255,6 +255,7 @@ export function createClient(options) {
     if (code === CLOSE_AUTH) {
       cachedToken = null; // the next attempt asks the provider for a new token
       report(new RelayError('auth_refused', `the relay refused the token: ${reason}`, { reason }));
+      if (closed) return; // the app may close() from its onError handler
     }
     failedOpens = failedOpen ? failedOpens + 1 : failedOpens;
     if (mode === 'poll') {
@@ -529,6 +530,7 @@ export function createClient(options) {
       cachedToken = null;
       const reason = body?.reason ?? 'unknown';
       report(new RelayError('auth_refused', `the relay refused the token: ${reason}`, { reason }));
+      if (closed) return; // the app may close() from its onError handler
     }
     loop.ok = false;
     updatePollState();

@@ -136,6 +136,18 @@ test('close 4001 asks the token provider for a new token before reconnecting', a
   client.close();
 });
 
+test('close() from onError after a refused token leaves no timer and stays closed', async () => {
+  let client = null;
+  const harness = setup({ onError: () => client.close() });
+  client = harness.client;
+  const { sockets, clock, states } = harness;
+  await sockets[0].accept();
+  sockets[0].serverClose(4001, 'token_expired');
+  assert.equal(client.state, 'closed');
+  assert.equal(states.at(-1), 'closed');
+  assert.equal(clock.pending, 0);
+});
+
 test('reset frames call onReset and move the cursor to the reset cursor', async () => {
   const { sockets, client, clock } = setup();
   const got = collect();
