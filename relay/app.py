@@ -148,6 +148,8 @@ async def run_relay(
             await tasks.start(reader.run)
             tasks.start_soon(sequencer.run)
             tasks.start_soon(_maintenance, settings, hub)
+            shell.task_group = tasks
+            tasks.start_soon(shell.sweep)
             async with (
                 ws_serve(
                     shell.handle,

@@ -10,11 +10,12 @@ blocks forever, and its keepalive ping does not notice).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import anyio
@@ -49,6 +50,7 @@ OPS_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 WRITE_BATCH: Final = 256  # frames popped per writer wake-up
 # The fast path writes while the socket's buffer holds less than this; past it, frames queue.
 DIRECT_WRITE_LIMIT: Final = 64 * 1024
+SWEEP_INTERVAL: Final = 0.5  # resolution of the auth timeout, token expiry and slow-client rule
 CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
 READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
 HEARTBEAT: Final = "HEARTBEAT"
@@ -174,7 +176,14 @@ def _columns_of(event: Event) -> frozenset[str]:
 
 
 class Connection:
-    """One websocket client: its session, queue, writer and watchdog."""
+    """One websocket client: its session and bounded queue, and how frames reach its socket.
+
+    An idle connection owns no task: frames are written synchronously (``flush``) while the
+    socket takes them. A writer task exists only while frames wait (a socket that pushes back,
+    a coalescing window); replays run as tasks too. Both run in the server's task group under
+    this connection's cancel scopes, cancelled when it ends. The hub's sweeper enforces the
+    timers (auth, expiry, the slow-client rule) for every connection at once.
+    """
 
     _ids = itertools.count(1)
 
@@ -200,40 +209,60 @@ class Connection:
             limits=Limits(settings.max_subscriptions, settings.auth_timeout),
             on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
             on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
-            on_offer=self._wake_writer,
+            on_offer=self.flush,
             direct=self.write_direct,
         )
-        self.wakeup = _Wakeup()
         self.send_started: float | None = None  # monotonic start of a write still pending
         self.writing = False  # the writer task holds popped frames not yet written
+        self.writer_spawned = False  # a writer task is scheduled or running
+        self.wakeup: _Wakeup | None = None  # wakes the writer waiting on a coalescing window
+        self.drained: _Wakeup | None = None  # wakes a replay waiting for room in the queue
+        self.background: set[anyio.CancelScope] = set()
         # No extension (permessage-deflate) negotiated: frames are plain RFC 6455 text frames.
         self.plain_frames = not ws.protocol.extensions
-        self.drained = _Wakeup()
         self.closing: tuple[int, str] | None = None
-        self.log = log.bind(conn=self.id)
+        self.user_label: str | None = None
 
-    def _wake_writer(self) -> None:
-        self.wakeup.set()
-
-    def close_soon(self, code: int, reason: str) -> None:
-        self.closing = (code, reason)
-        self.wakeup.set()
+    @property
+    def log(self) -> Any:
+        """Bound on use, not per connection: an idle connection carries no logger."""
+        return (
+            log.bind(conn=self.id, user=self.user_label)
+            if self.user_label
+            else log.bind(conn=self.id)
+        )
 
     async def run(self) -> None:
         hub = self.shell.hub
         hub.connections[self.id] = self
         hub.metrics.connections.opened()
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._writer)
-                tasks.start_soon(self._watchdog, tasks.cancel_scope)
-                await self._reader(tasks)
-                tasks.cancel_scope.cancel()
+            await self._reader()
         finally:
+            for scope in list(self.background):
+                scope.cancel()
             self.session.close()
             hub.connections.pop(self.id, None)
             hub.metrics.connections.closed()
             self._count_dropped()
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Runs fn in the server's task group, cancelled when this connection ends."""
+
+        async def guarded() -> None:
+            with anyio.CancelScope() as scope:
+                self.background.add(scope)
+                try:
+                    await fn(*args)
+                except ConnectionClosed:
+                    pass
+                except Exception:  # one connection's failure must not end the server
+                    self.log.exception("connection_task_failed")
+                    self.abort()
+                finally:
+                    self.background.discard(scope)
+
+        self.shell.tasks.start_soon(guarded)
 
     def _count_dropped(self) -> None:
         metrics = self.shell.hub.metrics
@@ -244,11 +273,23 @@ class Connection:
             metrics.resets.labels("overflow").inc(self.queue.resets)
             self.queue.resets = 0
 
-    async def _reader(self, tasks: anyio.abc.TaskGroup) -> None:
+    def _forget_handshake(self) -> None:
+        """websockets keeps the handshake's request and response, with every header a browser
+        sent (cookies, user agent...), for the connection's whole life; only the token was
+        needed. The objects stay (websockets checks that the request exists), empty."""
+        ws = self.ws
+        if ws.request is not None:
+            ws.request = dataclasses.replace(ws.request, headers=Headers())
+        if ws.response is not None:
+            ws.response = dataclasses.replace(ws.response, headers=Headers(), body=b"")
+
+    async def _reader(self) -> None:
         header = self.ws.request.headers.get("Authorization", "") if self.ws.request else ""
+        self._forget_handshake()
         if header[:7].lower() == "bearer ":
-            if await self._act(self.session.authenticate(header[7:].strip(), time.time()), tasks):
+            if await self._act(self.session.authenticate(header[7:].strip(), time.time())):
                 return
+            self.flush()  # ready
             self._log_auth()
         try:
             async for message in self.ws:
@@ -257,22 +298,19 @@ class Connection:
                     actions = self.session.receive_text(message, time.time())
                 else:
                     actions = self.session.receive_binary()
-                self.wakeup.set()
-                if await self._act(actions, tasks):
+                if await self._act(actions):
                     return
+                self.flush()  # the answers the session queued (pong, subscribed, errors)
                 if not authed and self.session.claims is not None:
                     self._log_auth()
         except ConnectionClosed:
             return
 
     def _log_auth(self) -> None:
-        user = user_label(self.session.user, self.shell.hub.settings.log_user_ids)
-        self.log = self.log.bind(user=user) if user else self.log
+        self.user_label = user_label(self.session.user, self.shell.hub.settings.log_user_ids)
         self.log.info("authenticated")
 
-    async def _act(
-        self, actions: Sequence[Close | Abort | Replay], tasks: anyio.abc.TaskGroup
-    ) -> bool:
+    async def _act(self, actions: Sequence[Close | Abort | Replay]) -> bool:
         """Carries out the session's actions; True when the connection is to end."""
         for action in actions:
             if isinstance(action, Close):
@@ -282,7 +320,7 @@ class Connection:
             if isinstance(action, Abort):
                 self._abort(action.reason)
                 return True
-            tasks.start_soon(self._replay, action)
+            self._spawn(self._replay, action)
         return False
 
     def _abort(self, reason: str) -> None:
@@ -290,99 +328,136 @@ class Connection:
         self.log.warning("aborted", reason=reason)
         self.abort()
 
-    async def _close(self, code: int, reason: str) -> None:
-        await self._flush_controls()
-        with anyio.move_on_after(CLOSE_GRACE) as scope:
-            await self.ws.close(code, reason)
-        if scope.cancelled_caught:
-            self.abort()
-
-    async def _flush_controls(self) -> None:
-        """Best effort: send what is queued (an error, a reset) before a close frame."""
-        with anyio.move_on_after(CLOSE_GRACE):
-            for frame in self.queue.pop_ready(time.time()):
-                await self.ws.send(frame)
-
     def abort(self) -> None:
         transport = self.ws.transport
         if transport is not None:
             transport.abort()
 
-    async def _writer(self) -> None:
-        metrics = self.shell.hub.metrics
-        while True:
-            if self.closing is not None:
-                await self._close(*self.closing)
-                return
-            now = time.time()
-            frames = self.queue.pop_ready_timed(now, WRITE_BATCH)
-            if not frames:
-                self._count_dropped()
-                self.drained.set()
-                deadline = self.queue.next_deadline()
-                await self.wakeup.wait(None if deadline is None else max(0.0, deadline - now))
-                continue
-            self.writing = True  # the fast path must not write past frames popped here
-            try:
-                for frame, committed_at in frames:
-                    self.send_started = time.monotonic()
-                    await self.ws.send(frame)
-                    self.send_started = None
-                    if committed_at is not None:
-                        metrics.deliveries.inc()
-                        lag = max(0.0, time.time() - committed_at.timestamp())
-                        metrics.delivery_lag.observe(lag)
-            finally:
-                self.writing = False
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (code, reason)
+            self._spawn(self._close, code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Sends what is queued (an error, a reset), then the close frame; aborts a socket that
+        does not take them within CLOSE_GRACE."""
+        with anyio.move_on_after(CLOSE_GRACE) as scope:
+            for frame in self.queue.pop_ready(time.time()):
+                await self.ws.send(frame)
+            await self.ws.close(code, reason)
+        if scope.cancelled_caught:
+            self.abort()
+
+    # -- writing ------------------------------------------------------------------------------
 
     def write_direct(self, sub: Subscription, event: Event) -> bool:
         """The fast path: writes the event's frame to the socket now, as websockets' broadcast()
         does, when nothing is queued before it and the socket's buffer is low. False otherwise,
         and the event takes the bounded queue and the writer task (with backpressure)."""
-        ws = self.ws
-        transport = ws.transport
-        if (
-            self.writing
-            or self.closing is not None
-            or ws.protocol.state is not State.OPEN
-            or transport is None
-            or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT
-        ):
+        if not self._can_write_now():
             return False
         if self.plain_frames:
             # Without extensions a server's text frame is the same bytes on every connection:
             # write the event's cached frame, as websockets itself would have framed it.
-            transport.write(event.wire_frame(sub.id, self.queue.epoch))
+            self.ws.transport.write(event.wire_frame(sub.id, self.queue.epoch))
         else:
-            ws.protocol.send_text(event.frame(sub.id, self.queue.epoch).encode())
-            ws.send_data()
+            self.ws.protocol.send_text(event.frame(sub.id, self.queue.epoch).encode())
+            self.ws.send_data()
         self.shell.hub.written_directly()
         return True
 
-    async def _watchdog(self, scope: anyio.CancelScope) -> None:
-        settings = self.shell.hub.settings
-        while True:
-            now = time.time()
-            for action in self.session.tick(now):
-                if isinstance(action, Abort):
-                    self._abort(action.reason)
-                    scope.cancel()
+    def _can_write_now(self) -> bool:
+        ws = self.ws
+        transport = ws.transport
+        return (
+            not self.writing
+            and self.closing is None
+            and ws.protocol.state is State.OPEN
+            and transport is not None
+            and transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT
+        )
+
+    def flush(self) -> None:
+        """Writes the queue's ready frames while the socket takes them; leaves the rest (and
+        any coalescing deadline) to a writer task, started if none runs."""
+        metrics = self.shell.hub.metrics
+        now = time.time()
+        while self._can_write_now() and (batch := self.queue.pop_ready_timed(now, 1)):
+            frame, committed_at = batch[0]
+            self.ws.protocol.send_text(frame.encode())
+            self.ws.send_data()
+            if committed_at is not None:
+                metrics.deliveries.inc()
+                metrics.delivery_lag.observe(max(0.0, now - committed_at.timestamp()))
+        if self.drained is not None and len(self.queue) <= self.queue.max_messages // 2:
+            self.drained.set()
+        if len(self.queue) == 0:
+            self._count_dropped()
+            return
+        if not self.writer_spawned:
+            if self.closing is None:
+                self.writer_spawned = True  # set now: start_soon runs it later
+                self._spawn(self._writer)
+        elif self.wakeup is not None:
+            self.wakeup.set()
+
+    async def _writer(self) -> None:
+        """Drains the queue with backpressure (``send`` waits while the socket is full) and
+        wakes for coalescing windows; ends when nothing waits."""
+        metrics = self.shell.hub.metrics
+        self.wakeup = _Wakeup()
+        try:
+            while self.closing is None:
+                now = time.time()
+                frames = self.queue.pop_ready_timed(now, WRITE_BATCH)
+                if frames:
+                    self.writing = True  # the fast path must not write past these
+                    try:
+                        for frame, committed_at in frames:
+                            self.send_started = time.monotonic()
+                            await self.ws.send(frame)
+                            self.send_started = None
+                            if committed_at is not None:
+                                metrics.deliveries.inc()
+                                lag = max(0.0, time.time() - committed_at.timestamp())
+                                metrics.delivery_lag.observe(lag)
+                    finally:
+                        self.writing = False
+                    continue
+                if self.drained is not None:
+                    self.drained.set()
+                deadline = self.queue.next_deadline()
+                if deadline is None:
+                    self._count_dropped()
                     return
-                self.close_soon(action.code, action.reason)
-            started = self.send_started
-            if started is not None and time.monotonic() - started > settings.slow_client_timeout:
-                self._abort("not_draining")
-                scope.cancel()
+                await self.wakeup.wait(max(0.0, deadline - now))
+        finally:
+            self.writer_spawned = False
+            self.wakeup = None
+
+    def check(self, now: float, monotonic: float) -> None:
+        """The sweeper's visit: the session's timers and the slow-client rule."""
+        for action in self.session.tick(now):
+            if isinstance(action, Abort):
+                self._abort(action.reason)
                 return
-            deadline = self.session.next_deadline()
-            wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
-            await anyio.sleep(wait)
+            self.close_soon(action.code, action.reason)
+        started = self.send_started
+        if (
+            started is not None
+            and monotonic - started > self.shell.hub.settings.slow_client_timeout
+        ):
+            self._abort("not_draining")
+
+    # -- replay -------------------------------------------------------------------------------
 
     async def _room_for_replay(self) -> None:
         """Replay goes at the client's pace: it waits while the queue is half full (by count or
         bytes), so a long replay never overflows the queue; live events keep their room."""
         queue = self.queue
         while len(queue) > queue.max_messages // 2 or queue.pending_bytes > queue.max_bytes // 2:
+            if self.drained is None:
+                self.drained = _Wakeup()
             await self.drained.wait(1.0)
 
     async def _replay(self, action: Replay) -> None:
@@ -402,14 +477,14 @@ class Connection:
             if reason is not None:
                 if session.replaying(sub):
                     session.reset_subscription(sub.id, reason)
-                    self.wakeup.set()
+                    self.flush()
                 return
             page_size = min(settings.replay_batch, max(1, settings.queue_max_messages // 2))
             while session.replaying(sub):
                 if sub.after >= hub.router.head:
                     # No await since reading the head: nothing was routed in between.
                     session.finish_replay(sub)
-                    self.wakeup.set()
+                    self.flush()
                     return
                 async with pool.connection(timeout=settings.query_timeout * 2) as conn:
                     with anyio.fail_after(settings.query_timeout):
@@ -426,7 +501,7 @@ class Connection:
                     await self._room_for_replay()
                     if not session.replay_events(sub, [event], 0, time.time()):
                         return
-                    self.wakeup.set()
+                    self.flush()
                 session.replay_events(sub, [], page.scanned_to, time.time())
         except (psycopg.Error, TimeoutError) as exc:
             # The database is unreachable: the client retries with the same cursor.
@@ -462,6 +537,21 @@ class WebsocketShell:
             ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
         ]
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
+        self.task_group: anyio.abc.TaskGroup | None = None  # the server's; set before it serves
+
+    @property
+    def tasks(self) -> anyio.abc.TaskGroup:
+        assert self.task_group is not None, "the shell's task group is set before serving"
+        return self.task_group
+
+    async def sweep(self) -> None:
+        """Visits every connection on an interval: protocol timers and the slow-client rule,
+        for all connections from one task instead of one task each."""
+        while True:
+            await anyio.sleep(SWEEP_INTERVAL)
+            now, monotonic = time.time(), time.monotonic()
+            for connection in list(self.hub.connections.values()):
+                connection.check(now, monotonic)
 
     def process_ops_request(self, connection: ServerConnection, request: Request) -> Response:
         """/healthz, /readyz and /metrics: on the main port, or alone on the metrics port."""
