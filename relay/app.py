@@ -129,7 +129,6 @@ async def run_relay(
         on_caught_up=hub.read_up_to_head,
         listen_window=settings.listen_window,
         query_timeout=settings.query_timeout,
-        poll_interval=settings.poll_interval,
     )
     sequencer = Sequencer(
         settings.dsn,

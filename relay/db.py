@@ -232,7 +232,6 @@ class LogReader:
         on_state: Callable[[LogState | None], None],
         listen_window: float,
         query_timeout: float,
-        poll_interval: float,
         on_reconnect: Callable[[], None] = lambda: None,
         on_caught_up: Callable[[], None] = lambda: None,
         application_name: str = "pgrelay-listener",
@@ -246,11 +245,9 @@ class LogReader:
         self.on_caught_up = on_caught_up
         self.listen_window = listen_window
         self.query_timeout = query_timeout
-        self.poll_interval = poll_interval
         self.application_name = application_name
         self.backoff = Backoff(rng=rng)
         self.epoch: str | None = None
-        self.head_seen = 0  # the log's head at the last read: for backlog and readiness
         self._started = False  # task_status.started() was called
 
     async def run(
@@ -286,7 +283,6 @@ class LogReader:
             # From now: a head behind us means a restore, a horizon past us that events we
             # never read were pruned. The hub resets its clients in both cases.
             self.last_pos = state.head
-        self.head_seen = state.head
         self.backoff.succeeded(anyio.current_time())
         self.on_state(state)
         log.info("listener_up", head=state.head, notify=state.notify)
@@ -313,10 +309,8 @@ class LogReader:
             if rows:
                 events = [event_from_row(row) for row in rows]
                 self.last_pos = events[-1].pos
-                self.head_seen = max(self.head_seen, self.last_pos)
                 self.deliver(events)
             if len(rows) < READ_BATCH:
-                self.head_seen = self.last_pos
                 self.on_caught_up()
                 return
 

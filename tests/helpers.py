@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +18,14 @@ import jwt
 from websockets.sync.client import ClientConnection, connect
 
 SECRET = "test-secret-with-enough-entropy-0123456789"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Polls predicate until it is true; fails naming what did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
 
 
 def token(sub: str, *, ttl: float = 3600, secret: str = SECRET, **claims: Any) -> str:

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from relay.devserver import SERVER_USER, PgServer, grant_traverse
 from relay.sqlfiles import install_script
 from tests.conftest import example_path
-from tests.helpers import SECRET, Client, RelayProcess, relay_process, token
+from tests.helpers import SECRET, Client, RelayProcess, relay_process, token, wait_until
 
 pytestmark = pytest.mark.pg
 
@@ -30,15 +30,6 @@ def run_relay(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
         capture_output=True, text=True, timeout=60, check=False,
         env={"PATH": os.environ["PATH"], **env},
     )  # fmt: skip
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def listener_pid(dsn: str) -> int:

@@ -12,7 +12,6 @@ import signal
 import ssl
 import time
 from pathlib import Path
-from typing import Any
 
 import jwt
 import psycopg
@@ -24,22 +23,15 @@ from cryptography.x509.oid import NameOID
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.helpers import Client, RelayProcess, relay_process, token
+from tests.helpers import Client, RelayProcess, relay_process, token, wait_until
 
 pytestmark = pytest.mark.pg
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
 
 
 def test_sequencer_role_moves_to_the_other_replica_when_its_holder_dies(relay_db: str) -> None:
     """Two replicas: SIGKILL the sequencer's holder; the other takes the role and events keep flowing."""
     first = RelayProcess(relay_db).start()
-    wait_for(lambda: first.metric("relay_sequencer_leader") == 1.0, 10, "first replica leads")
+    wait_until(lambda: first.metric("relay_sequencer_leader") == 1.0, 10, "first replica leads")
     second = RelayProcess(relay_db).start()
     try:
         time.sleep(1.5)  # the second replica tries the lock about once a second
