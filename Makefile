@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo chaos bench clean
+.PHONY: test lint typecheck pytest demo chaos bench screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.write_overhead
+
+# Refreshes docs/demo.png, the README's picture, from the Chromium end-to-end test.
+screenshot: $(STAMP)
+	RELAY_UPDATE_SCREENSHOT=1 $(BIN)/pytest -p no:cacheprovider tests/test_demo.py -k browser_click
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .relay-demo
