@@ -159,6 +159,11 @@ class PgServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     @property
+    def returncode(self) -> int | None:
+        """How the server process ended (negative: the signal), or None while it runs."""
+        return None if self._process is None else self._process.poll()
+
+    @property
     def pid(self) -> int | None:
         """The postmaster's pid while it runs."""
         return self._process.pid if self._process and self._process.poll() is None else None

@@ -20,15 +20,32 @@ from relay.sqlfiles import install_script, uninstall_script
 pytest.register_assert_rewrite("tests.helpers")
 
 
+_session_server: PgServer | None = None
+
+
 @pytest.fixture(scope="session")
 def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A DSN with the right to create databases: the session's private server, or RELAY_TEST_DSN."""
+    global _session_server
     if external := os.environ.get("RELAY_TEST_DSN"):
         yield external
         return
     server = PgServer(tmp_path_factory.mktemp("pg-session"))
     with server.running():
+        _session_server = server
         yield server.dsn()
+        _session_server = None
+
+
+def _server_gone() -> str:
+    """Why the session's server stopped answering, when it did: its exit and its log's tail."""
+    server = _session_server
+    if server is None or server.returncode is None:
+        return ""
+    return (
+        f"the session's PostgreSQL server exited with {server.returncode} (a negative number is "
+        f"the signal that ended it):\n{server.log_tail()}"
+    )
 
 
 def _swap_dbname(dsn: str, dbname: str) -> str:
@@ -39,8 +56,13 @@ def _swap_dbname(dsn: str, dbname: str) -> str:
 def empty_db(pg_admin_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError:
+        if gone := _server_gone():
+            pytest.fail(gone)
+        raise
     try:
         yield _swap_dbname(pg_admin_dsn, name)
     finally:
