@@ -116,7 +116,9 @@ async def run_relay(
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.dsn,
         min_size=1,
-        max_size=4,
+        max_size=settings.replay_pool_size,
+        # A reconnect storm queues its replays (bounded) instead of failing them at once.
+        max_waiting=settings.max_connections,
         open=False,
         kwargs={"autocommit": True, "application_name": "pgrelay-replay"},
     )

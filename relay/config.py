@@ -193,6 +193,14 @@ class Settings:
     )
     prune_interval: float = _setting(60.0, parse_duration, "how often the sequencer prunes the log")
     replay_batch: int = _setting(500, _positive_int, "log rows fetched per replay query")
+    replay_pool_size: int = _setting(
+        8, _positive_int, "database connections for replays and long-polls"
+    )
+    replay_wait: float = _setting(
+        30.0,
+        parse_duration,
+        "how long a replay may queue for one of them before the client is told to retry (1011)",
+    )
     shutdown_timeout: float = _setting(10.0, parse_duration, "drain deadline on SIGTERM")
     replica_id: str = _setting(
         "", str, "name of this replica in logs and heartbeats (default: host-pid)"

@@ -54,6 +54,20 @@ LOG_COLUMNS: Final = (
 )
 READ_BATCH: Final = 1000
 TAKEOVER_INTERVAL: Final = 1.0
+# Reconnecting one connection per replica cannot overload Postgres: retry fast, cap low, and
+# call a connection healthy again once it stayed up a few seconds. (A 60 s reset made repeated
+# kills within a minute look like flapping: recovery grew to 30 s with nothing delivered.)
+DB_BACKOFF_INITIAL: Final = 0.1
+DB_BACKOFF_CAP: Final = 5.0
+DB_BACKOFF_RESET_AFTER: Final = 5.0
+
+
+def _db_backoff(rng: random.Random | None) -> Backoff:
+    return Backoff(
+        initial=DB_BACKOFF_INITIAL, cap=DB_BACKOFF_CAP, reset_after=DB_BACKOFF_RESET_AFTER, rng=rng
+    )
+
+
 # What a supervised loop survives by reconnecting: any database error (a dropped connection, a
 # restart, the schema dropped and reinstalled under it), a timeout (a hung backend), the network.
 SUPERVISED_ERRORS: Final = (psycopg.Error, DatabaseError, TimeoutError, OSError)
@@ -246,7 +260,7 @@ class LogReader:
         self.listen_window = listen_window
         self.query_timeout = query_timeout
         self.application_name = application_name
-        self.backoff = Backoff(rng=rng)
+        self.backoff = _db_backoff(rng)
         self.epoch: str | None = None
         self._started = False  # task_status.started() was called
 
@@ -346,7 +360,7 @@ class Sequencer:
         self.retention = retention
         self.prune_interval = prune_interval
         self.application_name = application_name
-        self.backoff = Backoff(rng=rng)
+        self.backoff = _db_backoff(rng)
         self.leader = False
         self._next_prune = 0.0
 

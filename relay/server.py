@@ -470,7 +470,7 @@ class Connection:
         # A pool connection is held only for each query, never while waiting on the client:
         # slow clients replaying cannot starve the pool.
         try:
-            async with pool.connection(timeout=settings.query_timeout * 2) as conn:
+            async with pool.connection(timeout=settings.replay_wait) as conn:
                 with anyio.fail_after(settings.query_timeout):
                     state = await read_log_state(conn)
             reason = resume_problem(action.since, state)
@@ -486,7 +486,7 @@ class Connection:
                     session.finish_replay(sub)
                     self.flush()
                     return
-                async with pool.connection(timeout=settings.query_timeout * 2) as conn:
+                async with pool.connection(timeout=settings.replay_wait) as conn:
                     with anyio.fail_after(settings.query_timeout):
                         page = await fetch_replay(
                             conn,

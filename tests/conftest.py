@@ -6,7 +6,10 @@ crash a server always get a private one of their own (``private_pg``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +33,23 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external := os.environ.get("RELAY_TEST_DSN"):
         yield external
         return
-    server = PgServer(tmp_path_factory.mktemp("pg-session"))
-    with server.running():
-        _session_server = server
-        yield server.dsn()
-        _session_server = None
+    with _server_folder("session") as folder:
+        server = PgServer(folder)
+        with server.running():
+            _session_server = server
+            yield server.dsn()
+            _session_server = None
+
+
+@contextlib.contextmanager
+def _server_folder(name: str) -> Iterator[Path]:
+    """A data folder pytest does not manage: pytest prunes old temp folders when another session
+    starts, which would delete a server's data under it while it runs."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pgrelay-{name}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _server_gone() -> str:
@@ -86,11 +101,12 @@ def example_path() -> Path:
 
 
 @pytest.fixture
-def private_pg(tmp_path: Path) -> Iterator[PgServer]:
+def private_pg() -> Iterator[PgServer]:
     """A server of this test's own, which it may stop, restart or crash."""
-    server = PgServer(tmp_path / "pg")
-    with server.running():
-        yield server
+    with _server_folder("private") as folder:
+        server = PgServer(folder / "pg")
+        with server.running():
+            yield server
 
 
 __all__ = ["install_script", "uninstall_script"]
