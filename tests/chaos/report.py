@@ -48,6 +48,9 @@ by hand in `tests/chaos/report.py`):
    section 13 ("the first under 0.5 s") holds for the first fault in a minute only. Suggested:
    back off on failed connection attempts only, and start over once a connection is established
    and the log read up to its head.
+   **Status: fixed** in commit 0d75c75. The database loops now back off from 0.1 s to at most
+   5 s and count a connection healthy after 5 s up (`relay/db.py` `DB_BACKOFF_*`); scenarios 1
+   and 2 above were re-run with it.
 2. **Reconnect storms time out on the replay pool** (scenario 7, in 3 of 5 full runs on this
    machine). `relay/app.py` `run_relay` gives replays an `AsyncConnectionPool(max_size=4)`;
    `relay/server.py` `Connection._replay` takes a connection from it for `read_log_state`, then
@@ -61,6 +64,10 @@ by hand in `tests/chaos/report.py`):
    and horizon `resume_problem` needs from the state the log reader already holds rather than a
    query per replay; make the pool size a setting; let a replay wait for a pool connection as
    long as its client waits for `subscribed` instead of closing it.
+   **Status: mitigated** in commit 0d75c75: `RELAY_REPLAY_POOL_SIZE` (default 8), and a replay
+   queues for a connection up to `RELAY_REPLAY_WAIT` (30 s; waiters bounded by
+   `RELAY_MAX_CONNECTIONS`); scenario 7 above was re-run with it. Still open: the per-replay
+   `read_log_state` query.
 3. **A plain-text line among the JSON logs** (scenarios 5 and 7). When a query is cancelled (the
    reader's timed-out read on a hung backend, or queries in flight at SIGTERM), psycopg logs
    `query cancellation interrupted (CancelledError): closing connection` through the standard
@@ -69,10 +76,12 @@ by hand in `tests/chaos/report.py`):
    docs/operations.md section 9 promises (tests/test_operations.py checks a quiet relay only).
    Suggested: route the standard library's logging through structlog
    (`structlog.stdlib.ProcessorFormatter` on a root handler).
+   **Status: fixed** in commit 0d75c75, as suggested; tests/test_operations.py now checks the
+   hung-backend run has no plain-text line.
 4. **Numbers of more than 4,300 digits** make any frame `bad_message` ("not valid JSON"), even in
    a member docs/protocol.md says is ignored: CPython's limit on int-string conversion makes
-   `json.loads` raise. RFC 8259 allows limits on numbers; the fuzz test expects `bad_message`;
-   docs/protocol.md section 4 could say so.
+   `json.loads` raise. RFC 8259 allows limits on numbers; the fuzz test expects `bad_message`.
+   **Status: documented** in docs/protocol.md section 4.
 5. **Scenario 6 compares against a twin replica, not a second run.** On this shared machine the
    normal clients' p99 in consecutive identical runs without slow clients ranged from 12 to
    637 ms, so a run with slow clients compared with a separate run without them gave ratios from
