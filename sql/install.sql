@@ -110,77 +110,114 @@ $migrate$;
 
 -- Functions are replaced on every run, so an upgrade brings the new code.
 
--- The capture trigger. Arguments, fixed by relay.track:
+-- The capture trigger. Arguments, fixed by relay._attach:
 --   0 owner column ('' when an audience function is used), 1 audience function oid ('' if none),
---   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal).
+--   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal),
+--   4 with a whitelist, the table's other columns when the trigger was attached (text[] literal).
+-- It runs inside every writing transaction, where each distinct expression below is prepared
+-- anew and each query starts an executor: so the common paths run two queries (the settings,
+-- the INSERT) and few expressions. An UPDATE that changes no carried column returns early.
 CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
 DECLARE
-    owner_column text     := TG_ARGV[0];
-    audience_fn  text     := TG_ARGV[1];
-    whitelist    text[]   := CASE WHEN TG_ARGV[2] = '' THEN NULL ELSE TG_ARGV[2]::text[] END;
-    pk_columns   text[]   := TG_ARGV[3]::text[];
-    cfg          relay.settings;
-    new_full     jsonb;
-    old_full     jsonb;
-    new_row      jsonb;
-    old_row      jsonb;
-    key_source   jsonb;
-    changed_cols text[];
-    who          text[];
-    is_truncated boolean  := false;
+    whitelist     text[]  := CASE WHEN TG_ARGV[2] = '' THEN NULL ELSE TG_ARGV[2]::text[] END;
+    new_full      jsonb   := to_jsonb(NEW);  -- NULL for a DELETE
+    old_full      jsonb   := to_jsonb(OLD);  -- NULL for an INSERT
+    left_out      text[];
+    pk_columns    text[];
+    new_row       jsonb;
+    old_row       jsonb;
+    key_source    jsonb;
+    row_key       jsonb;
+    old_row_key   jsonb;
+    changed_cols  text[];
+    who           text[];
+    ring          boolean;
+    max_row_bytes integer;
+    c             text;
 BEGIN
-    IF TG_OP <> 'DELETE' THEN new_full := to_jsonb(NEW); END IF;
-    IF TG_OP <> 'INSERT' THEN old_full := to_jsonb(OLD); END IF;
-
     IF whitelist IS NULL THEN
         new_row := new_full;
         old_row := old_full;
     ELSE
-        new_row := (SELECT coalesce(jsonb_object_agg(c, new_full -> c), '{}')
-                      FROM unnest(whitelist) AS c WHERE new_full ? c);
-        old_row := (SELECT coalesce(jsonb_object_agg(c, old_full -> c), '{}')
-                      FROM unnest(whitelist) AS c WHERE old_full ? c);
-    END IF;
-
-    IF TG_OP = 'UPDATE' THEN
-        changed_cols := ARRAY(SELECT e.key FROM jsonb_each(new_row) AS e
-                               WHERE e.value IS DISTINCT FROM old_row -> e.key ORDER BY e.key);
-        IF cardinality(changed_cols) = 0 THEN
-            RETURN NULL;  -- nothing the events carry has changed
+        -- The whitelisted values: the row without the columns the whitelist left out when the
+        -- trigger was attached, in one operation. Exact unless a column has appeared since
+        -- (added, renamed), which the check sees; then the whitelist is applied by name.
+        left_out := CASE WHEN TG_NARGS > 4 AND TG_ARGV[4] <> '' THEN TG_ARGV[4]::text[] END;
+        new_row := new_full - left_out;
+        old_row := old_full - left_out;
+        IF left_out IS NULL OR coalesce(new_row, old_row) - whitelist <> '{}' THEN
+            SELECT coalesce(jsonb_object_agg(w.c, new_full -> w.c) FILTER (WHERE new_full ? w.c), '{}'),
+                   coalesce(jsonb_object_agg(w.c, old_full -> w.c) FILTER (WHERE old_full ? w.c), '{}')
+              INTO new_row, old_row
+              FROM (SELECT DISTINCT unnest(whitelist) AS c) AS w;
         END IF;
     END IF;
 
-    -- Who may see it: the new row's audience, or the old row's for a DELETE.
-    IF owner_column <> '' THEN
-        who := CASE WHEN coalesce(new_full, old_full) ->> owner_column IS NULL THEN '{}'::text[]
-                    ELSE ARRAY[coalesce(new_full, old_full) ->> owner_column] END;
+    IF TG_OP = 'UPDATE' THEN
+        IF new_row = old_row THEN
+            RETURN NULL;  -- nothing the events carry has changed
+        END IF;
+        IF whitelist IS NULL THEN
+            changed_cols := ARRAY(SELECT e.key FROM jsonb_each(new_row) AS e
+                                   WHERE e.value IS DISTINCT FROM old_row -> e.key ORDER BY e.key);
+        ELSE
+            changed_cols := '{}';
+            FOREACH c IN ARRAY whitelist LOOP
+                IF new_row -> c IS DISTINCT FROM old_row -> c THEN
+                    changed_cols := changed_cols || c;
+                END IF;
+            END LOOP;
+            IF cardinality(changed_cols) > 1 THEN  -- in name order, each once
+                changed_cols := ARRAY(SELECT DISTINCT u.c FROM unnest(changed_cols) AS u(c)
+                                       ORDER BY u.c);
+            END IF;
+        END IF;
     ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('SELECT %s($1)', audience_fn::oid::regproc) INTO who USING OLD;
-    ELSE
-        EXECUTE format('SELECT %s($1)', audience_fn::oid::regproc) INTO who USING NEW;
-    END IF;
-
-    SELECT * INTO cfg FROM relay.settings;
-
-    key_source := coalesce(new_full, old_full);
-    IF TG_OP = 'DELETE' THEN
         new_row := old_row;  -- a DELETE carries the old whitelisted values
     END IF;
-    IF pg_column_size(new_row) > cfg.max_row_bytes THEN
-        new_row := NULL;
-        is_truncated := true;
+
+    -- Who may see it: the new row's audience, or the old row's for a DELETE.
+    key_source := coalesce(new_full, old_full);
+    IF TG_ARGV[0] <> '' THEN
+        who := CASE WHEN key_source ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
+                    ELSE ARRAY[key_source ->> TG_ARGV[0]] END;
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
+    ELSE
+        EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING NEW;
     END IF;
 
+    -- The row's key, and its key before an UPDATE or DELETE: plain expressions, no query.
+    pk_columns := TG_ARGV[3]::text[];
+    IF cardinality(pk_columns) = 1 THEN
+        row_key := jsonb_build_object(pk_columns[1], key_source -> pk_columns[1]);
+        IF TG_OP <> 'INSERT' THEN
+            old_row_key := jsonb_build_object(pk_columns[1], old_full -> pk_columns[1]);
+        END IF;
+    ELSE
+        row_key := '{}';
+        FOREACH c IN ARRAY pk_columns LOOP
+            row_key := row_key || jsonb_build_object(c, key_source -> c);
+        END LOOP;
+        IF TG_OP <> 'INSERT' THEN
+            old_row_key := '{}';
+            FOREACH c IN ARRAY pk_columns LOOP
+                old_row_key := old_row_key || jsonb_build_object(c, old_full -> c);
+            END LOOP;
+        END IF;
+    END IF;
+
+    -- Only the two settings used. A row over max_row_bytes travels as its key only, flagged.
+    SELECT s.notify, s.max_row_bytes INTO ring, max_row_bytes FROM relay.settings AS s;
     INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
                              audience, truncated)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
-            (SELECT jsonb_object_agg(c, key_source -> c) FROM unnest(pk_columns) AS c),
-            CASE WHEN TG_OP = 'INSERT' THEN NULL
-                 ELSE (SELECT jsonb_object_agg(c, old_full -> c) FROM unnest(pk_columns) AS c) END,
-            new_row, changed_cols, coalesce(who, '{}'), is_truncated);
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, row_key, old_row_key,
+            CASE WHEN pg_column_size(new_row) > max_row_bytes THEN NULL ELSE new_row END,
+            changed_cols, coalesce(who, '{}'),
+            coalesce(pg_column_size(new_row) > max_row_bytes, false));
 
-    IF cfg.notify THEN
+    IF ring THEN
         -- Constant payload: Postgres folds these into one per transaction, and no row can
         -- ever fail to commit because of NOTIFY's 8000-byte limit.
         PERFORM pg_notify('relay_inbox', '');
@@ -283,18 +320,26 @@ $configure$;
 CREATE OR REPLACE FUNCTION relay._attach(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $attach$
 DECLARE
-    t relay.tracked;
+    t        relay.tracked;
+    left_out name[];
 BEGIN
     SELECT * INTO STRICT t FROM relay.tracked WHERE relay.tracked.tbl = _attach.tbl;
+    -- With a whitelist, the columns it leaves out, as they are now: relay.capture drops them
+    -- from the row in one operation (and notices a column that appears later).
+    SELECT array_agg(a.attname ORDER BY a.attnum) INTO left_out
+      FROM pg_attribute AS a
+     WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND NOT a.attname = ANY (t.columns);
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', t.tbl);
     EXECUTE format(
         'CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L)',
+        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L)',
         t.tbl,
         coalesce(t.owner_column::text, ''),
         coalesce(t.audience::oid::text, ''),
         coalesce(t.columns::text[]::text, ''),
-        t.pk_columns::text[]::text);
+        t.pk_columns::text[]::text,
+        CASE WHEN t.columns IS NULL THEN '' ELSE coalesce(left_out, '{}')::text END);
 END
 $attach$;
 

@@ -497,3 +497,170 @@ def test_heartbeat_travels_the_event_path_to_nobody(relay_db: str) -> None:
         assert [("relay", "heartbeat", "HEARTBEAT", {"source": "replica-1"}, [])] == conn.execute(
             "SELECT table_schema, table_name, op, pk, audience FROM relay.log"
         ).fetchall()
+
+
+# -- relay.capture's fast paths against the version 1 trigger ----------------------------
+
+EQUIVALENCE_TABLES = """
+SET client_min_messages = warning;
+DROP TABLE IF EXISTS eq_wl, eq_all, eq_multi, eq_aud CASCADE;
+RESET client_min_messages;
+CREATE TABLE eq_wl (id bigint PRIMARY KEY, owner text, a text, b int, n numeric, extra text,
+                    note text);
+CREATE TABLE eq_all (id int PRIMARY KEY, owner text, v jsonb, t timestamptz);
+CREATE TABLE eq_multi (k1 text, k2 int, owner text, v int, PRIMARY KEY (k2, k1));
+CREATE TABLE eq_aud (id int PRIMARY KEY, members text[], v int);
+CREATE FUNCTION eq_members(r eq_aud) RETURNS text[] LANGUAGE sql STABLE AS 'SELECT r.members';
+SELECT relay.track('eq_wl', owner_column => 'owner',
+                   columns => ARRAY['n', 'id', 'a', 'b', 'owner', 'a']);
+SELECT relay.track('eq_all', owner_column => 'owner');
+SELECT relay.track('eq_multi', owner_column => 'owner', columns => ARRAY['v', 'k1']);
+SELECT relay.track('eq_aud', audience => 'eq_members');
+"""
+# Every path of relay.capture, including columns added, renamed and dropped after relay.track.
+EQUIVALENCE_WORKLOAD = """
+INSERT INTO eq_wl VALUES (1, 'u1', 'x', 1, 1.0, 'e', 'n'), (2, NULL, 'y', 2, 2, 'e', 'n');
+UPDATE eq_wl SET b = b + 1 WHERE id = 1;
+UPDATE eq_wl SET a = 'z', b = 9, n = 3 WHERE id = 1;
+UPDATE eq_wl SET extra = 'f';
+UPDATE eq_wl SET n = 2.00 WHERE id = 2;
+UPDATE eq_wl SET a = a;
+UPDATE eq_wl SET id = 3 WHERE id = 2;
+ALTER TABLE eq_wl ADD COLUMN secret text DEFAULT 's';
+UPDATE eq_wl SET secret = 't', b = b + 1 WHERE id = 1;
+INSERT INTO eq_wl (id, owner, a, secret) VALUES (5, 'u5', 'v', 'hidden');
+ALTER TABLE eq_wl RENAME COLUMN note TO memo;
+UPDATE eq_wl SET memo = 'm', b = b + 1 WHERE id = 1;
+ALTER TABLE eq_wl RENAME COLUMN a TO alpha;
+UPDATE eq_wl SET alpha = 'q' WHERE id = 1;
+UPDATE eq_wl SET alpha = 'r', b = 0 WHERE id = 1;
+ALTER TABLE eq_wl DROP COLUMN n;
+UPDATE eq_wl SET b = 5 WHERE id = 3;
+DELETE FROM eq_wl WHERE id = 3;
+UPDATE eq_wl SET b = b + 10;
+INSERT INTO eq_all VALUES (1, 'u1', '{"k": [1, 2]}', '2024-01-01T00:00:00Z');
+UPDATE eq_all SET v = '{"k": [1, 2]}';
+UPDATE eq_all SET v = '{"k": 3}', t = t + interval '1 s';
+UPDATE eq_all SET owner = NULL;
+DELETE FROM eq_all;
+INSERT INTO eq_multi VALUES ('a', 1, 'u1', 10);
+UPDATE eq_multi SET k1 = 'b', v = 11;
+UPDATE eq_multi SET owner = 'u2';
+DELETE FROM eq_multi;
+INSERT INTO eq_aud VALUES (1, ARRAY['u1', 'u2'], 1);
+UPDATE eq_aud SET members = ARRAY['u3'], v = 2;
+DELETE FROM eq_aud;
+SELECT relay.configure(max_row_bytes => 64);
+INSERT INTO eq_all VALUES (2, 'u1', to_jsonb(repeat('x', 200)), '2024-01-01T00:00:00Z');
+UPDATE eq_all SET v = '1' WHERE id = 2;
+DELETE FROM eq_all WHERE id = 2;
+SELECT relay.configure(max_row_bytes => 65536);
+"""
+
+
+def captured_by(dsn: str, script: str) -> list[tuple[Any, ...]]:
+    """The inbox rows EQUIVALENCE_WORKLOAD leaves behind with the given install script."""
+    with connect(dsn) as conn:
+        conn.execute(uninstall_script())
+        conn.execute(script)
+        conn.execute(EQUIVALENCE_TABLES)
+        conn.execute(EQUIVALENCE_WORKLOAD)
+        return conn.execute(
+            "SELECT table_name, op, pk, old_key, row_data, changed, audience, truncated"
+            " FROM relay.inbox ORDER BY id"
+        ).fetchall()
+
+
+def test_capture_writes_the_same_rows_as_version_1(empty_db: str) -> None:
+    """The faster relay.capture writes exactly what version 1's did, on every path and after schema changes."""
+    v1 = captured_by(empty_db, (Path(__file__).parent / "fixtures" / "install-v1.sql").read_text())
+    current = captured_by(empty_db, install_script())
+    assert 25 == len(v1)
+    assert v1 == current
+
+
+def test_column_added_after_track_is_not_carried(relay_db: str) -> None:
+    """A column added to a whitelisted table after relay.track never reaches an event."""
+    with connect(relay_db) as conn:
+        conn.execute("ALTER TABLE thumbnails ADD COLUMN secret text DEFAULT 'hidden'")
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        conn.execute("UPDATE thumbnails SET secret = 'still hidden', title = 'new'")
+        conn.execute("UPDATE thumbnails SET secret = 'only this'")
+        assert 2 == sequence_all(conn)
+        for row_data, changed in conn.execute("SELECT row_data, changed FROM relay.log"):
+            assert "secret" not in row_data and "secret" not in (changed or [])
+
+
+def test_renamed_whitelisted_column_keeps_writes_and_events_flowing(relay_db: str) -> None:
+    """After a rename, writes commit and events carry the other columns; track again to carry it."""
+    with connect(relay_db) as conn:
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        conn.execute("ALTER TABLE thumbnails RENAME COLUMN title TO caption")
+        conn.execute("UPDATE thumbnails SET caption = 'a', share_click_count = 1")
+        conn.execute(
+            "SELECT relay.track('thumbnails', owner_column => 'user_id', columns => "
+            "ARRAY['id', 'user_id', 'project_id', 'caption', 'share_click_count'])"
+        )
+        conn.execute("UPDATE thumbnails SET caption = 'b'")
+        assert 3 == sequence_all(conn)
+        assert [
+            ("INSERT", "", None),
+            ("UPDATE", None, ["share_click_count"]),
+            ("UPDATE", "b", ["caption"]),
+        ] == [
+            (op, row.get("title", row.get("caption")), changed)
+            for op, row, changed in conn.execute(
+                "SELECT op, row_data, changed FROM relay.log ORDER BY pos"
+            )
+        ]
+
+
+def test_several_changed_columns_are_listed_once_in_name_order(relay_db: str) -> None:
+    """An UPDATE of several carried columns lists each once, sorted by name."""
+    with connect(relay_db) as conn:
+        conn.execute(
+            "SELECT relay.track('thumbnails', owner_column => 'user_id', columns => "
+            "ARRAY['title', 'id', 'project_id', 'title', 'share_click_count', 'user_id'])"
+        )
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        conn.execute(
+            "UPDATE thumbnails SET title = 't', share_click_count = 2, project_id = 'p2',"
+            " created_at = now() - interval '1 day'"
+        )
+        sequence_all(conn)
+        assert (["project_id", "share_click_count", "title"],) == conn.execute(
+            "SELECT changed FROM relay.log WHERE op = 'UPDATE'"
+        ).fetchone()
+
+
+def test_trigger_names_the_columns_the_whitelist_leaves_out(relay_db: str) -> None:
+    """relay_capture's fifth argument lists the columns outside the whitelist; without one it is empty."""
+    with connect(relay_db) as conn:
+        args = dict(
+            conn.execute(
+                "SELECT tgrelid::regclass::text, encode(tgargs, 'escape') FROM pg_trigger"
+                " WHERE tgname = 'relay_capture'"
+            ).fetchall()
+        )
+        assert args["thumbnails"].split("\\000")[4] == "{created_at}"
+        assert args["generations"].split("\\000")[4] == ""
+
+
+def test_capture_with_version_1_arguments_applies_the_whitelist_by_name(relay_db: str) -> None:
+    """A trigger still carrying version 1's four arguments captures the same event, the slow way."""
+    with connect(relay_db) as conn:
+        conn.execute(
+            """
+            DROP TRIGGER relay_capture ON thumbnails;
+            CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON thumbnails
+              FOR EACH ROW EXECUTE FUNCTION relay.capture('user_id', '', '{id,title}', '{id}');
+            INSERT INTO thumbnails (user_id, project_id, title) VALUES ('u1', 'p1', 'cat');
+            UPDATE thumbnails SET project_id = 'p2';
+            UPDATE thumbnails SET title = 'dog';
+            """
+        )
+        sequence_all(conn)
+        assert [
+            ("INSERT", {"id": 1, "title": "cat"}, None),
+            ("UPDATE", {"id": 1, "title": "dog"}, ["title"]),
+        ] == conn.execute("SELECT op, row_data, changed FROM relay.log ORDER BY pos").fetchall()
