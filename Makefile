@@ -33,7 +33,9 @@ chaos: $(STAMP)
 	$(BIN)/pytest -m slow -p no:cacheprovider tests/chaos
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/python -m bench.write_overhead
+	$(BIN)/python -m bench.relay_bench --out BENCHMARKS.md
 
 # Refreshes docs/demo.png, the README's picture, from the Chromium end-to-end test.
 screenshot: $(STAMP)
