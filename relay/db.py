@@ -31,6 +31,7 @@ from psycopg.rows import TupleRow
 from relay.backoff import Backoff
 from relay.errors import DatabaseError
 from relay.events import Event
+from relay.filters import ColumnValues, RowFilter
 
 __all__ = [
     "LogReader",
@@ -44,6 +45,8 @@ __all__ = [
     "fetch_replay",
     "read_catalog",
     "read_log_state",
+    "replay_filter_sql",
+    "replay_query",
 ]
 
 SCHEMA_VERSION: Final = 2  # the sql/install.sql version this relay speaks
@@ -53,6 +56,11 @@ LOG_COLUMNS: Final = (
     " committed_at, truncated"
 )
 READ_BATCH: Final = 1000
+# One replay query (websocket replay or long-poll catch-up) examines at most this many of the
+# user's log rows of the table, however few match the subscription's ops and filter: its
+# database time stays bounded, and a never-matching filter moves on a page at a time.
+REPLAY_SCAN_ROWS: Final = 5000
+ALL_OPS: Final = frozenset({"INSERT", "UPDATE", "DELETE"})
 TAKEOVER_INTERVAL: Final = 1.0
 # Reconnecting one connection per replica cannot overload Postgres: retry fast, cap low, and
 # call a connection healthy again once it stayed up a few seconds. (A 60 s reset made repeated
@@ -195,8 +203,123 @@ async def check_listen_works(dsn: str, timeout: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ReplayPage:
-    events: list[Event]
-    scanned_to: int  # the highest position this page covered
+    events: list[Event]  # the rows the SQL pre-filter kept; the caller still matches exactly
+    scanned_to: int  # the highest position this page covered: the next page reads after it
+
+
+def _sendable(text: str, encoding: str) -> bool:
+    """Whether a string can be a query parameter: PostgreSQL text holds no NUL, and the
+    connection's encoding must be able to carry it. A string that cannot be sent cannot
+    equal any stored value either (those all came through that encoding)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _value_matches(
+    value: str, values: ColumnValues, n: int, encoding: str
+) -> tuple[str, dict[str, Any]]:
+    """SQL true when the jsonb ``value`` could equal one of the column's filter values.
+
+    The same JSON types as RowFilter.matches; strings and booleans compare exactly. Numbers
+    compare as doubles, the way Python's ``json`` reads them (RowFilter's float caveat), so
+    the SQL never rejects a number Python would match; past the double range (and below 1e-300,
+    where PostgreSQL's cast to double fails) every number passes on to Python.
+    """
+    params: dict[str, Any] = {}
+    branches = []
+    strings = [text for text in values.strings if _sendable(text, encoding)]
+    if strings:
+        params[f"s{n}"] = strings
+        branches.append(f"WHEN 'string' THEN {value} #>> '{{}}' = ANY(%(s{n})s::text[])")
+    if values.numbers or values.beyond_doubles:
+        params[f"n{n}"] = list(values.numbers)
+        number = f"({value})::numeric"
+        branches.append(
+            f"WHEN 'number' THEN CASE WHEN abs({number}) >= 1e308"
+            f" OR ({number} <> 0 AND abs({number}) < 1e-300) THEN true"
+            f" ELSE ({number})::float8 = ANY(%(n{n})s::float8[]) END"
+        )
+    if values.booleans:
+        params[f"b{n}"] = list(values.booleans)
+        branches.append(f"WHEN 'boolean' THEN ({value})::boolean = ANY(%(b{n})s::boolean[])")
+    if values.null:
+        branches.append("WHEN 'null' THEN true")
+    if not branches:
+        return "false", params
+    return f"CASE jsonb_typeof({value}) {' '.join(branches)} ELSE false END", params
+
+
+def replay_filter_sql(
+    ops: frozenset[str], row_filter: RowFilter, encoding: str = "utf-8"
+) -> tuple[str, dict[str, Any]]:
+    """A condition on relay.log rows (named parameters) keeping every row the subscription's
+    ops and filter can match: the filter narrows what a replay reads, in the database.
+
+    It mirrors RowFilter.matches: a column is looked up in ``row_data``, else in ``pk``; when
+    ``row_data`` is not an object (a truncated event, its values unknown) only conditions on
+    key columns are checked and the others pass. It may keep a row Python then rejects (numbers
+    compare as doubles), never the other way round. Client values travel only as parameters.
+    """
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    if ops != ALL_OPS:
+        conditions.append("op = ANY(%(ops)s::text[])")
+        params["ops"] = sorted(ops)
+    for n, values in enumerate(row_filter.by_type()):
+        if not _sendable(values.column, encoding):  # no row or key can have this column
+            conditions.append("jsonb_typeof(row_data) IS DISTINCT FROM 'object'")
+            continue
+        params[f"c{n}"] = values.column
+        in_row, row_params = _value_matches(
+            f"coalesce(row_data -> %(c{n})s, pk -> %(c{n})s)", values, n, encoding
+        )
+        in_key, _ = _value_matches(f"pk -> %(c{n})s", values, n, encoding)
+        params.update(row_params)
+        conditions.append(
+            f"CASE WHEN jsonb_typeof(row_data) = 'object' THEN {in_row}"
+            f" ELSE NOT pk ? %(c{n})s OR {in_key} END"
+        )
+    return " AND ".join(f"({c})" for c in conditions) or "true", params
+
+
+def replay_query(
+    *,
+    user: str,
+    table: str,
+    schema: str | None,
+    after: int,
+    upto: int,
+    limit: int,
+    scan: int,
+    ops: frozenset[str],
+    row_filter: RowFilter,
+    encoding: str = "utf-8",
+) -> tuple[str, dict[str, Any]]:
+    """The SQL of one replay page and its parameters (see ``fetch_replay``)."""
+    condition, params = replay_filter_sql(ops, row_filter, encoding)
+    # Streams: the index scan stops once `limit` rows were kept, or after `scan` rows, the last
+    # of which (k = scan) comes back too, kept or not, to say how far the page reached.
+    # Only constants and generated placeholders are formatted in: values travel as parameters.
+    sql = (
+        f"SELECT keep, k, {LOG_COLUMNS} FROM ("  # noqa: S608
+        f" SELECT s.*, ({condition}) AS keep, row_number() OVER (ORDER BY s.pos) AS k FROM ("
+        f"  SELECT {LOG_COLUMNS} FROM relay.log"
+        "   WHERE pos > %(after)s AND pos <= %(upto)s AND table_name = %(table)s"
+        "   AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
+        "   AND audience @> ARRAY[%(user)s]::text[]"
+        "   ORDER BY pos LIMIT %(scan)s) AS s"
+        ") AS w WHERE keep OR k = %(scan)s ORDER BY pos LIMIT %(limit)s"
+    )
+    params.update(
+        after=after, upto=upto, table=table, schema=schema, user=user,
+        scan=max(scan, limit), limit=limit,
+    )  # fmt: skip
+    return sql, params
 
 
 async def fetch_replay(
@@ -208,25 +331,32 @@ async def fetch_replay(
     after: int,
     upto: int,
     limit: int,
+    ops: frozenset[str] = ALL_OPS,
+    row_filter: RowFilter | None = None,
+    scan: int = REPLAY_SCAN_ROWS,
 ) -> ReplayPage:
     """One page of the log between two positions, for one user and table, in position order.
 
     Audience and table are filtered in SQL (the GIN index on audience keeps one user's replay
-    from scanning everyone's events); ops and column filters are applied by the caller, so no
-    client-supplied filter value ever reaches the database as SQL text.
+    from scanning everyone's events). The query examines at most ``scan`` of those rows (at least
+    ``limit``) and returns at most ``limit`` of them: the ones the subscription's ops and filter
+    can match (``replay_filter_sql``), which the caller still matches exactly. ``scanned_to``
+    says where the next page starts: after the last row returned when the page is full, after
+    the last row examined when the scan bound was hit, else ``upto``.
     """
-    cur = await conn.execute(
-        f"SELECT {LOG_COLUMNS} FROM relay.log"  # noqa: S608 - a constant column list
-        " WHERE pos > %(after)s AND pos <= %(upto)s AND table_name = %(table)s"
-        " AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
-        " AND audience @> ARRAY[%(user)s]::text[]"
-        " ORDER BY pos LIMIT %(limit)s",
-        {"after": after, "upto": upto, "table": table, "schema": schema, "user": user,
-         "limit": limit},
+    sql, params = replay_query(
+        user=user, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
+        ops=ops, row_filter=row_filter or RowFilter(), encoding=conn.info.encoding,
     )  # fmt: skip
+    cur = await conn.execute(sql, params)
     rows = await cur.fetchall()
-    events = [event_from_row(row) for row in rows]
-    scanned_to = events[-1].pos if len(events) == limit else upto
+    events = [event_from_row(row[2:]) for row in rows if row[0]]
+    if len(events) == limit:
+        scanned_to = events[-1].pos  # full: more may match right after
+    elif rows and rows[-1][1] == params["scan"]:
+        scanned_to = rows[-1][2]  # the scan bound: the last row examined
+    else:
+        scanned_to = upto
     return ReplayPage(events, scanned_to)
 
 

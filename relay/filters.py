@@ -40,7 +40,7 @@ from typing import Final
 from relay.errors import ProtocolError
 from relay.events import Event, JSONValue
 
-__all__ = ["MAX_COLUMNS", "MAX_IN_VALUES", "MAX_NAME_BYTES", "RowFilter"]
+__all__ = ["MAX_COLUMNS", "MAX_IN_VALUES", "MAX_NAME_BYTES", "ColumnValues", "RowFilter"]
 
 MAX_COLUMNS: Final = 16
 MAX_IN_VALUES: Final = 100
@@ -84,6 +84,59 @@ def _key(value: object) -> object:
     if isinstance(value, Decimal):  # a row decoded with parse_float=Decimal
         return value if value.is_finite() else _UNMATCHABLE
     return _UNMATCHABLE
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnValues:
+    """One filter column's values split by JSON type: what a query needs to narrow a read in SQL.
+
+    ``numbers`` holds each number as its nearest double, leaving out those beyond the double
+    range (``beyond_doubles`` says some were): a query that compares numbers as doubles below
+    that range and lets every larger number through accepts every number ``RowFilter.matches``
+    accepts, and perhaps a few more (relay/db.py). A narrowing, never a drop: the exact match
+    is still ``matches``.
+    """
+
+    column: str
+    strings: tuple[str, ...]
+    numbers: tuple[float, ...]
+    booleans: tuple[bool, ...]
+    null: bool
+    beyond_doubles: bool = False
+
+
+def _as_double(key: int | Decimal) -> float | None:
+    try:
+        number = float(key)
+    except OverflowError:  # an int past the double range
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _column_values(column: str, keys: frozenset[object]) -> ColumnValues:
+    strings: list[str] = []
+    numbers: set[float] = set()
+    booleans: list[bool] = []
+    beyond = False
+    for key in keys:
+        if key is _TRUE or key is _FALSE:
+            booleans.append(key is _TRUE)
+        elif isinstance(key, str):
+            strings.append(key)
+        elif isinstance(key, int | Decimal):
+            number = _as_double(key)
+            if number is None:
+                beyond = True
+            else:
+                numbers.add(number)
+    return ColumnValues(
+        column=column,
+        strings=tuple(sorted(strings)),
+        numbers=tuple(sorted(numbers)),
+        booleans=tuple(sorted(booleans)),
+        null=None in keys,
+        beyond_doubles=beyond,
+    )
 
 
 def _quote(column: str) -> str:
@@ -179,6 +232,10 @@ class RowFilter:
     def columns(self) -> tuple[str, ...]:
         """The filtered columns, sorted (for checking them against a table's whitelist)."""
         return tuple(column for column, _ in self.clauses)
+
+    def by_type(self) -> tuple[ColumnValues, ...]:
+        """Each clause's values split by JSON type, for narrowing a log read in SQL."""
+        return tuple(_column_values(column, keys) for column, keys in self.clauses)
 
     def matches(self, event: Event) -> bool:
         """Whether the event's row meets every condition.

@@ -6,7 +6,7 @@ One ``Metrics`` per relay process, on its own registry (tests run several in one
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
@@ -24,15 +24,17 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 
 class _Connections(Collector):
-    """relay_connections (gauge) beside relay_connections_total (counter).
+    """relay_connections (gauge) beside relay_connections_total (counter), and relay_long_polls.
 
     prometheus-client's own classes refuse that pair in one registry (the counter claims the
-    bare name too), although the text exposition format has no conflict.
+    bare name too), although the text exposition format has no conflict. The gauge counts what
+    RELAY_MAX_CONNECTIONS bounds: open websockets plus long-polls in flight (``polls``).
     """
 
     def __init__(self) -> None:
         self.open = 0
         self.accepted = 0
+        self.polls: Callable[[], int] = lambda: 0
 
     def opened(self) -> None:
         self.open += 1
@@ -42,7 +44,13 @@ class _Connections(Collector):
         self.open -= 1
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("relay_connections", "Open websocket connections", value=self.open)
+        polls = self.polls()
+        yield GaugeMetricFamily(
+            "relay_connections",
+            "Open websocket connections plus long-polls in flight (bounded by max_connections)",
+            value=self.open + polls,
+        )
+        yield GaugeMetricFamily("relay_long_polls", "Long-poll requests in flight", value=polls)
         yield CounterMetricFamily(
             "relay_connections", "Websocket connections accepted", value=self.accepted
         )

@@ -2,9 +2,11 @@
 
 ``GET /v1/poll?table=T[&schema=S][&since=C][&filter=JSON][&ops=INSERT,UPDATE][&wait=25]`` with
 ``Authorization: Bearer``. The same per-user rules as websockets: the log is read for the
-user's audience only, and filters apply in the relay. A request first catches up from the log;
-if nothing matched it registers with the router like a websocket subscription and waits, up to
-``wait`` seconds, for the next matching event: waiting costs no database query per event.
+user's audience only, narrowed in SQL by the ops and filter, which the relay then applies
+exactly. A request first catches up from the log, one pool connection per query and at most
+``MAX_PAGES`` queries; if nothing matched it registers with the router like a websocket
+subscription and waits, up to ``wait`` seconds, for the next matching event: waiting holds no
+database connection and costs no query per event.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from relay.subscription import Subscription
 if TYPE_CHECKING:
     from relay.server import Hub, WebsocketShell
 
-__all__ = ["MAX_EVENTS", "MAX_WAIT", "handle_poll"]
+__all__ = ["MAX_EVENTS", "MAX_PAGES", "MAX_WAIT", "handle_poll"]
 
 MAX_WAIT: Final = 25.0
 MAX_EVENTS: Final = 500  # per response; the cursor says where the next request continues
+# Log queries per request's catch-up, each examining at most REPLAY_SCAN_ROWS of the user's rows
+# of the table: a request's database time is bounded; past it, the answer carries the cursor
+# where it stopped and the client's next request goes on from there.
+MAX_PAGES: Final = 10
 LINGER: Final = 0.02  # after the first live event, gather what arrives with it
 SUB_ID: Final = "poll"
 
@@ -133,37 +139,45 @@ async def _poll(shell: WebsocketShell, request_target: str, authorization: str) 
     from relay.server import resume_problem  # the server imports this module
 
     deadline = anyio.current_time() + wait
+    pool, timeout = shell.pool, settings.query_timeout
     target: _PollTarget | None = None
+    # A pool connection is held for one query at a time, never across pages nor while waiting
+    # for live events: requests take turns at the pool (it serves waiters in order).
     try:
-        async with shell.pool.connection(timeout=settings.query_timeout * 2) as conn:
-            with anyio.fail_after(settings.query_timeout):
+        async with pool.connection(timeout=timeout * 2) as conn:
+            with anyio.fail_after(timeout):
                 state = await read_log_state(conn)
-            if (reason := resume_problem(since, state)) is not None:
-                hub.metrics.resets.labels(reason).inc()
-                return dumps({"reset": {"reason": reason}, "cursor": head_cursor()})
-            after = since.pos
-            # Catch up from the log until the router's head, as a websocket replay does.
-            while True:
-                if after >= hub.router.head:
-                    # No await between that check and going live: no event can slip between.
-                    target = _go_live(hub, claims.sub, sub, after)
-                    break
-                if anyio.current_time() >= deadline:
-                    break
-                with anyio.fail_after(settings.query_timeout):
+        if (reason := resume_problem(since, state)) is not None:
+            hub.metrics.resets.labels(reason).inc()
+            return dumps({"reset": {"reason": reason}, "cursor": head_cursor()})
+        after = since.pos
+        # Catch up from the log until the router's head, as a websocket replay does: at least
+        # one page (so even wait=0 moves on), at most MAX_PAGES, then answer where it stopped.
+        pages = 0
+        while True:
+            if after >= hub.router.head:
+                # No await between that check and going live: no event can slip between.
+                target = _go_live(hub, claims.sub, sub, after)
+                break
+            if pages >= MAX_PAGES or (pages and anyio.current_time() >= deadline):
+                break
+            async with pool.connection(timeout=timeout * 2) as conn:
+                with anyio.fail_after(timeout):
                     page = await fetch_replay(
                         conn, user=claims.sub, table=sub.table, schema=sub.schema,
                         after=after, upto=hub.router.head, limit=MAX_EVENTS,
+                        ops=sub.ops, row_filter=sub.filter,
                     )  # fmt: skip
-                found = [e for e in page.events if e.op in sub.ops and sub.filter.matches(e)]
-                after = page.scanned_to
-                if found:
-                    return _body(found, Cursor(epoch, after).encode(), epoch)
+            pages += 1
+            found = [e for e in page.events if e.op in sub.ops and sub.filter.matches(e)]
+            after = page.scanned_to
+            if found:
+                return _body(found, Cursor(epoch, after).encode(), epoch)
     except (psycopg.Error, TimeoutError):
         if target is not None and target.router is not None:
             target.router.remove(target)
         raise PollError(503, {"error": "the log is unreachable, retry"}) from None
-    if target is None:  # the wait ran out while catching up
+    if target is None:  # the page budget or the wait ran out while catching up
         return _body([], Cursor(epoch, after).encode(), epoch)
     return await _wait_live(hub, target, after, deadline, epoch)
 

@@ -91,10 +91,12 @@ class Hub:
         self.db_head = 0
         self.tables: Tracked = {}
         self.connections: dict[str, Connection] = {}
+        self.polls = 0  # long-polls in flight; they count against max_connections too
         self.accepting = True
         self._direct_writes = 0  # deliveries of the event being routed, written at once
         metrics.last_event_age.set_function(self._last_event_age)
         metrics.log_backlog.set_function(lambda: max(0, self.db_head - self.router.head))
+        metrics.connections.polls = lambda: self.polls
 
     def _last_event_age(self) -> float:
         if self.last_event_at is None:
@@ -468,7 +470,9 @@ class Connection:
         settings = hub.settings
         pool = self.shell.pool
         # A pool connection is held only for each query, never while waiting on the client:
-        # slow clients replaying cannot starve the pool.
+        # slow clients replaying cannot starve the pool, and replays and long-polls take turns
+        # at it (it serves waiters in order). Each query examines a bounded number of rows and
+        # reads only those the ops and filter can match (relay/db.py fetch_replay).
         try:
             async with pool.connection(timeout=settings.replay_wait) as conn:
                 with anyio.fail_after(settings.query_timeout):
@@ -496,6 +500,8 @@ class Connection:
                             after=sub.after,
                             upto=hub.router.head,
                             limit=page_size,
+                            ops=sub.ops,
+                            row_filter=sub.filter,
                         )
                 for event in page.events:
                     await self._room_for_replay()
@@ -600,7 +606,7 @@ class WebsocketShell:
             )
         if not hub.ready():
             return self._refuse(503, "not_ready", "not ready\n")
-        if len(hub.connections) >= hub.settings.max_connections:
+        if len(hub.connections) + hub.polls >= hub.settings.max_connections:
             return self._refuse(503, "max_connections", "too many connections\n")
         peer = connection.remote_address[0] if connection.remote_address else ""
         address = client_address(peer, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
@@ -608,11 +614,13 @@ class WebsocketShell:
         if not decision.admitted:
             return self._refuse(decision.status, decision.reason, "too many connections\n")
         if path == POLL_PATH:
+            hub.polls += 1  # no await since the max_connections check
             try:
                 status, body = await handle_poll(
                     self, request.path, request.headers.get("Authorization", "")
                 )
             finally:
+                hub.polls -= 1
                 self.admission.release(address)
             return _response(
                 status, body.encode(), "application/json", [("Cache-Control", "no-store"), *cors]
