@@ -141,7 +141,9 @@ class Settings:
         _parse_networks,
         "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
     )
-    max_connections: int = _setting(20000, _positive_int, "open websocket connections per process")
+    max_connections: int = _setting(
+        20000, _positive_int, "open websocket connections plus long-polls in flight per process"
+    )
     max_connections_per_ip: int = _setting(
         200, _positive_int, "open connections per client address"
     )

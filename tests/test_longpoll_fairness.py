@@ -78,7 +78,8 @@ def raw_poll(port: int, user: str, **params: str) -> tuple[int, str]:
 
 def test_never_matching_long_polls_over_a_big_backlog_do_not_starve_others(relay_db: str) -> None:
     """12 long-polls hammering a 60,000-row backlog with a never-matching filter: another user's
-    catch-up polls answer 200 with their events and their websocket resume completes, promptly."""
+    catch-up polls answer 200 with their events and their websocket resume completes, promptly;
+    a websocket replay with that filter reaches `subscribed` with no events."""
     c0 = build_backlog(relay_db, BACKLOG, OTHERS)
     env = {"RELAY_CONNECT_RATE_PER_IP": "100000", "RELAY_MAX_CONNECTIONS_PER_IP": "100000"}
     with relay_process(relay_db, env) as relay:
@@ -114,6 +115,12 @@ def test_never_matching_long_polls_over_a_big_backlog_do_not_starve_others(relay
             assert OTHERS == replayed
             assert took < 5.0, took
             other.close()
+            # A websocket replay with a never-matching filter crosses the whole backlog too.
+            attacker = Client(relay.url, "attacker")
+            attacker.ready()
+            attacker.subscribe("s", "generations", since=c0, filter={"project_id": "never"})
+            assert ["ready", "subscribed"] == [f["type"] for f in attacker.frames]
+            attacker.close()
         finally:
             stop.set()
             for thread in attackers:
