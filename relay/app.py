@@ -35,7 +35,7 @@ from relay.db import (
     read_log_state,
     write_heartbeat,
 )
-from relay.logs import LOG_WINDOW, flush_suppressed
+from relay.logs import flush_suppressed
 from relay.metrics import Metrics
 from relay.poll import MAX_WAIT
 from relay.server import Hub, SocketGuard, WebsocketShell
@@ -227,9 +227,10 @@ async def run_relay(
 
 
 async def _flush_suppressed_logs() -> None:
-    """Reports, once per window, how many warning lines of each kind were suppressed."""
+    """Reports how many warning lines of each kind were suppressed, within a second of the end
+    of the window that suppressed them (one line per kind per window)."""
     while True:
-        await anyio.sleep(LOG_WINDOW)
+        await anyio.sleep(1.0)
         flush_suppressed()
 
 

@@ -6,8 +6,9 @@ passes them to a logger, and user ids are hashed unless configured otherwise.
 Warnings and errors cannot flood: each kind of line (the relay's event name, or a library's
 logger and first message line, such as asyncio's "socket.accept() out of system resource") is
 written at most ``LOG_BURST`` times per ``LOG_WINDOW`` seconds; the lines beyond are counted,
-and the count is written once per window as ``log_suppressed`` (``key``, ``count``), and as
-``suppressed`` on the kind's next line. Info and debug lines are not limited.
+and each count is written once: as ``suppressed`` on the kind's first line of a later window,
+or, within a second of its window's end, as a ``log_suppressed`` line (``key``, ``count``).
+Info and debug lines are not limited.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class _LimitFilter(logging.Filter):
 
 def flush_suppressed() -> None:
     """Writes one ``log_suppressed`` line per kind whose window ended with lines suppressed
-    (the relay calls this every ``LOG_WINDOW``)."""
+    (the relay calls this every second)."""
     for key, count in _limiter.drain(time.monotonic()):
         structlog.get_logger("relay.logs").warning("log_suppressed", key=key, count=count)
 
