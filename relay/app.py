@@ -48,16 +48,20 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 # File descriptors kept out of the client sockets' budget: stdio, epoll, the listening sockets,
 # the log reader's, sequencer's and maintenance connections, the Prometheus process collector.
 FD_RESERVE: Final = 64
+# Each listener's backlog: asyncio accepts up to this many sockets per wake-up before their
+# protocols run (and the guard closes the ones past its bounds), so they are reserved too.
+ACCEPT_BURST: Final = 100
 METRICS_MAX_SOCKETS: Final = 32  # open sockets on the metrics port (scrapes and probes)
 
 
 def file_budget(settings: Settings) -> int:
     """The client sockets the main port may hold. The soft RLIMIT_NOFILE is raised (up to the
     hard limit) to what the settings need: RELAY_MAX_CONNECTIONS + RELAY_MAX_HANDSHAKES + the
-    replay pool + the metrics port's sockets + FD_RESERVE; a warning says when it cannot be.
+    replay pool + the metrics port's sockets + each listener's accept burst + FD_RESERVE; a
+    warning says when it cannot be.
     Past the budget an accepted socket is closed at once, so the process never runs out of
     descriptors: open clients, the database and the metrics port keep theirs."""
-    reserve = FD_RESERVE + settings.replay_pool_size + METRICS_MAX_SOCKETS
+    reserve = FD_RESERVE + ACCEPT_BURST + 2 * METRICS_MAX_SOCKETS + settings.replay_pool_size
     needed = settings.max_connections + settings.max_handshakes + reserve
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -193,6 +197,7 @@ async def run_relay(
                     process_request=shell.process_request,
                     process_response=shell.process_response,
                     create_connection=shell.guard.connection_class(),
+                    backlog=ACCEPT_BURST,
                     max_size=settings.max_message_bytes,
                     max_queue=16,
                     compression="deflate" if settings.compression else None,
@@ -260,6 +265,7 @@ async def _metrics_server(settings: Settings, shell: WebsocketShell) -> AsyncIte
         settings.metrics_port,
         process_request=shell.process_ops_request,
         create_connection=guard.connection_class(),
+        backlog=METRICS_MAX_SOCKETS,  # its accept burst
         open_timeout=settings.request_timeout,
         server_header=None,
     ) as server:

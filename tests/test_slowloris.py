@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from relay.app import ACCEPT_BURST, FD_RESERVE, METRICS_MAX_SOCKETS
 from tests.helpers import Client, RelayProcess, relay_process, wait_until
 
 pytestmark = pytest.mark.pg
@@ -145,8 +146,10 @@ def test_handshakes_from_a_trusted_proxy_count_only_against_the_total(relay_db: 
         assert 0.0 == relay.metric("relay_handshakes_refused_total", 'reason="ip_handshakes"')
 
 
-NOFILE = 256
-BUDGET = NOFILE - (64 + 8 + 32)  # app.FD_RESERVE + the replay pool + the metrics port's sockets
+NOFILE = 512
+# The reserve: app.FD_RESERVE, the main port's accept burst, the metrics port's sockets and
+# accept burst, the replay pool (8).
+BUDGET = NOFILE - (FD_RESERVE + ACCEPT_BURST + 2 * METRICS_MAX_SOCKETS + 8)
 
 
 def _low_nofile() -> None:
@@ -154,23 +157,24 @@ def _low_nofile() -> None:
 
 
 def test_at_the_file_limit_existing_clients_and_readyz_keep_working(relay_db: str) -> None:
-    """With 256 file descriptors, 300 stalled sockets from 15 addresses: the relay warns at
-    start, holds 151 (its budget of 152 less one client) and closes the rest at accept, never
-    meeting EMFILE; the open client still receives events, /readyz on the metrics port answers,
-    and the log stays short."""
-    with relay_process(relay_db, preexec_fn=_low_nofile) as relay:
+    """With 512 file descriptors, 500 stalled sockets from 20 addresses: the relay warns at
+    start, holds its budget (276) less one client and closes the rest at accept, never meeting
+    EMFILE; the open client still receives events, /readyz on the metrics port answers, and the
+    log stays short."""
+    env = {"RELAY_REQUEST_TIMEOUT": "60s"}  # the held sockets stay held while this test looks
+    with relay_process(relay_db, env, preexec_fn=_low_nofile) as relay:
         warning = relay.wait_log("file_limit_low")
         assert (NOFILE, BUDGET) == (warning["nofile"], warning["sockets"])
         client = subscribed_client(relay, "alice")
         start = len(relay.lines)
-        sources = [f"127.0.0.{n}" for n in range(2, 17)]
-        with stallers(relay.port, sources, 20) as attack:
-            wait_until(lambda: attack.closed >= 300 - (BUDGET - 1), 10, "sockets refused")
+        sources = [f"127.0.0.{n}" for n in range(2, 22)]
+        with stallers(relay.port, sources, 25) as attack:
+            wait_until(lambda: attack.closed >= 500 - (BUDGET - 1), 10, "sockets refused")
             assert (200, "ready\n") == relay.http("/readyz", relay.metrics_port)
             add_thumbnail(relay_db, "alice")
             assert "thumbnails" == client.events(1)[0]["table"]
             refused = relay.metric("relay_handshakes_refused_total", 'reason="sockets"')
-            assert 300.0 - (BUDGET - 1) == refused
+            assert 500.0 - (BUDGET - 1) == refused
             assert float(BUDGET - 1) == relay.metric("relay_handshakes_in_progress")
         lines = relay.lines[start:]
         assert not [line for line in lines if "out of system resource" in str(line)]
