@@ -406,6 +406,8 @@ class RelayServer:
                 "RELAY_MAX_CONNECTIONS": "30000",
                 "RELAY_MAX_CONNECTIONS_PER_IP": "30000",
                 "RELAY_CONNECT_RATE_PER_IP": "1000000",
+                "RELAY_MAX_HANDSHAKES": "30000",
+                "RELAY_MAX_HANDSHAKES_PER_IP": "30000",
                 "RELAY_HEARTBEAT_INTERVAL": "5s",
                 "RELAY_LISTEN_WINDOW": "5s",
                 "RELAY_QUERY_TIMEOUT": "5s",
@@ -429,7 +431,7 @@ class RelayServer:
 
     def events_read(self) -> int:
         """Row events the relay has read from the log so far (its relay_events counters)."""
-        _, body = self.proc.http("/metrics")
+        _, body = self.proc.scrape()
         return int(
             sum(
                 float(line.rsplit(" ", 1)[1])

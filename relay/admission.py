@@ -1,8 +1,13 @@
-"""Who may open a connection: Origin allow-list, per-address rate and concurrency limits.
+"""Who may open a connection: Origin allow-list, per-address rate and concurrency limits, and
+the sockets whose HTTP request is still arriving (``Intake``).
 
 Pure: the shell passes the handshake's facts (peer address, headers) and the time. Memory is
 bounded: at most ``max_tracked`` addresses are remembered; past that the least recently seen
 address with no open connection is forgotten (its bucket would be full again by now anyway).
+
+Per-address limits count an IPv6 client by its network prefix (``ipv6_prefix``, a /64 by
+default: one subscriber's LAN usually gets a /64 or more, so its addresses are one budget), an
+IPv4 client (and an IPv4-mapped IPv6 address) by its address (``address_key``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Admission", "Decision", "client_address"]
+__all__ = [
+    "IPV6_PREFIX",
+    "Admission",
+    "Decision",
+    "Intake",
+    "address_key",
+    "client_address",
+    "socket_budget",
+]
 
 MAX_TRACKED: Final = 100_000
+IPV6_PREFIX: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,21 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Iterable[Netwo
     return peer
 
 
+def address_key(address: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
+    """The key per-address limits count under: an IPv6 address's network of ``ipv6_prefix``
+    bits (``2001:db8:1:2::/64``), an IPv4 (or IPv4-mapped IPv6) address as itself; a string
+    that is not an address (a Unix socket's peer) as itself."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])  # no zone id
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, ipv6_prefix), strict=False))
+    return str(parsed)
+
+
 class _Bucket:
     __slots__ = ("open", "tokens", "updated")
 
@@ -71,7 +100,7 @@ class _Bucket:
 
 class Admission:
     """Origin allow-list, new connections per second per address (token bucket, burst twice
-    the rate), and open connections per address."""
+    the rate), and open connections per address (IPv6: per ``ipv6_prefix`` network)."""
 
     def __init__(
         self,
@@ -80,7 +109,9 @@ class Admission:
         rate_per_ip: float = 20.0,
         max_open_per_ip: int = 200,
         max_tracked: int = MAX_TRACKED,
+        ipv6_prefix: int = IPV6_PREFIX,
     ) -> None:
+        self.ipv6_prefix = ipv6_prefix
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.rate = rate_per_ip
         self.burst = max(1.0, 2 * rate_per_ip)
@@ -98,7 +129,7 @@ class Admission:
 
     def admit(self, address: str, now: float) -> Decision:
         """Takes a token and an open slot for ``address``, or says why not."""
-        bucket = self._bucket(address, now)
+        bucket = self._bucket(address_key(address, self.ipv6_prefix), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
         if bucket.open >= self.max_open:
@@ -111,12 +142,12 @@ class Admission:
 
     def release(self, address: str) -> None:
         """An admitted connection from ``address`` ended."""
-        bucket = self._buckets.get(address)
+        bucket = self._buckets.get(address_key(address, self.ipv6_prefix))
         if bucket is not None and bucket.open > 0:
             bucket.open -= 1
 
     def open_count(self, address: str) -> int:
-        bucket = self._buckets.get(address)
+        bucket = self._buckets.get(address_key(address, self.ipv6_prefix))
         return 0 if bucket is None else bucket.open
 
     def _bucket(self, address: str, now: float) -> _Bucket:
@@ -136,3 +167,76 @@ class Admission:
                 return
         # Every tracked address has open connections: the per-process connection limit
         # bounds this case, so the map cannot exceed max_connections entries beyond max_tracked.
+
+
+def socket_budget(nofile: int, reserve: int) -> int:
+    """Client sockets the main port may hold with ``nofile`` file descriptors, leaving
+    ``reserve`` for everything else (database connections, the health port, stdio, epoll):
+    past it an accepted socket is closed at once, so accept() never meets EMFILE."""
+    return max(1, nofile - reserve)
+
+
+class Intake:
+    """Sockets from TCP accept on, before any admission check can run.
+
+    ``accept`` counts a socket open and its handshake in progress, or refuses it (the shell
+    closes it at once): beyond ``max_sockets`` open (the file budget), ``max_handshakes``
+    handshakes in progress, or ``max_handshakes_per_address`` from one address (IPv6: one
+    ``ipv6_prefix`` network). ``address`` None is a trusted proxy's: only the total applies.
+    A handshake is in progress until its HTTP request is complete (``request_complete``) or its
+    socket closes (``closed``). Memory: one entry per address with a handshake in progress, so
+    at most ``max_handshakes`` entries.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_sockets: int,
+        max_handshakes: int,
+        max_handshakes_per_address: int,
+        ipv6_prefix: int = IPV6_PREFIX,
+    ) -> None:
+        self.max_sockets = max_sockets
+        self.max_handshakes = max_handshakes
+        self.max_per_address = max_handshakes_per_address
+        self.ipv6_prefix = ipv6_prefix
+        self.sockets = 0
+        self.handshakes = 0
+        self._per_address: dict[str, int] = {}
+
+    def accept(self, address: str | None) -> Decision:
+        """A socket was accepted from ``address``: counted, or refused with the reason."""
+        if self.sockets >= self.max_sockets:
+            return Decision(503, "sockets")
+        if self.handshakes >= self.max_handshakes:
+            return Decision(503, "handshakes")
+        if address is not None:
+            key = address_key(address, self.ipv6_prefix)
+            count = self._per_address.get(key, 0)
+            if count >= self.max_per_address:
+                return Decision(429, "ip_handshakes")
+            self._per_address[key] = count + 1
+        self.sockets += 1
+        self.handshakes += 1
+        return ADMITTED
+
+    def request_complete(self, address: str | None) -> None:
+        """An accepted socket's request arrived: its handshake no longer counts."""
+        self.handshakes = max(0, self.handshakes - 1)
+        if address is None:
+            return
+        key = address_key(address, self.ipv6_prefix)
+        count = self._per_address.get(key, 0)
+        if count <= 1:
+            self._per_address.pop(key, None)
+        else:
+            self._per_address[key] = count - 1
+
+    def closed(self, address: str | None, *, handshaking: bool) -> None:
+        """An accepted socket closed; ``handshaking`` if its request never completed."""
+        if handshaking:
+            self.request_complete(address)
+        self.sockets = max(0, self.sockets - 1)
+
+    def handshakes_from(self, address: str) -> int:
+        return self._per_address.get(address_key(address, self.ipv6_prefix), 0)

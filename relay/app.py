@@ -8,10 +8,11 @@ closes every client with 1001 (going away) and exits within ``shutdown_timeout``
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import prometheus_client
@@ -21,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
+from relay.admission import Intake, socket_budget
 from relay.auth import Authenticator, AuthSettings, load_jwks_file
 from relay.config import Settings, redact_dsn
 from relay.db import (
@@ -33,14 +35,47 @@ from relay.db import (
     read_log_state,
     write_heartbeat,
 )
+from relay.logs import flush_suppressed
 from relay.metrics import Metrics
 from relay.poll import MAX_WAIT
-from relay.server import Hub, WebsocketShell
+from relay.server import Hub, SocketGuard, WebsocketShell
 
 __all__ = ["run_relay"]
 
 log = structlog.get_logger("relay.app")
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# File descriptors kept out of the client sockets' budget: stdio, epoll, the listening sockets,
+# the log reader's, sequencer's and maintenance connections, the Prometheus process collector.
+FD_RESERVE: Final = 64
+# Each listener's backlog: asyncio accepts up to this many sockets per wake-up before their
+# protocols run (and the guard closes the ones past its bounds), so they are reserved too.
+ACCEPT_BURST: Final = 100
+METRICS_MAX_SOCKETS: Final = 32  # open sockets on the metrics port (scrapes and probes)
+
+
+def file_budget(settings: Settings) -> int:
+    """The client sockets the main port may hold. The soft RLIMIT_NOFILE is raised (up to the
+    hard limit) to what the settings need: RELAY_MAX_CONNECTIONS + RELAY_MAX_HANDSHAKES + the
+    replay pool + the metrics port's sockets + each listener's accept burst + FD_RESERVE; a
+    warning says when it cannot be.
+    Past the budget an accepted socket is closed at once, so the process never runs out of
+    descriptors: open clients, the database and the metrics port keep theirs."""
+    reserve = FD_RESERVE + ACCEPT_BURST + 2 * METRICS_MAX_SOCKETS + settings.replay_pool_size
+    needed = settings.max_connections + settings.max_handshakes + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return needed
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    budget = socket_budget(soft, reserve)
+    if soft < needed:
+        hint = "raise the nofile limit (ulimit -n, systemd LimitNOFILE=, the container's)"
+        log.warning("file_limit_low", nofile=soft, needed=needed, sockets=budget, hint=hint)
+    return budget
 
 
 def build_authenticator(settings: Settings) -> Authenticator:
@@ -90,12 +125,14 @@ async def _maintenance(settings: Settings, hub: Hub) -> None:
             await anyio.sleep(interval)
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def _tls(settings: Settings) -> dict[str, Any]:
+    """serve()'s TLS arguments: none without a certificate. The TLS handshake must end within
+    RELAY_REQUEST_TIMEOUT too (asyncio hands the socket to the guard only after it)."""
     if not settings.tls_cert:
-        return None
+        return {}
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return context
+    return {"ssl": context, "ssl_handshake_timeout": settings.request_timeout}
 
 
 async def run_relay(
@@ -142,7 +179,7 @@ async def run_relay(
         retention=settings.retention,
         prune_interval=settings.prune_interval,
     )
-    shell = WebsocketShell(hub, authenticator, pool)
+    shell = WebsocketShell(hub, authenticator, pool, max_sockets=file_budget(settings))
     await pool.open(wait=False)
     try:
         async with anyio.create_task_group() as tasks:
@@ -151,6 +188,7 @@ async def run_relay(
             tasks.start_soon(_maintenance, settings, hub)
             shell.task_group = tasks
             tasks.start_soon(shell.sweep)
+            tasks.start_soon(_flush_suppressed_logs)
             async with (
                 ws_serve(
                     shell.handle,
@@ -158,21 +196,26 @@ async def run_relay(
                     settings.port,
                     process_request=shell.process_request,
                     process_response=shell.process_response,
+                    create_connection=shell.guard.connection_class(),
+                    backlog=ACCEPT_BURST,
                     max_size=settings.max_message_bytes,
                     max_queue=16,
                     compression="deflate" if settings.compression else None,
-                    ssl=_ssl_context(settings),
+                    **_tls(settings),
                     ping_interval=20,
                     ping_timeout=20,
                     close_timeout=2,
-                    open_timeout=MAX_WAIT + 10,  # a long-poll is answered inside the handshake
+                    # The request must be complete within request_timeout (the guard); then a
+                    # long-poll is answered inside the handshake, within MAX_WAIT.
+                    open_timeout=settings.request_timeout + MAX_WAIT + 10,
                     server_header=None,
                 ) as server,
                 _metrics_server(settings, shell) as metrics_port,
             ):
                 port = next(iter(server.sockets)).getsockname()[1]
                 log.info("listening", host=settings.host, port=port, dsn=redact_dsn(settings.dsn),
-                         replica=settings.replica_id, metrics_port=metrics_port)  # fmt: skip
+                         replica=settings.replica_id, metrics_port=metrics_port,
+                         sockets=shell.guard.intake.max_sockets)  # fmt: skip
                 task_status.started(port)
                 await _until_signal()
                 log.info("shutting_down", connections=len(hub.connections))
@@ -184,15 +227,34 @@ async def run_relay(
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await pool.close()
+        flush_suppressed()
         log.info("stopped")
+
+
+async def _flush_suppressed_logs() -> None:
+    """Reports how many warning lines of each kind were suppressed, within a second of the end
+    of the window that suppressed them (one line per kind per window)."""
+    while True:
+        await anyio.sleep(1.0)
+        flush_suppressed()
 
 
 @contextlib.asynccontextmanager
 async def _metrics_server(settings: Settings, shell: WebsocketShell) -> AsyncIterator[int | None]:
-    """With RELAY_METRICS_PORT, /metrics (and health) on a port of their own, never upgraded."""
+    """With RELAY_METRICS_PORT (the default), /metrics and health on a port of their own, never
+    upgraded, with their own small socket bounds: the main port's clients cannot starve them."""
     if not settings.metrics_port:
         yield None
         return
+    guard = SocketGuard(
+        Intake(
+            max_sockets=METRICS_MAX_SOCKETS,
+            max_handshakes=METRICS_MAX_SOCKETS,
+            max_handshakes_per_address=METRICS_MAX_SOCKETS,
+        ),
+        settings.request_timeout,
+        lambda reason: shell.count_refused(f"metrics_{reason}"),
+    )
 
     async def refuse(ws: ServerConnection) -> None:  # every request is answered before this
         await ws.close(1008, "not a websocket endpoint")
@@ -202,6 +264,9 @@ async def _metrics_server(settings: Settings, shell: WebsocketShell) -> AsyncIte
         settings.host,
         settings.metrics_port,
         process_request=shell.process_ops_request,
+        create_connection=guard.connection_class(),
+        backlog=METRICS_MAX_SOCKETS,  # its accept burst
+        open_timeout=settings.request_timeout,
         server_header=None,
     ) as server:
         yield next(iter(server.sockets)).getsockname()[1]

@@ -63,7 +63,9 @@ def _demo(args: argparse.Namespace) -> int:
     from relay.logs import configure_logging
 
     # The demo supplies its own database and JWT secret; every other RELAY_ setting applies.
+    # One local process, one port: /metrics on it unless RELAY_METRICS_PORT says otherwise.
     environ = {
+        "RELAY_METRICS_PORT": "0",
         **os.environ,
         "RELAY_DSN": args.dsn or "postgresql:///demo",
         "RELAY_INSECURE_DEV": "1",

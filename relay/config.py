@@ -86,6 +86,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _ipv6_prefix(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 128:
+        raise ValueError(f"{value} is not an IPv6 prefix length (1 to 128)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -125,9 +132,9 @@ class Settings:
     )
     # Network
     host: str = _setting("127.0.0.1", str, "address to listen on (0.0.0.0 in containers)")
-    port: int = _setting(8080, _port, "port for websockets, health and metrics")
+    port: int = _setting(8080, _port, "port for websockets, long-polls and health")
     metrics_port: int = _setting(
-        0, _port, "separate port for /metrics and health (0: the main port)"
+        9480, _port, "port of its own for /metrics and health (0: /metrics on the main port)"
     )
     tls_cert: str = _setting(
         "", str, "TLS certificate file (PEM), for deployments without a TLS proxy"
@@ -149,6 +156,18 @@ class Settings:
     )
     connect_rate_per_ip: float = _setting(
         20.0, float, "new connections per second per client address (burst: twice that)"
+    )
+    ipv6_prefix: int = _setting(
+        64, _ipv6_prefix, "IPv6 clients count as one address per network of this prefix length"
+    )
+    request_timeout: float = _setting(
+        10.0, parse_duration, "time from TCP accept to a complete HTTP request (else closed)"
+    )
+    max_handshakes: int = _setting(
+        1000, _positive_int, "sockets accepted whose HTTP request is not complete yet"
+    )
+    max_handshakes_per_ip: int = _setting(
+        32, _positive_int, "of those, from one client address (trusted proxies: no limit)"
     )
     websockets: bool = _setting(
         True, _parse_bool, "serve websockets (off: kill switch, clients use long-polling)"
@@ -260,6 +279,10 @@ class Settings:
             raise ConfigError("TLS needs both RELAY_TLS_CERT and RELAY_TLS_KEY")
         if self.query_timeout <= 0 or self.listen_window <= 0:
             raise ConfigError("RELAY_QUERY_TIMEOUT and RELAY_LISTEN_WINDOW must be greater than 0")
+        if self.request_timeout <= 0:
+            raise ConfigError("RELAY_REQUEST_TIMEOUT must be greater than 0")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError("RELAY_METRICS_PORT must differ from RELAY_PORT (0: the main port)")
         if self.retention < 60:
             raise ConfigError("RELAY_RETENTION must be at least 60s")
 

@@ -120,6 +120,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.handshakes_in_progress = Gauge(
+            "relay_handshakes_in_progress",
+            "Sockets accepted on the main port whose HTTP request is not complete yet",
+            registry=registry,
+        )
         self.delivery_lag = WeightedHistogram(
             "relay_delivery_lag_seconds",
             "Commit of the change to the write of its frame to a client socket",

@@ -10,13 +10,14 @@ blocks forever, and its keepalive ping does not notice).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import anyio
 import psycopg
@@ -28,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relay.admission import Admission, client_address
+from relay.admission import Admission, Intake, client_address
 from relay.auth import Authenticator
 from relay.config import Settings
 from relay.cursor import Cursor
@@ -42,7 +43,7 @@ from relay.protocol import Abort, Close, Limits, Replay, Session, Tracked
 from relay.router import Router
 from relay.subscription import Subscription
 
-__all__ = ["Hub", "WebsocketShell"]
+__all__ = ["GuardedConnection", "Hub", "SocketGuard", "WebsocketShell"]
 
 WS_PATH: Final = "/v1/ws"
 POLL_PATH: Final = "/v1/poll"
@@ -524,11 +525,102 @@ def resume_problem(since: Cursor, state: LogState) -> str | None:
     return None
 
 
+class SocketGuard:
+    """Bounds one listening port's sockets from TCP accept on (relay/admission.py ``Intake``),
+    before websockets has read a request: a socket beyond a bound is closed at once, and a
+    socket whose HTTP request is not complete within ``request_timeout`` is closed then. The
+    time a long-poll takes to answer (the websockets server's ``open_timeout``) is separate."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        request_timeout: float,
+        on_refused: Callable[[str], None],
+        trusted_proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    ) -> None:
+        self.intake = intake
+        self.request_timeout = request_timeout
+        self.on_refused = on_refused
+        self.trusted_proxies = tuple(trusted_proxies)
+
+    def connection_class(self) -> type[ServerConnection]:
+        """The ``create_connection`` for websockets' serve(): connections bound to this guard."""
+        return type("GuardedConnection", (GuardedConnection,), {"guard": self})
+
+    def limited_address(self, peer: str) -> str | None:
+        """The address whose per-address bound a socket counts against; None for a trusted
+        proxy (its clients are told apart only once their request is read)."""
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return peer
+        if any(address in network for network in self.trusted_proxies):
+            return None
+        return peer
+
+
+class GuardedConnection(ServerConnection):
+    """websockets' ServerConnection, counted by its port's ``SocketGuard`` from TCP accept
+    (asyncio's ``connection_made``) until its request is complete and until it closes."""
+
+    guard: ClassVar[SocketGuard]
+    _address: str | None = None
+    _counted = False  # open in the guard's intake: released once, on connection_lost
+    _handshaking = False  # its request is not complete yet
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        guard = self.guard
+        peer = transport.get_extra_info("peername")
+        self._address = guard.limited_address(str(peer[0]) if peer else "")
+        decision = guard.intake.accept(self._address)
+        if not decision.admitted:
+            guard.on_refused(decision.reason)
+            self.transport.abort()  # the handler sees no request and ends
+            return
+        self._counted = self._handshaking = True
+        self._deadline = self.loop.call_later(guard.request_timeout, self._request_late)
+
+    def _request_late(self) -> None:
+        if self._handshaking:
+            self.guard.on_refused("request_timeout")
+            self.transport.abort()
+
+    def _request_done(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self.guard.intake.request_complete(self._address)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def process_event(self, event: Any) -> None:
+        if self.request is None:
+            self._request_done()
+        super().process_event(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.guard.intake.closed(self._address, handshaking=self._handshaking)
+            self._handshaking = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+
 class WebsocketShell:
     """The websockets server's callbacks: HTTP routes, handshake checks, connections."""
 
     def __init__(
-        self, hub: Hub, authenticator: Authenticator, pool: AsyncConnectionPool[Any]
+        self,
+        hub: Hub,
+        authenticator: Authenticator,
+        pool: AsyncConnectionPool[Any],
+        *,
+        max_sockets: int,
     ) -> None:
         settings = hub.settings
         self.hub = hub
@@ -538,10 +630,21 @@ class WebsocketShell:
             allowed_origins=settings.allowed_origins,
             rate_per_ip=settings.connect_rate_per_ip,
             max_open_per_ip=settings.max_connections_per_ip,
+            ipv6_prefix=settings.ipv6_prefix,
         )
         self.trusted_proxies = [
             ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
         ]
+        intake = Intake(
+            max_sockets=max_sockets,
+            max_handshakes=settings.max_handshakes,
+            max_handshakes_per_address=settings.max_handshakes_per_ip,
+            ipv6_prefix=settings.ipv6_prefix,
+        )
+        self.guard = SocketGuard(
+            intake, settings.request_timeout, self.count_refused, self.trusted_proxies
+        )
+        hub.metrics.handshakes_in_progress.set_function(lambda: intake.handshakes)
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
         self.task_group: anyio.abc.TaskGroup | None = None  # the server's; set before it serves
 
@@ -575,6 +678,11 @@ class WebsocketShell:
     def _refuse(self, status: int, reason: str, text: str) -> Response:
         self.hub.metrics.refused.labels(reason).inc()
         return _text(status, text)
+
+    def count_refused(self, reason: str) -> None:
+        """A socket closed by the guard: counted, and logged (rate-limited: relay/logs.py)."""
+        self.hub.metrics.refused.labels(reason).inc()
+        log.warning("socket_refused", reason=reason)
 
     async def process_request(
         self, connection: ServerConnection, request: Request

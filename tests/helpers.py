@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,20 +29,35 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
         time.sleep(0.05)
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 at the time of asking."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def token(sub: str, *, ttl: float = 3600, secret: str = SECRET, **claims: Any) -> str:
     now = time.time()
     return jwt.encode({"sub": sub, "exp": now + ttl, "iat": now, **claims}, secret, "HS256")
 
 
 class RelayProcess:
-    """`relay serve` in a child process on a free port, its JSON log lines collected."""
+    """`relay serve` in a child process on free ports (its metrics port too), its JSON log lines
+    collected."""
 
-    def __init__(self, dsn: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.preexec_fn = preexec_fn
         self.env = {
             **os.environ,
             "RELAY_DSN": dsn,
             "RELAY_PORT": "0",
+            "RELAY_METRICS_PORT": str(free_port()),
             "RELAY_JWT_SECRET": SECRET,
             "RELAY_LOG_FORMAT": "json",
             "RELAY_LOG_LEVEL": "debug",
@@ -51,6 +67,7 @@ class RelayProcess:
             **(env or {}),
         }
         self.port = 0
+        self.metrics_port: int | None = None  # None: /metrics is on the main port
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[dict[str, Any]] = []
         self._new_lines: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -62,10 +79,12 @@ class RelayProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=self.preexec_fn,
         )
         threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
         line = self.wait_log("listening", timeout)
         self.port = int(line["port"])
+        self.metrics_port = line.get("metrics_port")
         return self
 
     def _pump(self, process: subprocess.Popen[str]) -> None:
@@ -96,19 +115,25 @@ class RelayProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
-    def http(self, path: str) -> tuple[int, str]:
+    def http(self, path: str, port: int | None = None) -> tuple[int, str]:
+        """GET path on the main port (or on ``port``): the status and the body."""
         import urllib.error
         import urllib.request
 
+        url = f"http://127.0.0.1:{port or self.port}{path}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+            with urllib.request.urlopen(url, timeout=5) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def scrape(self) -> tuple[int, str]:
+        """GET /metrics where the relay serves it: its metrics port, else the main port."""
+        return self.http("/metrics", self.metrics_port)
+
     def metric(self, name: str, labels: str = "") -> float:
         """One sample of /metrics, e.g. metric('relay_drops_total', 'reason="overflow"')."""
-        _, body = self.http("/metrics")
+        _, body = self.scrape()
         key = f"{name}{{{labels}}}" if labels else name
         for line in body.splitlines():
             if line.startswith(key + " "):
@@ -131,8 +156,12 @@ class RelayProcess:
 
 
 @contextmanager
-def relay_process(dsn: str, env: Mapping[str, str] | None = None) -> Iterator[RelayProcess]:
-    relay = RelayProcess(dsn, env).start()
+def relay_process(
+    dsn: str,
+    env: Mapping[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[RelayProcess]:
+    relay = RelayProcess(dsn, env, preexec_fn).start()
     try:
         yield relay
     finally:

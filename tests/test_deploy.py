@@ -165,9 +165,9 @@ def test_every_yaml_file_under_deploy_parses_to_mappings() -> None:
         "k8s/kustomization.yaml",
         "k8s/networkpolicy.yaml",
         "k8s/pdb.yaml",
+        "k8s/podmonitor.yaml",
         "k8s/secret.example.yaml",
         "k8s/service.yaml",
-        "k8s/servicemonitor.yaml",
         "prometheus/alerts.yml",
         "prometheus/alerts_test.yml",
         "prometheus/prometheus.yml",
@@ -190,7 +190,7 @@ def test_deploy_files_only_set_settings_the_relay_reads() -> None:
 def test_env_example_lists_every_setting_once() -> None:
     """relay.env.example names each setting exactly once (set or commented out) and no other."""
     text = (DEPLOY / "relay.env.example").read_text()
-    assigned = re.findall(r"^(?:# )?([A-Z][A-Z_]+)=", text, flags=re.MULTILINE)
+    assigned = re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE)
     assert sorted(assigned) == sorted(SETTINGS)
 
 
@@ -198,7 +198,8 @@ def test_env_example_lists_every_setting_once() -> None:
 
 
 def test_dockerfile_builds_a_wheel_and_runs_it_as_non_root_relay_serve() -> None:
-    """The image is multi-stage on python:3.11-slim, non-root, on 8080, `relay serve`, SIGTERM."""
+    """The image is multi-stage on python:3.11-slim, non-root, on 8080 (metrics 9480), `relay
+    serve`, SIGTERM."""
     instructions = dockerfile_instructions()
     assert ("ARG", "PYTHON_IMAGE=python:3.11-slim") in instructions
     stages = [args for keyword, args in instructions if keyword == "FROM"]
@@ -211,6 +212,7 @@ def test_dockerfile_builds_a_wheel_and_runs_it_as_non_root_relay_serve() -> None
     assert ("COPY", "sql /app/sql") in instructions
     assert ("USER", "10001:10001") in instructions
     assert ("EXPOSE", "8080") in instructions
+    assert ("EXPOSE", "9480") in instructions
     assert ("STOPSIGNAL", "SIGTERM") in instructions
     assert instructions[-2:] == [("ENTRYPOINT", '["relay"]'), ("CMD", '["serve"]')]
 
@@ -322,34 +324,40 @@ def test_compose_paths_exist() -> None:
 
 
 def test_compose_prometheus_scrapes_both_replicas_and_loads_the_alerts() -> None:
-    """prometheus.yml scrapes /metrics on relay-1:8080 and relay-2:8080 and loads alerts.yml."""
+    """prometheus.yml scrapes /metrics on the metrics port 9480 of both replicas (not on the
+    clients' 8080) and loads alerts.yml."""
     config = load_yaml(PROMETHEUS / "prometheus.yml")
     assert config["rule_files"] == ["alerts.yml"]
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "relay"
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"] == [{"targets": ["relay-1:8080", "relay-2:8080"]}]
+    assert job["static_configs"] == [{"targets": ["relay-1:9480", "relay-2:9480"]}]
 
 
 # --- Kubernetes ---------------------------------------------------------------------------
 
 
 def test_deployment_runs_three_replicas_of_relay_serve() -> None:
-    """The Deployment runs 3 replicas of `relay serve` serving on container port 8080."""
+    """The Deployment runs 3 replicas of `relay serve` on container port 8080, metrics on 9480."""
     spec = deployment()["spec"]
     assert spec["replicas"] == 3
     assert spec["selector"]["matchLabels"] == POD_LABELS
     assert spec["template"]["metadata"]["labels"] == POD_LABELS
     container = relay_container()
     assert container["args"] == ["serve"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9480, "protocol": "TCP"},
+    ]
+    assert container_env()["RELAY_METRICS_PORT"]["value"] == "9480"
 
 
 def test_deployment_probes_readyz_and_healthz() -> None:
-    """Readiness probes /readyz and liveness /healthz, both on the 8080 `http` port."""
+    """Readiness probes /readyz and liveness /healthz, both on the 9480 `metrics` port (bounded
+    apart from the clients' sockets)."""
     container = relay_container()
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 
 def test_deployment_runs_non_root_with_a_read_only_root() -> None:
@@ -404,7 +412,8 @@ def test_deployment_sets_resources_and_spreads_replicas() -> None:
 
 
 def test_service_pdb_policy_and_monitor_select_the_relay_pods() -> None:
-    """Service, PDB, NetworkPolicy and ServiceMonitor all select exactly the relay pods."""
+    """Service, PDB, NetworkPolicy and PodMonitor all select exactly the relay pods; the Service
+    carries only the clients' port, the PodMonitor scrapes the pods' metrics port."""
     service = load_yaml(K8S / "service.yaml")
     assert service["spec"]["selector"] == POD_LABELS
     assert service["spec"]["ports"] == [
@@ -414,29 +423,35 @@ def test_service_pdb_policy_and_monitor_select_the_relay_pods() -> None:
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": POD_LABELS}}
     policy = load_yaml(K8S / "networkpolicy.yaml")
     assert policy["spec"]["podSelector"] == {"matchLabels": POD_LABELS}
-    monitor = load_yaml(K8S / "servicemonitor.yaml")
-    assert monitor["spec"]["selector"] == {"matchLabels": service["metadata"]["labels"]}
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    monitor = load_yaml(K8S / "podmonitor.yaml")
+    assert monitor["kind"] == "PodMonitor"
+    assert monitor["spec"]["selector"] == {"matchLabels": POD_LABELS}
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    ]
 
 
-def test_networkpolicy_allows_8080_in_and_postgres_and_dns_out() -> None:
-    """Ingress only on TCP 8080; egress only to TCP 5432 and DNS (UDP and TCP 53)."""
+def test_networkpolicy_allows_8080_and_9480_in_and_postgres_and_dns_out() -> None:
+    """Ingress only on TCP 8080 and 9480 (metrics); egress only to TCP 5432 and DNS (53)."""
     spec = load_yaml(K8S / "networkpolicy.yaml")["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    assert spec["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert spec["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}]},
+        {"ports": [{"port": 9480, "protocol": "TCP"}]},
+    ]
     assert spec["egress"] == [
         {"ports": [{"port": 5432, "protocol": "TCP"}]},
         {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
     ]
 
 
-def test_kustomization_lists_the_manifests_with_servicemonitor_optional() -> None:
-    """kustomization.yaml applies the four core manifests; ServiceMonitor is commented out."""
+def test_kustomization_lists_the_manifests_with_podmonitor_optional() -> None:
+    """kustomization.yaml applies the four core manifests; PodMonitor is commented out."""
     path = K8S / "kustomization.yaml"
     resources = load_yaml(path)["resources"]
     assert resources == ["deployment.yaml", "service.yaml", "pdb.yaml", "networkpolicy.yaml"]
     assert all((K8S / name).is_file() for name in resources)
-    assert "  # - servicemonitor.yaml\n" in path.read_text()
+    assert "  # - podmonitor.yaml\n" in path.read_text()
 
 
 # --- alerts and dashboard -----------------------------------------------------------------

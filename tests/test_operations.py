@@ -16,7 +16,9 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from relay.config import Settings
 from relay.devserver import SERVER_USER, PgServer, grant_traverse
+from relay.errors import ConfigError
 from relay.sqlfiles import install_script
 from tests.conftest import example_path
 from tests.helpers import SECRET, Client, RelayProcess, relay_process, token, wait_until
@@ -104,7 +106,7 @@ def test_refused_token_is_counted_by_reason(relay_db: str) -> None:
         with pytest.raises(ConnectionClosed):
             client.recv(5)
         assert 1.0 == relay.metric("relay_auth_failures_total", 'reason="expired"')
-        _, body = relay.http("/metrics")
+        _, body = relay.scrape()
         assert "alice" not in body  # labels never carry a user id
 
 
@@ -313,9 +315,26 @@ def test_separate_metrics_port_serves_metrics_and_hides_them_on_the_main_port(
 
     metrics_port = _free_port()
     with relay_process(relay_db, {"RELAY_METRICS_PORT": str(metrics_port)}) as relay:
+        assert metrics_port == relay.metrics_port
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
             assert b"relay_listener_up 1.0" in resp.read()
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as resp:
             assert 200 == resp.status
         assert 404 == relay.http("/metrics")[0]
         assert 200 == relay.http("/healthz")[0]
+
+
+def test_metrics_port_defaults_to_9480_and_must_differ_from_the_main_port() -> None:
+    """By default /metrics has a port of its own, 9480; the same port as RELAY_PORT is refused."""
+    assert 9480 == Settings.load({"RELAY_DSN": "x", "RELAY_JWT_SECRET": SECRET}).metrics_port
+    with pytest.raises(ConfigError, match="RELAY_METRICS_PORT must differ from RELAY_PORT"):
+        Settings.load({"RELAY_DSN": "x", "RELAY_JWT_SECRET": SECRET, "RELAY_PORT": "9480"})
+
+
+def test_metrics_on_the_main_port_when_metrics_port_is_0(relay_db: str) -> None:
+    """RELAY_METRICS_PORT=0 serves /metrics on the main port, as before the separate default."""
+    with relay_process(relay_db, {"RELAY_METRICS_PORT": "0"}) as relay:
+        assert relay.metrics_port is None
+        status, body = relay.http("/metrics")
+        assert 200 == status
+        assert "relay_listener_up 1.0" in body

@@ -445,7 +445,8 @@ def test_health_and_metrics_endpoints(relay: RelayProcess) -> None:
     deadline = time.monotonic() + 5  # the sequencer election runs beside readiness
     while relay.metric("relay_sequencer_leader") != 1.0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    status, body = relay.http("/metrics")
+    assert 404 == relay.http("/metrics")[0]  # not on the client port by default
+    status, body = relay.scrape()
     assert 200 == status
     for name in ("relay_listener_up 1.0", "relay_connections 0.0", "relay_sequencer_leader 1.0"):
         assert name in body

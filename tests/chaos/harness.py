@@ -633,6 +633,7 @@ class ChaosRun:
     def add_replica(self, env: dict[str, str] | None = None) -> Replica:
         # Every client comes from 127.0.0.1: the per-address limits would throttle them together.
         env = {"RELAY_MAX_CONNECTIONS_PER_IP": "100000", "RELAY_CONNECT_RATE_PER_IP": "100000",
+               "RELAY_MAX_HANDSHAKES": "100000", "RELAY_MAX_HANDSHAKES_PER_IP": "100000",
                **(env or {})}  # fmt: skip
         replica = Replica(f"r{len(self.replicas)}", self.dsn, env)
         self.replicas.append(replica.start())
