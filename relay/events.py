@@ -15,6 +15,7 @@ to zero) as a ``BigNumber``, a JSON string of its exact text. A value nested dee
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -125,22 +126,20 @@ _DECODER: Final = json.JSONDecoder(parse_float=_float)
 _EXACT_DECODER: Final = json.JSONDecoder(parse_float=_float, parse_int=_int)
 # A JSON string token (escapes included), and what is neither a bracket nor a brace.
 _STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
+# For depth: an opening bracket or brace becomes +1, a closing one -1 (as a signed byte); every
+# other byte is deleted.
+_SIGNED: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS: Final = bytes(set(range(256)) - set(b"[]{}"))
 _TOKEN: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]')
 
 
 def nesting_depth(text: str) -> int:
     """How deeply arrays and objects nest in a JSON text (0 for a scalar); brackets inside
-    strings do not count. Linear in the text, and it never recurses."""
-    depth = deepest = 0
-    for char in _NOT_BRACKET.sub("", _STRING.sub("", text)):
-        if char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        else:
-            depth -= 1
-    return deepest
+    strings do not count. Never recurses, and runs no Python code per character: strings are cut
+    by a regular expression, the brackets left become signed bytes (+1, -1) whose running sum's
+    maximum is the depth. For a text of many brackets it costs about what json.loads does."""
+    brackets = _STRING.sub("", text).encode().translate(_SIGNED, _NOT_BRACKETS)
+    return max(itertools.accumulate(memoryview(brackets).cast("b")), default=0)
 
 
 def decode_json(text: str | None) -> JSONValue:
