@@ -230,7 +230,8 @@ class Event:
     """One captured row change, at position ``pos`` of the log.
 
     ``row`` holds the whitelisted column values: the new ones for INSERT and UPDATE, the old ones
-    for DELETE; it is None when the row was over the database's size cap (``truncated``).
+    for DELETE; it is None when the row was over the database's size cap or nested past
+    MAX_DEPTH (``truncated``).
     ``old_key`` is the primary key before the change (UPDATE and DELETE). ``changed`` lists the
     whitelisted columns an UPDATE changed, sorted. ``audience`` is every user id allowed to see it.
     """

@@ -204,7 +204,12 @@ class LogEvent:
 
 
 def log_events(dsn: str, user: str) -> list[LogEvent]:
+    """The user's events in the log, once the sequencer has moved every committed write there."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while conn.execute("SELECT EXISTS (SELECT FROM relay.inbox)").fetchone() != (False,):
+            assert time.monotonic() < deadline, "the inbox was not sequenced within 60 s"
+            time.sleep(0.1)
         rows = conn.execute(
             "SELECT pos, op, pk::text, row_data::text, old_key::text, changed, truncated"
             " FROM relay.log WHERE table_name = 'fuzz' AND audience @> ARRAY[%s] ORDER BY pos",
