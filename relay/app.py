@@ -166,6 +166,7 @@ async def run_relay(
         on_state=hub.on_listener_state,
         on_reconnect=metrics.listener_reconnects.inc,
         on_caught_up=hub.read_up_to_head,
+        on_uncarriable=hub.on_uncarriable,
         listen_window=settings.listen_window,
         query_timeout=settings.query_timeout,
     )

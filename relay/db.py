@@ -30,7 +30,7 @@ from psycopg.rows import TupleRow
 
 from relay.backoff import Backoff
 from relay.errors import DatabaseError
-from relay.events import Event
+from relay.events import Event, Uncarriable, decode_json, decode_key
 from relay.filters import ColumnValues, RowFilter
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "check_direct_connection",
     "check_listen_works",
     "connect",
+    "decode_event",
     "event_from_row",
     "fetch_replay",
     "read_catalog",
@@ -51,9 +52,16 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 2  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
+# The JSON columns come as text: the relay decodes them itself (relay/events.py decode_json), so
+# no value can make the driver raise while fetching a batch.
 LOG_COLUMNS: Final = (
-    "pos, table_schema, table_name, op, pk, row_data, old_key, changed, audience,"
-    " committed_at, truncated"
+    "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"
+    " audience, committed_at, truncated"
+)
+# The same columns as stored (jsonb), for SQL that still has to look inside the values.
+LOG_STORED_COLUMNS: Final = (
+    "pos, table_schema, table_name, op, pk, row_data, old_key, changed, audience, committed_at,"
+    " truncated"
 )
 READ_BATCH: Final = 1000
 # One replay query (websocket replay or long-poll catch-up) examines at most this many of the
@@ -84,22 +92,54 @@ log = structlog.get_logger("relay.db")
 AsyncConn = psycopg.AsyncConnection[TupleRow]
 
 
-def event_from_row(row: Sequence[Any]) -> Event:
-    """A relay.log row (in LOG_COLUMNS order) as an Event."""
+def decode_event(row: Sequence[Any]) -> tuple[Event, str | None]:
+    """A relay.log row (in LOG_COLUMNS order) as an Event, and None; never raises for a value.
+
+    A row whose values cannot be carried as JSON (nested past MAX_DEPTH, or anything else that
+    fails to decode or encode) becomes the documented truncated event: ``row`` None,
+    ``truncated`` set, its key and old key carried (a member that cannot be is sent as a string
+    of its JSON text); the second item then names the reason (UNCARRIABLE_REASONS). The event is
+    encoded here, once, so routing and every transport send the same text.
+    """
     pos, schema, table, op, pk, row_data, old_key, changed, audience, committed_at, truncated = row
-    return Event(
+    try:
+        event = Event(
+            pos=pos,
+            schema=schema,
+            table=table,
+            op=op,
+            pk=decode_json(pk),
+            row=decode_json(row_data),
+            old_key=decode_json(old_key),
+            changed=tuple(changed or ()),
+            audience=frozenset(audience),
+            committed_at=committed_at,
+            truncated=truncated,
+        )
+        event.encoded()
+        return event, None
+    except Exception as exc:  # no value may stop the stream
+        reason = exc.reason if isinstance(exc, Uncarriable) else "invalid"
+    event = Event(
         pos=pos,
         schema=schema,
         table=table,
         op=op,
-        pk=pk,
-        row=row_data,
-        old_key=old_key,
+        pk=decode_key(pk) or {},
+        row=None,
+        old_key=decode_key(old_key),
         changed=tuple(changed or ()),
         audience=frozenset(audience),
         committed_at=committed_at,
-        truncated=truncated,
+        truncated=True,
     )
+    event.encoded()
+    return event, reason
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """A relay.log row (in LOG_COLUMNS order) as an Event (see decode_event)."""
+    return decode_event(row)[0]
 
 
 async def connect(dsn: str, application_name: str, timeout: float) -> AsyncConn:
@@ -308,7 +348,7 @@ def replay_query(
     sql = (
         f"SELECT keep, k, {LOG_COLUMNS} FROM ("  # noqa: S608
         f" SELECT s.*, ({condition}) AS keep, row_number() OVER (ORDER BY s.pos) AS k FROM ("
-        f"  SELECT {LOG_COLUMNS} FROM relay.log"
+        f"  SELECT {LOG_STORED_COLUMNS} FROM relay.log"
         "   WHERE pos > %(after)s AND pos <= %(upto)s AND table_name = %(table)s"
         "   AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
         "   AND audience @> ARRAY[%(user)s]::text[]"
@@ -365,6 +405,8 @@ class LogReader:
 
     ``deliver`` is synchronous and must not block: it routes into bounded queues.
     ``on_state`` is told when the reader connects (with the log state) and disconnects (None).
+    ``on_uncarriable`` is told of each event read whose row could not be carried (it travels
+    truncated), with the reason: once per event, as the reader reads each position once.
     """
 
     def __init__(
@@ -378,6 +420,7 @@ class LogReader:
         query_timeout: float,
         on_reconnect: Callable[[], None] = lambda: None,
         on_caught_up: Callable[[], None] = lambda: None,
+        on_uncarriable: Callable[[Event, str], None] = lambda event, reason: None,
         application_name: str = "pgrelay-listener",
         rng: random.Random | None = None,
     ) -> None:
@@ -387,6 +430,7 @@ class LogReader:
         self.on_state = on_state
         self.on_reconnect = on_reconnect
         self.on_caught_up = on_caught_up
+        self.on_uncarriable = on_uncarriable
         self.listen_window = listen_window
         self.query_timeout = query_timeout
         self.application_name = application_name
@@ -451,7 +495,12 @@ class LogReader:
                 )
                 rows = await cur.fetchall()
             if rows:
-                events = [event_from_row(row) for row in rows]
+                events = []
+                for row in rows:
+                    event, problem = decode_event(row)
+                    if problem is not None:
+                        self.on_uncarriable(event, problem)
+                    events.append(event)
                 self.last_pos = events[-1].pos
                 self.deliver(events)
             if len(rows) < READ_BATCH:

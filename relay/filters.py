@@ -17,7 +17,8 @@ parse time, into a hashable key, so matching an ``in`` of 100 values is one set 
 Where ``json.loads`` floats fall short of jsonb's exact numerics: a float is compared as its
 shortest decimal repr, so two number texts past 17 significant digits that parse to the same float
 compare equal (jsonb would say no), and a number past the float range (``1e400``) parses to
-infinity and is rejected.
+infinity and is rejected. A row number past the float range travels as a ``BigNumber`` (a string
+of its exact text) and compares by its exact decimal value, so it never equals a string.
 
 A column the row does not carry is looked up in the primary key (key columns are sent to clients
 in ``pk`` whether or not the table's whitelist carries them in ``row``); a column in neither does
@@ -38,7 +39,7 @@ from decimal import Decimal
 from typing import Final
 
 from relay.errors import ProtocolError
-from relay.events import Event, JSONValue
+from relay.events import BigNumber, Event, JSONValue
 
 __all__ = ["MAX_COLUMNS", "MAX_IN_VALUES", "MAX_NAME_BYTES", "ColumnValues", "RowFilter"]
 
@@ -72,12 +73,21 @@ _UNMATCHABLE: Final = _Sentinel("<unmatchable>")
 
 
 def _key(value: object) -> object:
-    """The normalised comparison key of a JSON value; ``_UNMATCHABLE`` if it is not a scalar."""
+    """The normalised comparison key of a JSON value; ``_UNMATCHABLE`` if it is not a scalar.
+
+    Never raises for a row value: a BigNumber (a number past a double, carried as its text)
+    keys as its exact Decimal, as jsonb compares it; a RawJSON (a value too deep to carry)
+    matches nothing.
+    """
     if value is True:
         return _TRUE
     if value is False:
         return _FALSE
-    if value is None or isinstance(value, str | int):  # bool was handled above
+    if isinstance(value, str):
+        if value.__class__ is str:
+            return value
+        return Decimal(value) if isinstance(value, BigNumber) else _UNMATCHABLE
+    if value is None or isinstance(value, int):  # bool was handled above
         return value
     if isinstance(value, float):
         return Decimal(repr(value)) if math.isfinite(value) else _UNMATCHABLE

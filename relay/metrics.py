@@ -100,6 +100,12 @@ class Metrics:
         self.events = Counter(
             "relay_events", "Row events read from the log", ["table", "op"], registry=registry
         )
+        self.uncarriable = Counter(
+            "relay_events_unencodable",
+            "Events whose row could not be carried as JSON (sent truncated), by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.deliveries = Counter(
             "relay_deliveries", "Event frames written to client sockets", registry=registry
         )

@@ -16,6 +16,7 @@ import ipaddress
 import itertools
 import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Final
 
@@ -131,21 +132,50 @@ class Hub:
         self.epoch = state.epoch
         self.db_head = max(self.db_head, state.head)
 
+    def on_uncarriable(self, event: Event, reason: str) -> None:
+        """The log reader read an event whose row cannot be carried: it travels truncated.
+        Counted and logged once, without the value."""
+        self.metrics.uncarriable.labels(reason).inc()
+        log.warning(
+            "event_truncated", schema=event.schema, table=event.table, pos=event.pos, reason=reason
+        )
+
     def deliver(self, events: list[Event]) -> None:
         now = time.time()
         metrics = self.metrics
         for event in events:
-            if event.op == HEARTBEAT:
-                self.router.route(event, now)  # no audience: only advances the head
-                continue
-            metrics.events.labels(event.table, event.op).inc()
-            if (event.schema, event.table) not in self.tables:  # tracked since the last refresh
-                self.tables = {**self.tables, (event.schema, event.table): _columns_of(event)}
-            self.router.route(event, now)
-            if self._direct_writes:
-                self._count_direct(event)
+            # One event must never stop the stream: an unexpected failure routing it is contained
+            # (counted, logged) and the batch goes on. No cost unless something raises.
+            try:
+                if event.op == HEARTBEAT:
+                    self.router.route(event, now)  # no audience: only advances the head
+                    continue
+                metrics.events.labels(event.table, event.op).inc()
+                if (event.schema, event.table) not in self.tables:  # tracked since last refresh
+                    self.tables = {**self.tables, (event.schema, event.table): _columns_of(event)}
+                self.router.route(event, now)
+                if self._direct_writes:
+                    self._count_direct(event)
+            except Exception as exc:
+                self._event_failed(event, exc)
         self.last_event_at = time.monotonic()
         self.db_head = max(self.db_head, self.router.head)
+
+    def _event_failed(self, event: Event, exc: Exception) -> None:
+        """Counts and logs a routing failure: where it happened, never the message (which may
+        quote a value)."""
+        self._direct_writes = 0
+        self.metrics.drops.labels("error").inc()
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        log.error(
+            "event_not_routed",
+            schema=event.schema,
+            table=event.table,
+            pos=event.pos,
+            error=type(exc).__name__,
+            where=where,
+        )
 
     def written_directly(self) -> None:
         """A connection wrote the event being routed straight to its socket."""
