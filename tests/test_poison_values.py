@@ -53,6 +53,8 @@ def setup_docs(dsn: str) -> None:
         "CREATE TABLE docs (id bigint PRIMARY KEY, owner text NOT NULL, budget numeric, doc jsonb)",
         "SELECT relay.track('docs', owner_column => 'owner')",
         "INSERT INTO docs VALUES (1, 'alice', 1, '{}'), (2, 'bob', 1, '{}')",
+        # Into the log before the relay starts: subscriptions "from now" come after them.
+        "SELECT relay.sequence_batch(1000)",
     )
 
 
