@@ -46,7 +46,7 @@ __all__ = [
     "read_log_state",
 ]
 
-SCHEMA_VERSION: Final = 2  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 3  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk, row_data, old_key, changed, audience,"
