@@ -186,6 +186,7 @@ DECLARE
     unconvertible boolean := false;  -- to_jsonb refused the row
     key_only      boolean := false;  -- and the event carries the key alone
     key_cols      text[];
+    owner_cols    text[];
     left_out      text[];
     pk_columns    text[];
     new_row       jsonb;
@@ -211,7 +212,8 @@ BEGIN
         unconvertible := true;
     END;
     IF unconvertible THEN
-        -- Slow path, column by column: the key and owner columns, and the whitelisted ones.
+        -- Slow path (dynamic SQL, only for such rows): the whitelisted columns with the key and
+        -- owner columns, or those alone.
         key_cols := TG_ARGV[3]::text[] || CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] END;
         IF whitelist IS NOT NULL THEN
             new_full := relay._pick(NEW, whitelist || key_cols);
@@ -220,11 +222,14 @@ BEGIN
         IF whitelist IS NULL OR (TG_OP <> 'DELETE' AND new_full IS NULL)
                              OR (TG_OP <> 'INSERT' AND old_full IS NULL) THEN
             key_only := true;
+            -- A key that cannot be converted either: its values are null; the owner column
+            -- is still tried alone, for the audience.
+            owner_cols := CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] ELSE '{}' END;
             IF TG_OP <> 'DELETE' THEN
-                new_full := coalesce(relay._pick(NEW, key_cols), '{}');
+                new_full := coalesce(relay._pick(NEW, key_cols), relay._pick(NEW, owner_cols), '{}');
             END IF;
             IF TG_OP <> 'INSERT' THEN
-                old_full := coalesce(relay._pick(OLD, key_cols), '{}');
+                old_full := coalesce(relay._pick(OLD, key_cols), relay._pick(OLD, owner_cols), '{}');
             END IF;
         END IF;
     END IF;
