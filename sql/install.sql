@@ -5,7 +5,8 @@
 --
 -- Idempotent: running it again changes nothing; running a newer version over an older one
 -- upgrades in place (data, tracked tables and the epoch are kept). Runs in one transaction.
--- Run it as the role that owns the tracked tables, or a superuser.
+-- Run it as the role that owns the tracked tables, or a superuser. The installing role owns the
+-- schema; only the relay's own code runs with its rights (docs/operations.md, section 2).
 --
 -- Design, in short (docs/operations.md has the long form):
 --   * a row trigger on each tracked table appends to relay.inbox (unsequenced) and rings
@@ -175,8 +176,9 @@ $pick$;
 -- be converted its values are null. Errors of the audience function, the application's own
 -- code, fail the write as any trigger's would.
 -- It runs inside every writing transaction, where each distinct expression below is prepared
--- anew and each query starts an executor: so the common paths run two queries (the settings,
--- the INSERT) and few expressions. An UPDATE that changes no carried column returns early.
+-- anew and each query starts an executor: so the common paths run one query (the settings; the
+-- INSERT is relay_capture_append's) and few expressions. An UPDATE that changes no carried
+-- column returns early. The exception block around to_jsonb costs no transaction id.
 CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $capture$
 DECLARE
