@@ -50,7 +50,7 @@ __all__ = [
     "replay_query",
 ]
 
-SCHEMA_VERSION: Final = 2  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 3  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 # The JSON columns come as text: the relay decodes them itself (relay/events.py decode_json), so
 # no value can make the driver raise while fetching a batch.

@@ -5,7 +5,8 @@
 --
 -- Idempotent: running it again changes nothing; running a newer version over an older one
 -- upgrades in place (data, tracked tables and the epoch are kept). Runs in one transaction.
--- Run it as the role that owns the tracked tables, or a superuser.
+-- Run it as the role that owns the tracked tables, or a superuser. The installing role owns the
+-- schema; only the relay's own code runs with its rights (docs/operations.md, section 2).
 --
 -- Design, in short (docs/operations.md has the long form):
 --   * a row trigger on each tracked table appends to relay.inbox (unsequenced) and rings
@@ -105,24 +106,89 @@ BEGIN
         ALTER TABLE relay.log ADD CONSTRAINT log_op_check
             CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'HEARTBEAT'));
     END IF;
+
+    IF current_version < 3 THEN
+        -- relay.capture runs with the writer's rights and hands each event, in this shape, to a
+        -- second trigger, relay_capture_append, which appends it to the inbox (the privilege
+        -- boundary); a row to_jsonb refuses no longer fails the write. The functions are
+        -- replaced and every tracked table re-attached below.
+        CREATE TYPE relay.handover AS (
+            pk        jsonb,
+            old_key   jsonb,
+            row_data  jsonb,
+            changed   text[],
+            audience  text[],
+            truncated boolean
+        );
+    END IF;
 END
 $migrate$;
 
 -- Functions are replaced on every run, so an upgrade brings the new code.
 
+-- The given columns of a row as a jsonb object, with the caller's rights; NULL when they cannot
+-- be converted (relay.capture's slow path, for a row to_jsonb refused). Names that are not
+-- columns of the row (any more) are skipped.
+CREATE OR REPLACE FUNCTION relay._pick(r anyelement, cols text[]) RETURNS jsonb
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $pick$
+DECLARE
+    query  text;
+    picked jsonb;
+BEGIN
+    SELECT 'SELECT to_jsonb(p) FROM (SELECT '
+           || coalesce(string_agg(format('($1).%I', a.attname), ', ' ORDER BY a.attnum), '')
+           || ') AS p'
+      INTO query
+      FROM pg_type AS t
+      JOIN pg_attribute AS a ON a.attrelid = t.typrelid
+     WHERE t.oid = pg_typeof(r) AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname = ANY (cols);
+    EXECUTE query INTO picked USING r;
+    RETURN picked;
+EXCEPTION WHEN OTHERS THEN
+    IF SQLSTATE LIKE '40%' THEN
+        RAISE;  -- serialization failure, deadlock: the transaction must see them
+    END IF;
+    RETURN NULL;
+END
+$pick$;
+
 -- The capture trigger. Arguments, fixed by relay._attach:
 --   0 owner column ('' when an audience function is used), 1 audience function oid ('' if none),
 --   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal),
 --   4 with a whitelist, the table's other columns when the trigger was attached (text[] literal).
+-- Capture is two row triggers on each tracked table, fired in name order for every row:
+--   relay_capture (this function, SECURITY INVOKER) converts the row and runs the audience
+--     function with the writer's rights, never the schema owner's (a column type's cast to json
+--     and the audience function are code of other roles); it hands the event to the next
+--     trigger in the transaction-local setting relay.captured, which it always overwrites
+--     (with '' when there is no event) as its last step;
+--   relay_capture_append (relay.append_captured, SECURITY DEFINER) is the only privileged
+--     step: it runs no code but its own, and appends that event to relay.inbox.
+-- A trigger function cannot be called directly, and EXECUTE on both is revoked from PUBLIC, so
+-- no role but the schema owner can attach them to a table of its own: a writer's only way to an
+-- event is a write to a tracked table. Whatever a writer puts into relay.captured before is
+-- overwritten by relay_capture before relay_capture_append reads it.
+-- Capture never fails a write that would succeed untracked: a row to_jsonb refuses (json
+-- holding \u0000 or a lone surrogate, a value over jsonb's 256 MB limit, a cast that raises) is
+-- captured all the same, flagged truncated: with a whitelist the whitelisted columns are tried
+-- alone, else (or if they fail too) the event carries the key only, and if even the key cannot
+-- be converted its values are null. Errors of the audience function, the application's own
+-- code, fail the write as any trigger's would.
 -- It runs inside every writing transaction, where each distinct expression below is prepared
--- anew and each query starts an executor: so the common paths run two queries (the settings,
--- the INSERT) and few expressions. An UPDATE that changes no carried column returns early.
+-- anew and each query starts an executor: so the common paths run one query (the settings; the
+-- INSERT is relay_capture_append's) and few expressions. An UPDATE that changes no carried
+-- column returns early. The exception block around to_jsonb costs no transaction id.
 CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $capture$
 DECLARE
     whitelist     text[]  := CASE WHEN TG_ARGV[2] = '' THEN NULL ELSE TG_ARGV[2]::text[] END;
-    new_full      jsonb   := to_jsonb(NEW);  -- NULL for a DELETE
-    old_full      jsonb   := to_jsonb(OLD);  -- NULL for an INSERT
+    new_full      jsonb;  -- NULL for a DELETE
+    old_full      jsonb;  -- NULL for an INSERT
+    unconvertible boolean := false;  -- to_jsonb refused the row
+    key_only      boolean := false;  -- and the event carries the key alone
+    key_cols      text[];
+    owner_cols    text[];
     left_out      text[];
     pk_columns    text[];
     new_row       jsonb;
@@ -134,8 +200,42 @@ DECLARE
     who           text[];
     ring          boolean;
     max_row_bytes integer;
+    cut           boolean;
+    handed        text;
     c             text;
 BEGIN
+    BEGIN
+        new_full := to_jsonb(NEW);
+        old_full := to_jsonb(OLD);
+    EXCEPTION WHEN OTHERS THEN
+        IF SQLSTATE LIKE '40%' THEN
+            RAISE;  -- serialization failure, deadlock: the transaction must see them
+        END IF;
+        unconvertible := true;
+    END;
+    IF unconvertible THEN
+        -- Slow path (dynamic SQL, only for such rows): the whitelisted columns with the key and
+        -- owner columns, or those alone.
+        key_cols := TG_ARGV[3]::text[] || CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] END;
+        IF whitelist IS NOT NULL THEN
+            new_full := relay._pick(NEW, whitelist || key_cols);
+            old_full := relay._pick(OLD, whitelist || key_cols);
+        END IF;
+        IF whitelist IS NULL OR (TG_OP <> 'DELETE' AND new_full IS NULL)
+                             OR (TG_OP <> 'INSERT' AND old_full IS NULL) THEN
+            key_only := true;
+            -- A key that cannot be converted either: its values are null; the owner column
+            -- is still tried alone, for the audience.
+            owner_cols := CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] ELSE '{}' END;
+            IF TG_OP <> 'DELETE' THEN
+                new_full := coalesce(relay._pick(NEW, key_cols), relay._pick(NEW, owner_cols), '{}');
+            END IF;
+            IF TG_OP <> 'INSERT' THEN
+                old_full := coalesce(relay._pick(OLD, key_cols), relay._pick(OLD, owner_cols), '{}');
+            END IF;
+        END IF;
+    END IF;
+
     IF whitelist IS NULL THEN
         new_row := new_full;
         old_row := old_full;
@@ -154,8 +254,9 @@ BEGIN
         END IF;
     END IF;
 
-    IF TG_OP = 'UPDATE' THEN
+    IF TG_OP = 'UPDATE' AND NOT key_only THEN
         IF new_row = old_row THEN
+            handed := set_config('relay.captured', '', true);  -- no event: nothing to append
             RETURN NULL;  -- nothing the events carry has changed
         END IF;
         IF whitelist IS NULL THEN
@@ -208,14 +309,14 @@ BEGIN
         END IF;
     END IF;
 
-    -- Only the two settings used. A row over max_row_bytes travels as its key only, flagged.
+    -- Only the two settings used. A row over max_row_bytes, or one to_jsonb refused, travels
+    -- as its key only, flagged truncated.
     SELECT s.notify, s.max_row_bytes INTO ring, max_row_bytes FROM relay.settings AS s;
-    INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
-                             audience, truncated)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, row_key, old_row_key,
-            CASE WHEN pg_column_size(new_row) > max_row_bytes THEN NULL ELSE new_row END,
-            changed_cols, coalesce(who, '{}'),
-            coalesce(pg_column_size(new_row) > max_row_bytes, false));
+    cut := key_only OR coalesce(pg_column_size(new_row) > max_row_bytes, false);
+    handed := set_config('relay.captured',
+        ROW(row_key, old_row_key, CASE WHEN NOT cut THEN new_row END, changed_cols,
+            coalesce(who, '{}'), cut)::relay.handover::text,
+        true);
 
     IF ring THEN
         -- Constant payload: Postgres folds these into one per transaction, and no row can
@@ -225,6 +326,29 @@ BEGIN
     RETURN NULL;
 END
 $capture$;
+
+-- The privileged step of capture, the trigger relay_capture_append: appends the event
+-- relay_capture handed over for this row (see relay.capture) to relay.inbox, as the schema
+-- owner, and clears the hand-over (so with relay_capture disabled, nothing is appended). It
+-- runs no code but its own; the table and op come from its own TG_*.
+CREATE OR REPLACE FUNCTION relay.append_captured() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $append$
+DECLARE
+    handed text := current_setting('relay.captured', true);
+    event  relay.handover;
+BEGIN
+    IF handed IS NULL OR handed = '' THEN
+        RETURN NULL;  -- relay_capture found nothing to carry
+    END IF;
+    event := handed::relay.handover;
+    handed := set_config('relay.captured', '', true);
+    INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
+                             audience, truncated)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, event.pk, event.old_key, event.row_data,
+            event.changed, event.audience, event.truncated);
+    RETURN NULL;
+END
+$append$;
 
 -- Moves committed inbox rows into the log. Returns how many it moved.
 -- Positions are numbered from relay.head under its row lock, so two sequencers can never
@@ -331,6 +455,7 @@ BEGIN
      WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped
        AND NOT a.attname = ANY (t.columns);
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', t.tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS relay_capture_append ON %s', t.tbl);
     EXECUTE format(
         'CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L)',
@@ -340,6 +465,10 @@ BEGIN
         coalesce(t.columns::text[]::text, ''),
         t.pk_columns::text[]::text,
         CASE WHEN t.columns IS NULL THEN '' ELSE coalesce(left_out, '{}')::text END);
+    -- Fires right after relay_capture for each row (triggers fire in name order).
+    EXECUTE format(
+        'CREATE TRIGGER relay_capture_append AFTER INSERT OR UPDATE OR DELETE ON %s '
+        'FOR EACH ROW EXECUTE FUNCTION relay.append_captured()', t.tbl);
 END
 $attach$;
 
@@ -429,6 +558,7 @@ CREATE OR REPLACE FUNCTION relay.untrack(tbl regclass) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $untrack$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS relay_capture_append ON %s', tbl);
     DELETE FROM relay.tracked AS t WHERE t.tbl = untrack.tbl;
     IF NOT FOUND THEN
         RAISE NOTICE 'relay.untrack(%): the table was not tracked', tbl;
@@ -451,12 +581,17 @@ $grant$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA relay FROM PUBLIC;
+-- relay.capture runs with the writer's rights: every role may read the two settings it uses and
+-- convert its own row with relay._pick, and nothing else of the schema.
+GRANT USAGE ON SCHEMA relay TO PUBLIC;
+GRANT SELECT (notify, max_row_bytes) ON relay.settings TO PUBLIC;
+GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 
 -- Forget tables that were dropped since they were tracked, then re-attach the rest so an
 -- upgrade's trigger code and argument layout apply to every tracked table.
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 2, upgraded_at = now() WHERE schema_version < 2;
+UPDATE relay.settings SET schema_version = 3, upgraded_at = now() WHERE schema_version < 3;
 
 COMMIT;

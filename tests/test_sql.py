@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from relay.db import SCHEMA_VERSION
 from relay.sqlfiles import install_script, uninstall_script
 from tests.conftest import example_path
 
@@ -465,7 +466,7 @@ def test_upgrade_from_version_1_keeps_data_epoch_and_tracking(empty_db: str) -> 
 
         conn.execute(install_script())
 
-        assert (before[0], 2) == conn.execute(
+        assert (before[0], SCHEMA_VERSION) == conn.execute(
             "SELECT epoch, schema_version FROM relay.settings"
         ).fetchone()
         conn.execute("SELECT relay.heartbeat('upgrade-test')")
