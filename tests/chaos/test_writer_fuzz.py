@@ -47,7 +47,7 @@ from tests.helpers import Client, RelayProcess, relay_process, token
 
 pytestmark = pytest.mark.pg
 
-INCLUDE_JSON_ESCAPES = False  # True once capture accepts \u0000 and lone surrogates in json
+INCLUDE_JSON_ESCAPES = True  # True once capture accepts \u0000 and lone surrogates in json
 JSON_ESCAPES = ['"\\u0000"', '{"a": "x\\u0000y"}', '"\\ud800"', '["\\udc00x"]', '{"\\ud83d": 1}']
 
 MAX_DEPTH = 100  # docs/protocol.md: rows nested deeper travel truncated
