@@ -158,6 +158,7 @@ async def run_relay(
                     settings.port,
                     process_request=shell.process_request,
                     process_response=shell.process_response,
+                    create_connection=shell.connection_class,
                     max_size=settings.max_message_bytes,
                     max_queue=16,
                     compression="deflate" if settings.compression else None,

@@ -112,6 +112,13 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.client_limits = Counter(
+            "relay_client_limits",
+            "Subscribes refused (filter_bytes) and connections closed (inbound_rate) at a "
+            "per-connection limit",
+            ["limit"],
+            registry=registry,
+        )
         self.delivery_lag = WeightedHistogram(
             "relay_delivery_lag_seconds",
             "Commit of the change to the write of its frame to a client socket",
