@@ -9,11 +9,10 @@ null), meaning the column equals it, or ``{"in": [scalars...]}`` (1 to 100 value
 column equals one of them. Nothing else: no nesting, no ranges, no matching inside JSON columns.
 
 Memory: each parsed filter carries ``cost``, an estimate in bytes of the memory its parsed form
-holds, computed once at parse time from the number of columns and values and
-the length of string values: cheap, deterministic, and measured to be at least the memory
-tracemalloc sees for every value type and at most three times it (tests/test_hostile_limits.py
-pins both). The protocol sums
-it over a connection's subscriptions against ``RELAY_MAX_FILTER_BYTES``.
+holds, computed once at parse time from the number of columns and values and the length of
+string values: cheap, deterministic, and measured to be at least the memory tracemalloc sees for
+every value type and at most three times it (tests/test_hostile_limits.py pins both). The
+protocol sums it over a connection's subscriptions against ``RELAY_MAX_FILTER_BYTES``.
 
 Equality is JSON (jsonb) equality, not Python's: numbers compare by decimal value (``1`` equals
 ``1.0``, ``1e30`` equals ``1000000000000000000000000000000``), a boolean is not a number (``true``
