@@ -197,7 +197,7 @@ async def run_relay(
                     settings.port,
                     process_request=shell.process_request,
                     process_response=shell.process_response,
-                    create_connection=shell.guard.connection_class(),
+                    create_connection=shell.guard.connection_class(shell.connection_class),
                     backlog=ACCEPT_BURST,
                     max_size=settings.max_message_bytes,
                     max_queue=16,

@@ -188,6 +188,19 @@ class Settings:
     # Protocol limits
     max_message_bytes: int = _setting(65536, _parse_size, "largest client frame accepted")
     max_subscriptions: int = _setting(100, _positive_int, "subscriptions per connection")
+    max_filter_bytes: int = _setting(
+        256 << 10,
+        _parse_size,
+        "estimated memory of one connection's filters, summed over its subscriptions",
+    )
+    inbound_frame_rate: int = _setting(
+        100, _positive_int, "client frames per second per connection, pings included (burst 2x)"
+    )
+    inbound_byte_rate: int = _setting(
+        256 << 10,
+        _parse_size,
+        "client bytes per second per connection (burst 2x, at least one largest frame)",
+    )
     queue_max_messages: int = _setting(
         1000, _positive_int, "outbound frames buffered per connection"
     )
@@ -285,6 +298,8 @@ class Settings:
             raise ConfigError("RELAY_METRICS_PORT must differ from RELAY_PORT (0: the main port)")
         if self.retention < 60:
             raise ConfigError("RELAY_RETENTION must be at least 60s")
+        if self.inbound_byte_rate <= 0:
+            raise ConfigError("RELAY_INBOUND_BYTE_RATE must be greater than 0")
 
     def redacted(self) -> dict[str, Any]:
         """Every setting, with secrets and DSN passwords hidden: safe to print and log."""

@@ -8,6 +8,12 @@ Every condition must hold (AND). A condition is either a JSON scalar (string, nu
 null), meaning the column equals it, or ``{"in": [scalars...]}`` (1 to 100 values), meaning the
 column equals one of them. Nothing else: no nesting, no ranges, no matching inside JSON columns.
 
+Memory: each parsed filter carries ``cost``, an estimate in bytes of the memory its parsed form
+holds, computed once at parse time from the number of columns and values and the length of
+string values: cheap, deterministic, and measured to be at least the memory tracemalloc sees for
+every value type and at most three times it (tests/test_hostile_limits.py pins both). The
+protocol sums it over a connection's subscriptions against ``RELAY_MAX_FILTER_BYTES``.
+
 Equality is JSON (jsonb) equality, not Python's: numbers compare by decimal value (``1`` equals
 ``1.0``, ``1e30`` equals ``1000000000000000000000000000000``), a boolean is not a number (``true``
 does not equal ``1``), a string is not a number (``"1"`` does not equal ``1``) and ``null`` equals
@@ -34,18 +40,39 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
 from relay.errors import ProtocolError
 from relay.events import BigNumber, Event, JSONValue
 
-__all__ = ["MAX_COLUMNS", "MAX_IN_VALUES", "MAX_NAME_BYTES", "ColumnValues", "RowFilter"]
+__all__ = [
+    "CLAUSE_BYTES",
+    "MAX_COLUMNS",
+    "MAX_IN_VALUES",
+    "MAX_NAME_BYTES",
+    "SET_BYTES",
+    "STRING_BYTES",
+    "VALUE_BYTES",
+    "ColumnValues",
+    "RowFilter",
+]
 
 MAX_COLUMNS: Final = 16
 MAX_IN_VALUES: Final = 100
 MAX_NAME_BYTES: Final = 63  # PostgreSQL's NAMEDATALEN - 1
+
+# The cost model of a parsed filter (CPython 3.11+, 64-bit), from tracemalloc measurements:
+# a clause holds a (column, keys) tuple, its column name and its keys (a 1-tuple, or a frozenset
+# of 200 bytes plus a table of 16 bytes a slot, 2 to 4 slots a value); a value holds its slot
+# (up to 64 bytes) and its key object: a float 24 bytes, an int 28 to 36 plus 4 bytes per 30
+# bits, a Decimal 104, a str 49 to 80 plus its characters (1, 2 or 4 bytes each); None and the
+# booleans are shared.
+CLAUSE_BYTES: Final = 160  # plus the column name's characters
+SET_BYTES: Final = 224  # a clause of two or more values: its frozenset
+VALUE_BYTES: Final = 104  # a number; an int adds its bytes, a Decimal 80
+STRING_BYTES: Final = 144  # a string, plus its characters (4 bytes each unless ASCII)
 
 
 class _Sentinel:
@@ -62,14 +89,18 @@ class _Sentinel:
 
 # Python says True == 1 and hash(True) == hash(1); jsonb does not, so booleans get their own keys.
 # Strings, None and ints are their own keys: str and None never equal another type, and ints
-# compare exactly. A float becomes the Decimal of its shortest repr, the decimal the JSON text
+# compare exactly. A float stands for the decimal of its shortest repr, the decimal the JSON text
 # most likely said: JSON "1e30" parses to a float that is not exactly 10**30, but jsonb says the
-# two are equal, and so does Decimal("1e+30") == 10**30. Python hashes equal ints, Decimals and
-# floats alike, so one frozenset lookup compares numerically.
+# two are equal. Below 2**53 a float is its own key (24 bytes, where a Decimal takes 104): two
+# floats are equal exactly when their shortest reprs are, and an integral one equals the int of
+# the same value; from 2**53 up (where every float is integral but not every integer a float),
+# the key is the Decimal of its repr, and Decimal("1e+30") == 10**30. Python hashes equal ints,
+# Decimals and floats alike, so one set lookup compares numerically.
 _TRUE: Final = _Sentinel("<true>")
 _FALSE: Final = _Sentinel("<false>")
 # The key of a row value no filter value can equal (objects, arrays, non-finite numbers).
 _UNMATCHABLE: Final = _Sentinel("<unmatchable>")
+_EXACT_FLOATS: Final = 2.0**53  # below it, every integer is a float
 
 
 def _key(value: object) -> object:
@@ -90,10 +121,54 @@ def _key(value: object) -> object:
     if value is None or isinstance(value, int):  # bool was handled above
         return value
     if isinstance(value, float):
-        return Decimal(repr(value)) if math.isfinite(value) else _UNMATCHABLE
+        if not math.isfinite(value):
+            return _UNMATCHABLE
+        return value if abs(value) < _EXACT_FLOATS else Decimal(repr(value))
     if isinstance(value, Decimal):  # a row decoded with parse_float=Decimal
-        return value if value.is_finite() else _UNMATCHABLE
+        return _decimal_key(value)
     return _UNMATCHABLE
+
+
+def _decimal_key(value: Decimal) -> object:
+    """A Decimal's key: the float whose shortest repr it equals (as ``_key`` keys that float),
+    itself when integral, else unmatchable (no filter value, parsed from JSON as a float, can
+    stand for a decimal that is not a float's shortest repr)."""
+    if not value.is_finite():
+        return _UNMATCHABLE
+    as_float = float(value)
+    if abs(as_float) < _EXACT_FLOATS and Decimal(repr(as_float)) == value:
+        return as_float
+    return value if value == value.to_integral_value() else _UNMATCHABLE
+
+
+# The keys a column's value must be one of: a 1-tuple for a single value (48 bytes, where a
+# frozenset of one takes 216; ``in`` on it compares with ==, which agrees with hashing for keys),
+# else a frozenset sized for its values.
+Keys = tuple[object] | frozenset[object]
+
+
+def _keys(keys: list[object]) -> Keys:
+    # A frozenset built from a dict is sized for its length at once; built from a list or a
+    # generator it grows by steps and ends with a table up to twice as large (8 KiB for 100).
+    unique = dict.fromkeys(keys)
+    return (keys[0],) if len(unique) == 1 else frozenset(unique)
+
+
+def _value_cost(key: object) -> int:
+    """Estimated bytes one filter value holds: its set slot and its key (see CLAUSE_BYTES)."""
+    if isinstance(key, str):
+        return STRING_BYTES + (len(key) if key.isascii() else 4 * len(key))
+    if isinstance(key, int):
+        return VALUE_BYTES + key.bit_length() // 7  # 4 bytes per 30 bits
+    if isinstance(key, Decimal):
+        return VALUE_BYTES + 80
+    return VALUE_BYTES
+
+
+def _clause_cost(column: str, keys: Keys) -> int:
+    name = len(column) if column.isascii() else 4 * len(column)
+    values = sum(_value_cost(key) for key in keys)
+    return CLAUSE_BYTES + name + values + (SET_BYTES if isinstance(keys, frozenset) else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +190,7 @@ class ColumnValues:
     beyond_doubles: bool = False
 
 
-def _as_double(key: int | Decimal) -> float | None:
+def _as_double(key: int | float | Decimal) -> float | None:
     try:
         number = float(key)
     except OverflowError:  # an int past the double range
@@ -123,7 +198,7 @@ def _as_double(key: int | Decimal) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _column_values(column: str, keys: frozenset[object]) -> ColumnValues:
+def _column_values(column: str, keys: Keys) -> ColumnValues:
     strings: list[str] = []
     numbers: set[float] = set()
     booleans: list[bool] = []
@@ -133,7 +208,7 @@ def _column_values(column: str, keys: frozenset[object]) -> ColumnValues:
             booleans.append(key is _TRUE)
         elif isinstance(key, str):
             strings.append(key)
-        elif isinstance(key, int | Decimal):
+        elif isinstance(key, int | float | Decimal):
             number = _as_double(key)
             if number is None:
                 beyond = True
@@ -183,14 +258,14 @@ def _parse_column(column: object) -> str:
     return column
 
 
-def _parse_condition(column: str, condition: object) -> frozenset[object]:
+def _parse_condition(column: str, condition: object) -> Keys:
     if isinstance(condition, list):
         raise _bad(
             f'filter on column {_quote(column)}: use {{"in": [...]}} to match one of several '
             "values, not a bare array"
         )
     if not isinstance(condition, dict):
-        return frozenset((_scalar_key(column, condition, "the value"),))
+        return (_scalar_key(column, condition, "the value"),)
     if set(condition) != {"in"}:
         raise _bad(
             f"filter on column {_quote(column)}: an object condition must be exactly "
@@ -204,18 +279,20 @@ def _parse_condition(column: str, condition: object) -> frozenset[object]:
             f'filter on column {_quote(column)}: "in" must have 1 to {MAX_IN_VALUES} values, '
             f"not {len(values)}"
         )
-    return frozenset(_scalar_key(column, value, '"in" values') for value in values)
+    return _keys([_scalar_key(column, value, '"in" values') for value in values])
 
 
 @dataclass(frozen=True, slots=True)
 class RowFilter:
-    """A parsed filter: per column, the set of normalised keys its value must be one of.
+    """A parsed filter: per column, the normalised keys its value must be one of.
 
     ``clauses`` is sorted by column name, so two filters with the same conditions compare equal
     whatever the key order of the JSON they came from. The empty filter matches every row.
+    ``cost`` is the estimated bytes the parsed filter holds (module docstring); 0 when empty.
     """
 
-    clauses: tuple[tuple[str, frozenset[object]], ...] = ()
+    clauses: tuple[tuple[str, Keys], ...] = ()
+    cost: int = field(default=0, compare=False)
 
     @classmethod
     def parse(cls, raw: object) -> RowFilter:
@@ -236,7 +313,7 @@ class RowFilter:
         if not clauses:
             return _EMPTY
         clauses.sort(key=lambda clause: clause[0])
-        return cls(tuple(clauses))
+        return cls(tuple(clauses), sum(_clause_cost(column, keys) for column, keys in clauses))
 
     @property
     def columns(self) -> tuple[str, ...]:

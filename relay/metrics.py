@@ -131,6 +131,13 @@ class Metrics:
             "Sockets accepted on the main port whose HTTP request is not complete yet",
             registry=registry,
         )
+        self.client_limits = Counter(
+            "relay_client_limits",
+            "Subscribes refused (filter_bytes) and connections closed (inbound_rate) at a "
+            "per-connection limit",
+            ["limit"],
+            registry=registry,
+        )
         self.delivery_lag = WeightedHistogram(
             "relay_delivery_lag_seconds",
             "Commit of the change to the write of its frame to a client socket",

@@ -85,8 +85,12 @@ Tracked = Mapping[tuple[str, str], frozenset[str]]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """``max_filter_bytes`` bounds the estimated memory of a connection's filters, summed over
+    its subscriptions (``RowFilter.cost``); a subscribe past it is refused."""
+
     max_subscriptions: int = 100
     auth_timeout: float = 5.0
+    max_filter_bytes: int = 256 * 1024
 
 
 class Session:
@@ -110,6 +114,7 @@ class Session:
         on_reset: Callable[[str], None] = lambda reason: None,
         on_offer: Callable[[], None] = lambda: None,
         direct: Callable[[Subscription, Event], bool] | None = None,
+        on_limit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self.conn_id = conn_id
         self.router = router
@@ -122,6 +127,7 @@ class Session:
         self.on_offer = on_offer
         self.direct = direct
         self.on_reset = on_reset
+        self.on_limit = on_limit
         self.state = SessionState.AWAITING_AUTH
         self.claims: Claims | None = None
         self.auth_deadline = now + limits.auth_timeout
@@ -298,6 +304,7 @@ class Session:
             sub, since = parse_subscription(
                 message, sub_id, tracked=self.tables(), head=self.router.head, epoch=self.epoch()
             )
+            self._check_filter_budget(sub)
         except ProtocolError as exc:
             exc.sub_id = sub_id
             raise
@@ -312,6 +319,17 @@ class Session:
             return []
         sub.after = since.pos
         return [Replay(sub, since)]
+
+    def _check_filter_budget(self, sub: Subscription) -> None:
+        budget = self.limits.max_filter_bytes
+        held = sum(other.filter.cost for other in self.subs.values())
+        if held + sub.filter.cost > budget:
+            self.on_limit("filter_bytes")
+            raise ProtocolError(
+                "filter_budget_exceeded",
+                f"this filter needs about {sub.filter.cost} bytes and this connection's filters "
+                f"hold {held} of {budget} (RELAY_MAX_FILTER_BYTES): use fewer or smaller filters",
+            )
 
     def _unsubscribe(self, message: dict[str, Any]) -> Sequence[Action]:
         sub_id = _sub_id(message.get("id"))

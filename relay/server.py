@@ -27,7 +27,9 @@ from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame
 from websockets.http11 import Request, Response
+from websockets.protocol import Event as WsEvent
 from websockets.protocol import State
 
 from relay.admission import Admission, Intake, client_address
@@ -36,15 +38,17 @@ from relay.config import Settings
 from relay.cursor import Cursor
 from relay.db import LogState, fetch_replay, read_log_state
 from relay.events import Event
+from relay.heap import HeapTrim, malloc_trim
+from relay.inbound import InboundBudget, InboundLimits
 from relay.logs import user_label
 from relay.metrics import Metrics
 from relay.outqueue import OutQueue
 from relay.poll import handle_poll
-from relay.protocol import Abort, Close, Limits, Replay, Session, Tracked
+from relay.protocol import CLOSE_POLICY, Abort, Close, Limits, Replay, Session, Tracked
 from relay.router import Router
 from relay.subscription import Subscription
 
-__all__ = ["GuardedConnection", "Hub", "SocketGuard", "WebsocketShell"]
+__all__ = ["GuardedConnection", "Hub", "LimitedServerConnection", "SocketGuard", "WebsocketShell"]
 
 WS_PATH: Final = "/v1/ws"
 POLL_PATH: Final = "/v1/poll"
@@ -57,6 +61,9 @@ CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
 READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
 HEARTBEAT: Final = "HEARTBEAT"
 CLOSE_EPOCH_CHANGED: Final = 1012  # "service restart": reconnect and resume with the cursor
+RATE_LIMITED: Final = "rate_limited"  # close reason (1008) past the inbound budget
+# Headers read as one value: a request repeating one is refused (400), never guessed at.
+SINGLE_HEADERS: Final = ("Origin", "Authorization")
 
 log = structlog.get_logger("relay.server")
 
@@ -95,6 +102,7 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.polls = 0  # long-polls in flight; they count against max_connections too
         self.accepting = True
+        self.heap = HeapTrim()  # gives closed connections' filter memory back to the system
         self._direct_writes = 0  # deliveries of the event being routed, written at once
         metrics.last_event_age.set_function(self._last_event_age)
         metrics.log_backlog.set_function(lambda: max(0, self.db_head - self.router.head))
@@ -208,6 +216,38 @@ def _columns_of(event: Event) -> frozenset[str]:
     return frozenset(event.pk) | frozenset(event.row or ())
 
 
+class LimitedServerConnection(ServerConnection):
+    """websockets' server connection with the inbound budget (relay/inbound.py) applied to each
+    frame the client sends, as the library parses it: data, continuation, ping, pong and close
+    frames alike. Pings are answered inside the library and never reach the relay's reader, so
+    this is the one place that sees them all. Past the budget the connection is failed at once:
+    a close frame 1008 ``rate_limited`` goes out, and what the client sends next is discarded
+    unparsed (no pong, no message). ``inbound_limits`` is set per server (WebsocketShell)."""
+
+    inbound_limits = InboundLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inbound = InboundBudget(self.inbound_limits, time.monotonic())
+        self.limited = False
+        self.on_limited: Callable[[], None] = lambda: None
+
+    def process_event(self, event: WsEvent) -> None:
+        if self.limited:
+            return
+        if (
+            isinstance(event, Frame)
+            and self.request is not None
+            and not self.inbound.take(len(event.data), time.monotonic())
+        ):
+            self.limited = True
+            self.protocol.fail(CLOSE_POLICY, RATE_LIMITED)
+            self.send_data()
+            self.on_limited()
+            return
+        super().process_event(event)
+
+
 class Connection:
     """One websocket client: its session and bounded queue, and how frames reach its socket.
 
@@ -239,11 +279,14 @@ class Connection:
             tables=hub.tracked,
             epoch=lambda: hub.epoch or "",
             now=time.time(),
-            limits=Limits(settings.max_subscriptions, settings.auth_timeout),
+            limits=Limits(
+                settings.max_subscriptions, settings.auth_timeout, settings.max_filter_bytes
+            ),
             on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
             on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
             on_offer=self.flush,
             direct=self.write_direct,
+            on_limit=lambda limit: hub.metrics.client_limits.labels(limit).inc(),
         )
         self.send_started: float | None = None  # monotonic start of a write still pending
         self.writing = False  # the writer task holds popped frames not yet written
@@ -255,6 +298,10 @@ class Connection:
         self.plain_frames = not ws.protocol.extensions
         self.closing: tuple[int, str] | None = None
         self.user_label: str | None = None
+        if isinstance(ws, LimitedServerConnection):
+            ws.on_limited = self._inbound_limited
+            if ws.limited:  # before this handler ran
+                self._inbound_limited()
 
     @property
     def log(self) -> Any:
@@ -274,6 +321,7 @@ class Connection:
         finally:
             for scope in list(self.background):
                 scope.cancel()
+            hub.heap.released(sum(sub.filter.cost for sub in self.session.subs.values()))
             self.session.close()
             hub.connections.pop(self.id, None)
             hub.metrics.connections.closed()
@@ -326,6 +374,8 @@ class Connection:
             self._log_auth()
         try:
             async for message in self.ws:
+                if self._limited():
+                    continue  # frames queued before the budget ran out: not acted on
                 authed = self.session.claims is not None
                 if isinstance(message, str):
                     actions = self.session.receive_text(message, time.time())
@@ -338,6 +388,25 @@ class Connection:
                     self._log_auth()
         except ConnectionClosed:
             return
+
+    def _limited(self) -> bool:
+        return isinstance(self.ws, LimitedServerConnection) and self.ws.limited
+
+    def _inbound_limited(self) -> None:
+        """The client sent past its inbound budget; the library has sent close 1008
+        ``rate_limited`` and discards what follows. A client that does not close its side
+        within CLOSE_GRACE is aborted."""
+        self.shell.hub.metrics.client_limits.labels("inbound_rate").inc()
+        self.log.warning("closing", code=CLOSE_POLICY, reason=RATE_LIMITED)
+        if self.closing is None:
+            self.closing = (CLOSE_POLICY, RATE_LIMITED)
+        self._spawn(self._abort_unless_closed)
+
+    async def _abort_unless_closed(self) -> None:
+        with anyio.move_on_after(CLOSE_GRACE):
+            await self.ws.wait_closed()
+            return
+        self.abort()
 
     def _log_auth(self) -> None:
         self.user_label = user_label(self.session.user, self.shell.hub.settings.log_user_ids)
@@ -573,9 +642,12 @@ class SocketGuard:
         self.on_refused = on_refused
         self.trusted_proxies = tuple(trusted_proxies)
 
-    def connection_class(self) -> type[ServerConnection]:
-        """The ``create_connection`` for websockets' serve(): connections bound to this guard."""
-        return type("GuardedConnection", (GuardedConnection,), {"guard": self})
+    def connection_class(
+        self, base: type[ServerConnection] = ServerConnection
+    ) -> type[ServerConnection]:
+        """The ``create_connection`` for websockets' serve(): ``base`` connections (the clients'
+        port passes the inbound-limited class) bound to this guard."""
+        return type("GuardedConnection", (GuardedConnection, base), {"guard": self})
 
     def limited_address(self, peer: str) -> str | None:
         """The address whose per-address bound a socket counts against; None for a trusted
@@ -675,6 +747,14 @@ class WebsocketShell:
             intake, settings.request_timeout, self.count_refused, self.trusted_proxies
         )
         hub.metrics.handshakes_in_progress.set_function(lambda: intake.handshakes)
+        limits = InboundLimits(
+            settings.inbound_frame_rate, settings.inbound_byte_rate, settings.max_message_bytes
+        )
+
+        class _Limited(LimitedServerConnection):
+            inbound_limits = limits
+
+        self.connection_class: type[LimitedServerConnection] = _Limited  # for serve()
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
         self.task_group: anyio.abc.TaskGroup | None = None  # the server's; set before it serves
 
@@ -691,6 +771,8 @@ class WebsocketShell:
             now, monotonic = time.time(), time.monotonic()
             for connection in list(self.hub.connections.values()):
                 connection.check(now, monotonic)
+            if self.hub.heap.due(monotonic):
+                await anyio.to_thread.run_sync(malloc_trim)
 
     def process_ops_request(self, connection: ServerConnection, request: Request) -> Response:
         """/healthz, /readyz and /metrics: on the main port, or alone on the metrics port."""
@@ -724,6 +806,8 @@ class WebsocketShell:
             if path == "/metrics" and hub.settings.metrics_port:
                 return _text(404, "not found\n")
             return self.process_ops_request(connection, request)
+        if (repeated := _repeated_header(request.headers)) is not None:
+            return self._refuse(400, "bad_header", f"more than one {repeated} header\n")
         from relay.demo_web import handle_demo_request
 
         if hub.settings.demo and (demo := await handle_demo_request(self, request)) is not None:
@@ -747,7 +831,8 @@ class WebsocketShell:
         if len(hub.connections) + hub.polls >= hub.settings.max_connections:
             return self._refuse(503, "max_connections", "too many connections\n")
         peer = connection.remote_address[0] if connection.remote_address else ""
-        address = client_address(peer, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+        forwarded = ", ".join(request.headers.get_all("X-Forwarded-For")) or None  # RFC 9110 5.3
+        address = client_address(peer, forwarded, self.trusted_proxies)
         decision = self.admission.admit(address, time.monotonic())
         if not decision.admitted:
             return self._refuse(decision.status, decision.reason, "too many connections\n")
@@ -783,6 +868,14 @@ class WebsocketShell:
             await Connection(self, ws).run()
         finally:
             self._release(ws)
+
+
+def _repeated_header(headers: Headers) -> str | None:
+    """The first of SINGLE_HEADERS the request sends more than once, or None."""
+    for name in SINGLE_HEADERS:
+        if len(headers.get_all(name)) > 1:
+            return name
+    return None
 
 
 def _text(status: int, body: str) -> Response:
