@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.relay_bench import MARK_END, MARK_START, SECTIONS
+from bench.plan import MARK_END, MARK_START, SECTIONS
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.pg
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(300)
@@ -24,7 +23,7 @@ def test_quick_relay_benchmark_reports_every_section(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.relay_bench", "--quick", "--out", str(out),
          "--plots", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=280, check=False,
     )  # fmt: skip
     assert 0 == result.returncode, result.stderr[-3000:]
     text = out.read_text()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.paths import REPO
+
 pytestmark = pytest.mark.pg
 
-ROOT = Path(__file__).resolve().parent.parent
 CELLS = [
     (mode, writers)
     for mode in ("untracked", "tracked, notify on", "tracked, notify off", "bare outbox trigger")
@@ -23,7 +23,7 @@ def quick_run(*args: str) -> str:
     """`python -m bench.write_overhead --quick` plus args: its Markdown, after a zero exit."""
     result = subprocess.run(
         [sys.executable, "-m", "bench.write_overhead", "--quick", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=110, check=False,
     )  # fmt: skip
     assert 0 == result.returncode, result.stderr[-3000:]
     return result.stdout

@@ -16,7 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.chaos.harness import REPO, RESULTS_FILE, RSS_LIMIT_MIB
+from tests.chaos.checker import RSS_LIMIT_MIB
+from tests.chaos.results import RESULTS_FILE
+from tests.support.paths import REPO
+
+__all__ = ["main", "render"]
 
 SCENARIOS = [
     ("1_listener_kill", "1. Listener backend killed (`pg_terminate_backend`)"),
@@ -73,10 +77,10 @@ by hand in `tests/chaos/report.py`):
    `query cancellation interrupted (CancelledError): closing connection` through the standard
    `logging` module. `relay/logs.py` `configure_logging` sets up structlog only, so Python's
    last-resort handler writes the warning unformatted to stderr, between the JSON lines
-   docs/operations.md section 9 promises (tests/test_operations.py checks a quiet relay only).
+   docs/operations.md section 9 promises (tests/ops/test_metrics.py checks a quiet relay only).
    Suggested: route the standard library's logging through structlog
    (`structlog.stdlib.ProcessorFormatter` on a root handler).
-   **Status: fixed** in commit 0d75c75, as suggested; tests/test_operations.py now checks the
+   **Status: fixed** in commit 0d75c75, as suggested; tests/ops/test_metrics.py now checks the
    hung-backend run has no plain-text line.
 4. **Numbers of more than 4,300 digits** make any frame `bad_message` ("not valid JSON"), even in
    a member docs/protocol.md says is ignored: CPython's limit on int-string conversion makes
@@ -94,7 +98,7 @@ by hand in `tests/chaos/report.py`):
 6. **Not the relay: pytest's temporary folders on a shared machine.** pytest keeps the base
    folders of its last three sessions only: a pytest session started elsewhere on this machine
    deleted a running chaos session's database folder, and PostgreSQL died under the run. The
-   chaos suite keeps its databases in a folder of its own (`harness.private_folder`);
+   chaos suite keeps its databases in a folder of its own (`tests/support/paths.py` `private_folder`);
    `tests/conftest.py` (`pg_admin_dsn`, `private_pg`) still uses pytest's folders and can lose
    its server the same way when several sessions run at once.
 """
@@ -285,10 +289,11 @@ def render(data: dict[str, Any]) -> str:
         )
     out.append(
         "Covered elsewhere: forged, expired and wrong-algorithm tokens, auth timeout, refresh "
-        "and `sub_changed` (tests/test_relay_ws.py, tests/test_auth.py), JWKS and algorithm "
-        "confusion (tests/test_relay_more.py), refused handshakes: origin, per-address limits, "
-        "kill switch, methods (tests/test_relay_http.py). Routing against an oracle: "
-        "tests/test_routing_properties.py (hypothesis; `RELAY_LONG_PROPERTY=1` pushes it to "
+        "and `sub_changed` (tests/net/test_ws.py, tests/core/test_auth.py), JWKS and algorithm "
+        "confusion (tests/net/test_handshake.py), refused handshakes: origin, per-address "
+        "limits, kill switch (tests/net/test_handshake.py), methods (tests/net/test_longpoll.py). "
+        "Routing against an oracle: "
+        "tests/core/test_routing_properties.py (hypothesis; `RELAY_LONG_PROPERTY=1` pushes it to "
         "100,000 events).\n"
     )
     out.append(FINDINGS.strip() + "\n")
@@ -320,7 +325,8 @@ def _method_and_commands(entries: dict[str, Any]) -> list[str]:
     short = sum(e.get("test_seconds", 0) for k, e in entries.items() if k.endswith("/short"))
     return [
         "## How it is measured\n",
-        "`tests/chaos/harness.py`: each run gets a fresh database with the relay schema and the "
+        "`tests/chaos/cluster.py` (with writer.py, swarm.py and checker.py beside it): each run "
+        "gets a fresh database with the relay schema and the "
         "example tables. A **writer process** inserts into `generations` from several "
         "connections at a target rate, one to three rows per transaction; each row's "
         "`project_id` is a unique marker, its `user_id` one of the users. A **swarm process** "

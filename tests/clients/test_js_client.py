@@ -6,15 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import SECRET, relay_process
+from tests.support.paths import REPO
+from tests.support.processes import relay_process
+from tests.support.tokens import SECRET
 
 pytestmark = pytest.mark.pg
 
-JS_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
+JS_DIR = REPO / "clients" / "js"
 
 
 def _tool(name: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 from relay.errors import ProtocolError
 from relay.events import JSONValue
 from relay.filters import RowFilter
-from tests.routing_factories import make_event
+from tests.support.factories import make_event
 
 
 def matches(raw: object, row: dict[str, JSONValue]) -> bool:

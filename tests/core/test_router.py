@@ -10,7 +10,7 @@ import pytest
 from relay.events import Event
 from relay.router import Router
 from relay.subscription import Subscription
-from tests.routing_factories import RecordingTarget, make_event, make_sub
+from tests.support.factories import RecordingTarget, make_event, make_sub
 
 
 def connect(router: Router, user: str, conn_id: str, *subs: Subscription) -> RecordingTarget:

@@ -29,7 +29,7 @@ from relay.events import OPS, Event, JSONValue, Op
 from relay.filters import RowFilter
 from relay.router import Router
 from relay.subscription import Subscription
-from tests.routing_factories import make_event
+from tests.support.factories import make_event
 
 LONG = os.environ.get("RELAY_LONG_PROPERTY") == "1"
 LONG_EVENTS = 100_000

@@ -23,13 +23,15 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from relay.demo import seed
-from tests.helpers import Client, RelayProcess, relay_process, token
+from tests.support.clients import Client
+from tests.support.paths import REPO
+from tests.support.processes import RelayProcess, relay_process
+from tests.support.tokens import token
 
 pytestmark = pytest.mark.pg
 
-ROOT = Path(__file__).resolve().parent.parent
-CLIENT_SRC = ROOT / "clients" / "js" / "src"
-SCREENSHOT = ROOT / "docs" / "demo.png"
+CLIENT_SRC = REPO / "clients" / "js" / "src"
+SCREENSHOT = REPO / "docs" / "demo.png"
 DEMO = {"RELAY_DEMO": "true"}
 
 
@@ -448,9 +450,9 @@ def test_browser_click_updates_the_owners_dashboard_within_a_second(seeded_db: s
         assert "bob" == browser.js(bob, "document.querySelector('#user b').textContent")
 
     # The README's picture is refreshed on request only, so a test run leaves the tree clean.
-    target = (
+    picture = (
         SCREENSHOT
         if os.environ.get("RELAY_UPDATE_SCREENSHOT") == "1"
         else Path(tempfile.gettempdir()) / "pgrelay-demo.png"
     )
-    target.write_bytes(base64.b64decode(shot))
+    picture.write_bytes(base64.b64decode(shot))

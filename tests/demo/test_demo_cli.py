@@ -6,7 +6,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,17 +20,10 @@ import jwt
 import pytest
 
 from relay.devserver import PgServer
+from tests.support.paths import REPO
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.pg
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Demo:
@@ -40,8 +32,8 @@ class Demo:
     def __init__(self, cwd: Path, *args: str) -> None:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("RELAY_") or k == "RELAY_PG_BINDIR"}  # fmt: skip
-        env["RELAY_SQL_DIR"] = str(ROOT / "sql")
-        env["RELAY_CLIENT_DIR"] = str(ROOT / "clients" / "js" / "src")
+        env["RELAY_SQL_DIR"] = str(REPO / "sql")
+        env["RELAY_CLIENT_DIR"] = str(REPO / "clients" / "js" / "src")
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "demo", "--port", str(self.port), "--no-simulator",

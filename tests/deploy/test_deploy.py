@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from relay.config import env_variables
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -89,7 +89,8 @@ def deployment() -> dict[str, Any]:
 
 
 def relay_container() -> dict[str, Any]:
-    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = deployment()["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
     assert container["name"] == "relay"
     return container
 
@@ -482,23 +483,15 @@ def test_alert_unit_tests_fire_and_stay_quiet_for_every_alert() -> None:
     assert quiet == ALERTS
 
 
-def test_promtool_check_rules_accepts_alerts() -> None:
-    """`promtool check rules` accepts alerts.yml."""
+@pytest.mark.parametrize(
+    ("command", "file"),
+    [("check", "alerts.yml"), ("test", "alerts_test.yml")],
+    ids=["check_rules_accepts_alerts", "unit_tests_pass"],
+)
+def test_promtool_rules(command: str, file: str) -> None:
+    """`promtool check rules` accepts alerts.yml; `promtool test rules` passes every case in alerts_test.yml."""
     result = subprocess.run(
-        [promtool(), "check", "rules", "deploy/prometheus/alerts.yml"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_promtool_unit_tests_pass() -> None:
-    """`promtool test rules` passes every case in alerts_test.yml."""
-    result = subprocess.run(
-        [promtool(), "test", "rules", "deploy/prometheus/alerts_test.yml"],
+        [promtool(), command, "rules", f"deploy/prometheus/{file}"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,12 +9,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO
 
 
 def build_stage_sources() -> list[str]:
     """The paths deploy/Dockerfile's build stage copies into its context."""
-    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    text = (REPO / "deploy" / "Dockerfile").read_text()
     stage = text.split("AS build", 1)[1].split("\nFROM ", 1)[0]
     paths: list[str] = []
     for line in stage.splitlines():
@@ -30,10 +30,10 @@ def test_wheel_builds_from_the_image_build_context_with_its_data(tmp_path: Path)
     for source in build_stage_sources():
         target = context / source
         target.parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        if (REPO / source).is_dir():
+            shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(ROOT / source, target)
+            shutil.copy(REPO / source, target)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path / "dist"), str(context)],

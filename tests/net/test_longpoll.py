@@ -1,4 +1,4 @@
-"""Long-polling, the websocket kill switch, and handshake admission, against a real relay."""
+"""Long-polling (/v1/poll) against a real relay: catch-up, live waits, filters, resets, CORS."""
 
 from __future__ import annotations
 
@@ -6,37 +6,16 @@ import json
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect as ws_connect
 
-from tests.helpers import Client, RelayProcess, relay_process, token
+from tests.support.clients import poll
+from tests.support.processes import RelayProcess, relay_process
+from tests.support.tokens import token
 
 pytestmark = pytest.mark.pg
-
-
-@pytest.fixture
-def relay(relay_db: str) -> Iterator[RelayProcess]:
-    with relay_process(relay_db) as process:
-        yield process
-
-
-def poll(relay: RelayProcess, user: str | None, **params: Any) -> tuple[int, dict[str, Any]]:
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    request = urllib.request.Request(f"http://127.0.0.1:{relay.port}/v1/poll?{query}")
-    if user is not None:
-        request.add_header("Authorization", f"Bearer {token(user)}")
-    try:
-        with urllib.request.urlopen(request, timeout=40) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def insert(dsn: str, user: str, project: str) -> None:
@@ -105,63 +84,6 @@ def test_poll_with_a_foreign_cursor_gets_a_reset(relay: RelayProcess) -> None:
     """A cursor of another epoch is answered with an explicit reset and a cursor to go on from."""
     status, body = poll(relay, "alice", table="generations", since="f" * 32 + ".3")
     assert (200, {"reason": "epoch_changed"}) == (status, body["reset"])
-
-
-def test_websocket_kill_switch_keeps_polling_working(relay_db: str) -> None:
-    """RELAY_WEBSOCKETS=off refuses the websocket handshake with 503; long-polling still serves."""
-    with relay_process(relay_db, {"RELAY_WEBSOCKETS": "off"}) as relay:
-        with pytest.raises(InvalidStatus) as refused:
-            ws_connect(relay.url, open_timeout=5, legacy=True)
-        assert 503 == refused.value.response.status_code
-        assert 200 == poll(relay, "alice", table="generations")[0]
-        assert 1.0 == relay.metric("relay_handshakes_refused_total", 'reason="websockets_off"')
-
-
-def test_origin_outside_the_allow_list_is_refused_and_counted(relay_db: str) -> None:
-    """A handshake from an unlisted Origin gets 403 and is counted; a listed Origin connects."""
-    env = {"RELAY_ALLOWED_ORIGINS": "https://app.example"}
-    with relay_process(relay_db, env) as relay:
-        with pytest.raises(InvalidStatus) as refused:
-            ws_connect(relay.url, origin="https://evil.example", open_timeout=5, legacy=True)  # type: ignore[arg-type]
-        assert 403 == refused.value.response.status_code
-        ok = ws_connect(relay.url, origin="https://app.example", open_timeout=5, legacy=True)  # type: ignore[arg-type]
-        ok.close()
-        assert 1.0 == relay.metric("relay_handshakes_refused_total", 'reason="origin"')
-
-
-def test_one_address_past_its_limit_is_refused_while_others_connect(relay_db: str) -> None:
-    """Open connections per address are capped with 429; a connection from another address still works."""
-    env = {"RELAY_MAX_CONNECTIONS_PER_IP": "3", "RELAY_TRUSTED_PROXIES": "127.0.0.1"}
-    with relay_process(relay_db, env) as relay:
-        mine = [
-            ws_connect(
-                relay.url,
-                additional_headers={"X-Forwarded-For": "203.0.113.1"},
-                open_timeout=5,
-                legacy=True,
-            )
-            for _ in range(3)
-        ]
-        with pytest.raises(InvalidStatus) as refused:
-            ws_connect(
-                relay.url,
-                additional_headers={"X-Forwarded-For": "203.0.113.1"},
-                open_timeout=5,
-                legacy=True,
-            )
-        assert 429 == refused.value.response.status_code
-        other = Client(relay.url, "bob", header=True)
-        other.ready()
-        assert 1.0 == relay.metric("relay_handshakes_refused_total", 'reason="ip_connections"')
-        for ws in mine:
-            ws.close()
-        time.sleep(0.3)
-        ws_connect(
-            relay.url,
-            additional_headers={"X-Forwarded-For": "203.0.113.1"},
-            open_timeout=5,
-            legacy=True,
-        ).close()
 
 
 def test_poll_answers_a_cors_preflight_and_carries_cors_headers(relay_db: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -14,23 +13,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from relay.devserver import PgServer
-from relay.sqlfiles import install_script
-from tests.conftest import example_path
-from tests.helpers import SECRET, Client, RelayProcess, relay_process, token
+from tests.support.clients import Client, close_of, position
+from tests.support.databases import install_example, write
+from tests.support.processes import RelayProcess, relay_process
+from tests.support.tokens import SECRET, token
 
 pytestmark = pytest.mark.pg
-
-
-@pytest.fixture
-def relay(relay_db: str) -> Iterator[RelayProcess]:
-    with relay_process(relay_db) as process:
-        yield process
-
-
-def write(dsn: str, *statements: str, params: tuple[Any, ...] = ()) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement, params or None)
 
 
 def add_thumbnail(dsn: str, user: str, project: str = "p1", title: str = "t") -> None:
@@ -45,10 +33,6 @@ def connect(relay: RelayProcess, user: str, **kwargs: Any) -> Client:
     client = Client(relay.url, user, **kwargs)
     client.ready()
     return client
-
-
-def position(cursor: str) -> int:
-    return int(cursor.rsplit(".", 1)[1])
 
 
 def strip(event: dict[str, Any]) -> dict[str, Any]:
@@ -235,7 +219,7 @@ def test_binary_and_oversized_frames(relay: RelayProcess) -> None:
     client.send("x" * 70_000)
     with pytest.raises(ConnectionClosed) as closed:
         client.recv(5)
-    assert 1009 == closed.value.rcvd.code  # type: ignore[attr-defined]
+    assert 1009 == close_of(closed.value)[0]
     other = connect(relay, "bob")  # and the process keeps serving
     other.send({"type": "ping"})
     other.expect("pong")
@@ -280,7 +264,7 @@ def test_forged_tokens_are_refused_with_4001_and_counted(relay: RelayProcess, na
     client.send({"type": "auth", "token": bad})
     with pytest.raises(ConnectionClosed) as closed:
         client.recv(5)
-    assert (4001, reason) == (closed.value.rcvd.code, closed.value.rcvd.reason)  # type: ignore[attr-defined]
+    assert (4001, reason) == close_of(closed.value)
     assert 1.0 == relay.metric("relay_auth_failures_total", f'reason="{reason}"')
     assert all(bad not in json.dumps(line) for line in relay.lines)
 
@@ -291,7 +275,7 @@ def test_auth_timeout_closes_with_4001(relay_db: str) -> None:
         client = Client(relay.url)
         with pytest.raises(ConnectionClosed) as closed:
             client.recv(5)
-        assert (4001, "auth_timeout") == (closed.value.rcvd.code, closed.value.rcvd.reason)  # type: ignore[attr-defined]
+        assert (4001, "auth_timeout") == close_of(closed.value)
 
 
 def test_token_refresh_extends_the_session_and_expiry_closes_it(relay: RelayProcess) -> None:
@@ -305,7 +289,7 @@ def test_token_refresh_extends_the_session_and_expiry_closes_it(relay: RelayProc
     client.expect("pong")
     with pytest.raises(ConnectionClosed) as closed:
         client.recv(10)
-    assert (4001, "token_expired") == (closed.value.rcvd.code, closed.value.rcvd.reason)  # type: ignore[attr-defined]
+    assert (4001, "token_expired") == close_of(closed.value)
 
 
 def test_refresh_with_another_sub_is_refused(relay: RelayProcess) -> None:
@@ -314,7 +298,7 @@ def test_refresh_with_another_sub_is_refused(relay: RelayProcess) -> None:
     client.send({"type": "auth", "token": token("mallory")})
     with pytest.raises(ConnectionClosed) as closed:
         client.recv(5)
-    assert (4001, "sub_changed") == (closed.value.rcvd.code, closed.value.rcvd.reason)  # type: ignore[attr-defined]
+    assert (4001, "sub_changed") == close_of(closed.value)
 
 
 def test_listener_backend_killed_during_writes_loses_nothing(
@@ -355,7 +339,7 @@ def test_listener_backend_killed_during_writes_loses_nothing(
 def test_postgres_restart_during_writes_loses_nothing(private_pg: PgServer) -> None:
     """A fast restart and a crash of Postgres mid-stream: every committed event arrives exactly once."""
     dsn = private_pg.dsn()
-    write(dsn, install_script(), example_path().read_text())
+    install_example(dsn)
     with relay_process(dsn) as relay:
         client = connect(relay, "alice")
         client.subscribe("s", "generations")
@@ -433,7 +417,7 @@ def test_sigterm_closes_clients_with_1001_and_exits(relay_db: str) -> None:
     elapsed = time.monotonic() - started
     with pytest.raises(ConnectionClosed) as closed:
         client.recv(5)
-    assert 1001 == closed.value.rcvd.code  # type: ignore[attr-defined]
+    assert 1001 == close_of(closed.value)[0]
     assert 0 == relay.process.returncode if relay.process else False
     assert elapsed < 10.0
 

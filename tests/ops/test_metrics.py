@@ -1,35 +1,25 @@
-"""Operable in production: metrics move as they should, readiness, config failures, log hygiene."""
+"""Metrics and health move as they should: reader reconnects and stalls, heartbeats, readiness,
+refused tokens, deliveries, and a separate metrics port."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+import urllib.request
 
 import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from relay.devserver import SERVER_USER, PgServer, grant_traverse
+from relay.devserver import PgServer
 from relay.sqlfiles import install_script
-from tests.conftest import example_path
-from tests.helpers import SECRET, Client, RelayProcess, relay_process, token, wait_until
+from tests.support.clients import Client
+from tests.support.processes import free_port, relay_process
+from tests.support.tokens import token
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pg
-
-
-def run_relay(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay.cli", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={"PATH": os.environ["PATH"], **env},
-    )  # fmt: skip
 
 
 def listener_pid(dsn: str) -> int:
@@ -124,194 +114,11 @@ def test_delivery_metrics_move_with_events(relay_db: str) -> None:
         assert 1.0 == relay.metric("relay_connections_total")
 
 
-# -- configuration and start-up failures ---------------------------------------------------
-
-
-def test_no_jwt_key_refuses_to_start_with_one_line(relay_db: str) -> None:
-    """Without a JWT secret or JWKS (and no --insecure-dev) the relay exits 2 with one clear line."""
-    result = run_relay("serve", env={"RELAY_DSN": relay_db})
-    assert (2, "relay: no JWT key: set RELAY_JWT_SECRET or RELAY_JWKS_FILE (or --insecure-dev for "
-               "local development only)\n") == (result.returncode, result.stderr)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"RELAY_LISTEN_WINDOW": "soon"}, "relay: RELAY_LISTEN_WINDOW: 'soon' is not a duration (like 250ms, 5s, 2m, 24h)\n"),
-        ({"RELAY_PORT": "70000"}, "relay: RELAY_PORT: 70000 is not a port number\n"),
-        ({"RELAY_TRUSTED_PROXIES": "10.0.0.0/33"}, "relay: RELAY_TRUSTED_PROXIES: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network\n"),
-        ({"RELAY_TLS_CERT": "cert.pem"}, "relay: TLS needs both RELAY_TLS_CERT and RELAY_TLS_KEY\n"),
-        ({"RELAY_LOG_FORMAT": "xml"}, "relay: RELAY_LOG_FORMAT: 'xml' is not one of auto, json, console\n"),
-    ],
-)  # fmt: skip
-def test_bad_settings_fail_at_start_with_one_line(env: dict[str, str], message: str) -> None:
-    """Each malformed setting stops `relay config check` with exit 2 and a line naming the variable."""
-    base = {"RELAY_DSN": "postgresql://x@127.0.0.1/db", "RELAY_JWT_SECRET": SECRET}
-    result = run_relay("config", "check", env={**base, **env})
-    assert (2, message) == (result.returncode, result.stderr)
-
-
-def test_config_check_prints_effective_config_with_secrets_redacted() -> None:
-    """`relay config check` lists every setting; the JWT secret and the DSN password never appear."""
-    env = {
-        "DATABASE_URL": "postgresql://app:hunter2@db.internal:5432/app",
-        "RELAY_JWT_SECRET": SECRET,
-    }
-    result = run_relay("config", "check", "--port", "9000", env=env)
-    assert 0 == result.returncode, result.stderr
-    lines = dict(line.split(" = ", 1) for line in result.stdout.splitlines())
-    assert ("'postgresql://app:********@db.internal:5432/app'", "'********'", "9000") == (
-        lines["dsn"],
-        lines["jwt_secret"],
-        lines["port"],
-    )
-    assert "hunter2" not in result.stdout and SECRET not in result.stdout
-
-
-def test_schema_not_installed_fails_at_start_with_one_line(empty_db: str) -> None:
-    """Against a database without the relay schema, serve exits with the install hint."""
-    result = run_relay("serve", env={"RELAY_DSN": empty_db, "RELAY_JWT_SECRET": SECRET})
-    assert (2, "relay: the relay schema is not installed: run `relay sql install` (or psql -f "
-               "install.sql)\n") == (result.returncode, result.stderr)  # fmt: skip
-
-
-def test_serve_help_lists_every_setting_with_its_variable() -> None:
-    """`relay serve --help` names each setting's flag and environment variable."""
-    from dataclasses import fields
-
-    from relay.config import Settings
-
-    result = run_relay("serve", "--help", env={"COLUMNS": "200"})
-    assert 0 == result.returncode
-    for spec in fields(Settings):
-        assert f"--{spec.name.replace('_', '-')}" in result.stdout
-    assert "RELAY_DSN / DATABASE_URL" in result.stdout
-
-
-def test_env_example_is_generated_from_the_settings() -> None:
-    """deploy/relay.env.example is exactly what `relay config example` prints, so it cannot drift."""
-    result = run_relay("config", "example", env={})
-    assert 0 == result.returncode, result.stderr
-    committed = (Path(__file__).parent.parent / "deploy" / "relay.env.example").read_text()
-    assert committed == result.stdout
-
-
-# -- logs ----------------------------------------------------------------------------------
-
-
-def test_logs_are_json_lines_without_tokens_or_passwords(relay_db: str) -> None:
-    """Every log line is JSON; no token or DSN password appears, and a connection's lines share its id."""
-    dsn = psycopg.conninfo.make_conninfo(relay_db, password="hunter2")  # trust auth ignores it
-    with relay_process(dsn) as relay:
-        secret_token = token("alice")
-        client = Client(relay.url)
-        client.send({"type": "auth", "token": secret_token})
-        client.ready()
-        client.close()
-        relay.wait_log("authenticated")
-        bad = Client(relay.url)
-        bad.send({"type": "auth", "token": secret_token + "x"})
-        with pytest.raises(ConnectionClosed):
-            bad.recv(5)
-        relay.wait_log("closing", reason="bad_signature")
-    assert [] == [line for line in relay.lines if line.get("event") == "raw"]
-    text = repr(relay.lines)
-    assert "hunter2" not in text and secret_token not in text and "alice" not in text
-    authenticated = relay.wait_log("authenticated")
-    assert authenticated["conn"] and len(authenticated["user"]) == 16  # hashed user id
-
-
-# -- a DSN through PgBouncer in transaction mode -------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def pgbouncer(relay_db: str, tmp_path: Path) -> Iterator[str]:
-    """A real PgBouncer in transaction pooling mode in front of the test database."""
-    binary = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
-    )
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("pgbouncer is missing: .ci/run installs Debian's pgbouncer package")
-        pytest.skip("pgbouncer is not installed")
-    info = psycopg.conninfo.conninfo_to_dict(relay_db)
-    port = _free_port()
-    folder = tmp_path / "pgbouncer"
-    folder.mkdir()
-    (folder / "users.txt").write_text('"postgres" ""\n')
-    (folder / "pgbouncer.ini").write_text(
-        f"[databases]\n* = host=127.0.0.1 port={info['port']}\n"
-        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = trust\nauth_file = {folder / 'users.txt'}\npool_mode = transaction\n"
-        f"default_pool_size = 4\nlogfile = {folder / 'pgbouncer.log'}\n"
-    )
-    kwargs: dict[str, object] = {}
-    if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        import pwd
-
-        entry = pwd.getpwnam(SERVER_USER)
-        for path in [folder, *folder.iterdir()]:
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        grant_traverse(tmp_path)
-        kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    process = subprocess.Popen([binary, str(folder / "pgbouncer.ini")], **kwargs)  # type: ignore[call-overload]
-    dsn = f"postgresql://postgres@127.0.0.1:{port}/{info['dbname']}"
-    try:
-        wait_until(lambda: _accepts(dsn), 10, "pgbouncer accepts")
-        yield dsn
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _accepts(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=1) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
-
-
-def test_dsn_through_pgbouncer_transaction_pooling_is_refused_at_start(pgbouncer: str) -> None:
-    """Through PgBouncer in transaction mode, where LISTEN never hears anything, serve refuses to start."""
-    result = run_relay("serve", env={"RELAY_DSN": pgbouncer, "RELAY_JWT_SECRET": SECRET,
-                                     "RELAY_PORT": "0"})  # fmt: skip
-    assert 2 == result.returncode
-    assert result.stderr.startswith("relay: NOTIFY does not reach a LISTENing connection") or (
-        result.stderr.startswith("relay: the DSN goes through a connection pooler")
-    ), result.stderr
-    assert 1 == len(result.stderr.splitlines())
-
-
-def test_relay_process_fixture_is_healthy(relay_db: str) -> None:
-    """Sanity: the direct DSN passes the same start-up checks (the refusal above is specific)."""
-    relay = RelayProcess(relay_db).start()
-    try:
-        assert 200 == relay.http("/readyz")[0]
-    finally:
-        relay.stop()
-
-
-def test_example_schema_is_installable_over_itself(relay_db: str) -> None:
-    """The example schema is idempotent like the install script."""
-    with psycopg.connect(relay_db, autocommit=True) as conn:
-        conn.execute(example_path().read_text())
-
-
 def test_separate_metrics_port_serves_metrics_and_hides_them_on_the_main_port(
     relay_db: str,
 ) -> None:
     """With RELAY_METRICS_PORT, /metrics answers there (with health) and 404 on the public port."""
-    import urllib.request
-
-    metrics_port = _free_port()
+    metrics_port = free_port()
     with relay_process(relay_db, {"RELAY_METRICS_PORT": str(metrics_port)}) as relay:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
             assert b"relay_listener_up 1.0" in resp.read()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from relay.sqlfiles import install_script, uninstall_script
-from tests.conftest import example_path
+from tests.support.paths import FIXTURES, example_path
 
 pytestmark = pytest.mark.pg
 
@@ -453,7 +452,7 @@ def test_psql_can_run_the_scripts(relay_db: str) -> None:
 def test_upgrade_from_version_1_keeps_data_epoch_and_tracking(empty_db: str) -> None:
     """Installing over version 1 migrates in place: log, positions, epoch and tracked tables survive."""
     with connect(empty_db) as conn:
-        conn.execute((Path(__file__).parent / "fixtures" / "install-v1.sql").read_text())
+        conn.execute((FIXTURES / "install-v1.sql").read_text())
         conn.execute(example_path().read_text())
         conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
         sequence_all(conn)
@@ -573,7 +572,7 @@ def captured_by(dsn: str, script: str) -> list[tuple[Any, ...]]:
 
 def test_capture_writes_the_same_rows_as_version_1(empty_db: str) -> None:
     """The faster relay.capture writes exactly what version 1's did, on every path and after schema changes."""
-    v1 = captured_by(empty_db, (Path(__file__).parent / "fixtures" / "install-v1.sql").read_text())
+    v1 = captured_by(empty_db, (FIXTURES / "install-v1.sql").read_text())
     current = captured_by(empty_db, install_script())
     assert 25 == len(v1)
     assert v1 == current
@@ -664,3 +663,9 @@ def test_capture_with_version_1_arguments_applies_the_whitelist_by_name(relay_db
             ("INSERT", {"id": 1, "title": "cat"}, None),
             ("UPDATE", {"id": 1, "title": "dog"}, ["title"]),
         ] == conn.execute("SELECT op, row_data, changed FROM relay.log ORDER BY pos").fetchall()
+
+
+def test_example_schema_is_installable_over_itself(relay_db: str) -> None:
+    """The example schema is idempotent like the install script."""
+    with psycopg.connect(relay_db, autocommit=True) as conn:
+        conn.execute(example_path().read_text())

@@ -1,36 +1,78 @@
-"""Helpers for integration tests: a real relay process, real websocket clients, real tokens."""
+"""Processes under test: `relay serve` in a child process, ports, open-file limits, and the
+kernel's per-process counters (CPU time, resident memory) read from /proc."""
 
 from __future__ import annotations
 
 import json
 import os
 import queue
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import jwt
-from websockets.sync.client import ClientConnection, connect
+from tests.support.tokens import SECRET
 
-SECRET = "test-secret-with-enough-entropy-0123456789"
+__all__ = [
+    "RelayProcess",
+    "cpu_seconds",
+    "free_port",
+    "peak_rss_mib",
+    "raise_nofile",
+    "relay_process",
+    "rss_bytes",
+]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Polls predicate until it is true; fails naming what did not happen in time."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def token(sub: str, *, ttl: float = 3600, secret: str = SECRET, **claims: Any) -> str:
-    now = time.time()
-    return jwt.encode({"sub": sub, "exp": now + ttl, "iat": now, **claims}, secret, "HS256")
+def raise_nofile() -> int:
+    """Lifts the soft open-files limit to the hard one (children inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process (its threads included) has used so far; 0 if it
+    is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident set size now, in bytes (resident pages of /proc/PID/statm)."""
+    resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return resident * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set size (VmHWM) so far, in MiB; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 class RelayProcess:
@@ -96,10 +138,18 @@ class RelayProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
-    def http(self, path: str) -> tuple[int, str]:
-        import urllib.error
-        import urllib.request
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
 
+    @property
+    def running(self) -> bool:
+        """Started and not exited yet."""
+        return self.process is not None and self.process.poll() is None
+
+    def http(self, path: str) -> tuple[int, str]:
+        """GET `path` on the relay's port: (status, body), error statuses included."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
                 return resp.status, resp.read().decode()
@@ -132,71 +182,10 @@ class RelayProcess:
 
 @contextmanager
 def relay_process(dsn: str, env: Mapping[str, str] | None = None) -> Iterator[RelayProcess]:
+    """A started RelayProcess, killed on the way out if it still runs."""
     relay = RelayProcess(dsn, env).start()
     try:
         yield relay
     finally:
-        if relay.process is not None and relay.process.poll() is None:
+        if relay.running:
             relay.kill()
-
-
-class Client:
-    """A websocket client speaking protocol v1, with helpers to wait for frames."""
-
-    def __init__(self, url: str, user: str | None = None, *, header: bool = True) -> None:
-        headers = {"Authorization": f"Bearer {token(user)}"} if user and header else None
-        self.ws: ClientConnection = connect(
-            url, additional_headers=headers, open_timeout=10, legacy=True
-        )
-        self.user = user
-        self.frames: list[dict[str, Any]] = []
-
-    def send(self, message: Mapping[str, Any] | str | bytes) -> None:
-        self.ws.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
-
-    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(self.ws.recv(timeout))
-        self.frames.append(frame)
-        return frame
-
-    def expect(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The next frame, which must be of this type."""
-        frame = self.recv(timeout)
-        assert type_ == frame["type"], frame
-        return frame
-
-    def ready(self) -> dict[str, Any]:
-        return self.expect("ready")
-
-    def subscribe(self, sub_id: str, table: str, **options: Any) -> dict[str, Any]:
-        """Subscribes and returns the `subscribed` frame (events replayed before it are kept)."""
-        self.send({"type": "subscribe", "id": sub_id, "table": table, **options})
-        while True:
-            frame = self.recv()
-            if frame["type"] == "subscribed" and frame["id"] == sub_id:
-                return frame
-            assert frame["type"] in {"event", "reset"}, frame
-
-    def events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Exactly `count` more event frames (other frames are kept in self.frames)."""
-        deadline = time.monotonic() + timeout
-        got: list[dict[str, Any]] = []
-        while len(got) < count:
-            frame = self.recv(max(0.01, deadline - time.monotonic()))
-            if frame["type"] == "event":
-                got.append(frame)
-        return got
-
-    def quiet(self, seconds: float = 0.5) -> list[dict[str, Any]]:
-        """Whatever arrives within `seconds` (expected: nothing)."""
-        got = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(self.recv(left))
-            except TimeoutError:
-                break
-        return got
-
-    def close(self) -> None:
-        self.ws.close()
