@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy relay
+	$(BIN)/mypy relay tests bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest
@@ -29,7 +30,7 @@ demo: $(STAMP)
 
 # The full fault suite (RELIABILITY.md) and the long routing property test (100,000+ events).
 chaos: $(STAMP)
-	RELAY_LONG_PROPERTY=1 $(BIN)/pytest -p no:cacheprovider tests/test_routing_properties.py
+	RELAY_LONG_PROPERTY=1 $(BIN)/pytest -p no:cacheprovider tests/core/test_routing_properties.py
 	$(BIN)/pytest -m slow -p no:cacheprovider tests/chaos
 
 bench: $(STAMP)
@@ -39,7 +40,7 @@ bench: $(STAMP)
 
 # Refreshes docs/demo.png, the README's picture, from the Chromium end-to-end test.
 screenshot: $(STAMP)
-	RELAY_UPDATE_SCREENSHOT=1 $(BIN)/pytest -p no:cacheprovider tests/test_demo.py -k browser_click
+	RELAY_UPDATE_SCREENSHOT=1 $(BIN)/pytest -p no:cacheprovider tests/demo/test_demo.py -k browser_click
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .relay-demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .relay-demo

@@ -21,7 +21,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-from bench.swarm import raise_nofile
+from tests.support.processes import raise_nofile
 
 __all__ = ["main"]
 

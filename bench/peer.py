@@ -18,16 +18,16 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import jwt
-from broadcaster import Broadcast
+from broadcaster import Broadcast, Event
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bench.swarm import SECRET
+from tests.support.tokens import SECRET
 
 __all__ = ["app"]
 
@@ -53,7 +53,10 @@ async def events_ws(websocket: WebSocket) -> None:
         task_group.start_soon(run_receiver)
         async with broadcast.subscribe(channel=f"user_{user}") as subscriber:
             await websocket.send_text('{"type":"subscribed"}')
-            async for event in subscriber:  # type: ignore[union-attr]
+            # broadcaster annotates Subscriber.__aiter__ as maybe None, yielding Event | None;
+            # it yields the events only (a None in its queue ends the iteration).
+            events = cast(AsyncIterator[Event], subscriber)
+            async for event in events:
                 await websocket.send_text(event.message)
 
 

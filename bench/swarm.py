@@ -36,37 +36,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import resource
 import sys
 import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
-import jwt
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-__all__ = ["SECRET", "main", "token"]
+from tests.support.processes import raise_nofile
+from tests.support.tokens import token
 
-SECRET = "test-secret-with-enough-entropy-0123456789"  # tests/helpers.py's; the servers share it
+__all__ = ["main"]
+
 CONNECT_TIMEOUT = 60.0
+TOKEN_TTL = 4 * 3600.0  # the longest run, with room
 SUBSCRIBE = '{"type":"subscribe","id":"g","table":"generations"}'
-
-
-def token(sub: str, ttl: float = 4 * 3600) -> str:
-    now = time.time()
-    return jwt.encode({"sub": sub, "exp": now + ttl, "iat": now}, SECRET, "HS256")
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 class Stats:
@@ -116,6 +105,7 @@ class Client(asyncio.Protocol):
         for event in protocol.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
+                    assert isinstance(event.data, bytes)  # frames parsed from the wire are bytes
                     self._on_text(event.data, now)
             elif isinstance(event, Response):
                 if protocol.handshake_exc is not None:
@@ -156,7 +146,7 @@ class Client(asyncio.Protocol):
         self._flush()
 
     def _on_open(self) -> None:
-        self.send_text(json.dumps({"type": "auth", "token": token(self.user)}))
+        self.send_text(json.dumps({"type": "auth", "token": token(self.user, ttl=TOKEN_TTL)}))
         if self.kind != "peer":
             self.send_text(SUBSCRIBE)
 

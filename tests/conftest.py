@@ -1,55 +1,41 @@
 """Fixtures: a real, private PostgreSQL server for the test session (nothing mocks Postgres).
 
 ``RELAY_TEST_DSN`` points the tests at an existing server instead; tests that stop, restart or
-crash a server always get a private one of their own (``private_pg``).
+crash a server always get a private one of their own (``private_pg``). Helpers the tests import
+live in tests/support; this file holds fixtures only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from relay.devserver import PgServer
-from relay.sqlfiles import install_script, uninstall_script
+pytest.register_assert_rewrite("tests.support")
 
-pytest.register_assert_rewrite("tests.helpers")
-
+from relay.devserver import PgServer  # noqa: E402
+from tests.support.databases import create_database, drop_database, install_example  # noqa: E402
+from tests.support.paths import private_folder  # noqa: E402
+from tests.support.processes import RelayProcess, relay_process  # noqa: E402
 
 _session_server: PgServer | None = None
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_dsn() -> Iterator[str]:
     """A DSN with the right to create databases: the session's private server, or RELAY_TEST_DSN."""
     global _session_server
     if external := os.environ.get("RELAY_TEST_DSN"):
         yield external
         return
-    with _server_folder("session") as folder:
+    with private_folder("pgrelay-session-") as folder:
         server = PgServer(folder)
         with server.running():
             _session_server = server
             yield server.dsn()
             _session_server = None
-
-
-@contextlib.contextmanager
-def _server_folder(name: str) -> Iterator[Path]:
-    """A data folder pytest does not manage: pytest prunes old temp folders when another session
-    starts, which would delete a server's data under it while it runs."""
-    folder = Path(tempfile.mkdtemp(prefix=f"pgrelay-{name}-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _server_gone() -> str:
@@ -63,50 +49,39 @@ def _server_gone() -> str:
     )
 
 
-def _swap_dbname(dsn: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
-
-
 @pytest.fixture
 def empty_db(pg_admin_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        dsn = create_database(pg_admin_dsn, "t_")
     except psycopg.OperationalError:
         if gone := _server_gone():
             pytest.fail(gone)
         raise
     try:
-        yield _swap_dbname(pg_admin_dsn, name)
+        yield dsn
     finally:
-        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_admin_dsn, dsn)
 
 
 @pytest.fixture
 def relay_db(empty_db: str) -> str:
     """A fresh database with sql/install.sql and the example schema installed."""
-    with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute(install_script())
-        conn.execute(Path(example_path()).read_text())
+    install_example(empty_db)
     return empty_db
 
 
-def example_path() -> Path:
-    from relay.sqlfiles import sql_dir
-
-    return sql_dir() / "examples" / "thumbnails_generations.sql"
+@pytest.fixture
+def relay(relay_db: str) -> Iterator[RelayProcess]:
+    """`relay serve` with the test settings on relay_db."""
+    with relay_process(relay_db) as process:
+        yield process
 
 
 @pytest.fixture
 def private_pg() -> Iterator[PgServer]:
     """A server of this test's own, which it may stop, restart or crash."""
-    with _server_folder("private") as folder:
+    with private_folder("pgrelay-private-") as folder:
         server = PgServer(folder / "pg")
         with server.running():
             yield server
-
-
-__all__ = ["install_script", "uninstall_script"]

@@ -5,7 +5,7 @@ two faults) and ``full`` (marked slow, ``make chaos``: 200 users, 500 rows/s, ev
 issue asks for). Every run must lose, duplicate, reorder and leak nothing, reset no normal client,
 recover from every fault and stay under the memory bound; each run's figures go to
 tests/chaos/results/last-run.json, which ``python -m tests.chaos.report`` turns into
-RELIABILITY.md. The harness is described in tests/chaos/harness.py.
+RELIABILITY.md. The harness is described in tests/chaos/cluster.py and the modules it names.
 """
 
 from __future__ import annotations
@@ -21,19 +21,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.devserver import PgServer
-from tests.chaos.harness import (
-    ChaosRun,
-    ClientSpec,
-    Replica,
-    WriterConfig,
-    bar_violations,
-    machine_info,
-    private_folder,
-    record,
-    users,
-    wait_until,
-)
+from relay.devserver import PgServer, StopMode
+from tests.chaos.checker import bar_violations
+from tests.chaos.cluster import ChaosRun, Replica, users
+from tests.chaos.results import machine_info, record
+from tests.chaos.swarm import ClientSpec
+from tests.chaos.writer import WriterConfig
+from tests.support.paths import private_folder
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pg
 
@@ -60,8 +55,8 @@ SIZES = [
 
 @pytest.fixture(scope="module")
 def workspace() -> Iterator[Path]:
-    """Databases and load files, in a folder of the module's own (see harness.private_folder)."""
-    with private_folder() as folder:
+    """Databases and load files, in a folder of the module's own (see support.paths.private_folder)."""
+    with private_folder("pgrelay-chaos-") as folder:
         yield folder
 
 
@@ -125,6 +120,15 @@ def conclude(
     assert [] == violations, figures.get("examples")
 
 
+def under_load(run: ChaosRun, specs: list[ClientSpec], cfg: WriterConfig, size: Size) -> None:
+    """The start of every scenario but the storm (whose clients connect while rows are written):
+    every client subscribed, then the writer started and events flowing."""
+    run.start_swarm(specs, size.max_seconds)
+    run.wait_live(60)
+    run.start_writer(cfg)
+    run.wait_flowing(30)
+
+
 def settle(run: ChaosRun, size: Size, timeout: float = 90) -> None:
     """After a fault: every client subscribed again and events flowing, then some more load."""
     run.wait_live(timeout)
@@ -141,10 +145,7 @@ def test_listener_backend_killed_repeatedly(
     kills = 2 if size is SHORT else 20
     with ChaosRun(chaos_pg.dsn(), workspace, "listener") as run:
         relay = run.add_replica()
-        run.start_swarm(clients(size, [relay.url]), size.max_seconds)
-        run.wait_live(60)
-        run.start_writer(writer(size))
-        run.wait_flowing(30)
+        under_load(run, clients(size, [relay.url]), writer(size), size)
         for kill in range(kills):
             with run.fault("listener backend terminated") as fault:
                 assert 1 == terminate(run.dsn, "pgrelay-listener")
@@ -163,17 +164,15 @@ def test_listener_backend_killed_repeatedly(
 def test_postgres_restarted_and_crashed(chaos_pg: PgServer, workspace: Path, size: Size) -> None:
     """Scenario 2: Postgres fast-restarted (5 times in full) and crashed (3 times) under load; nothing is lost."""
     started = time.monotonic()
-    modes = ["fast", "immediate"] if size is SHORT else ["fast", "immediate"] * 3 + ["fast"] * 2
+    both: list[StopMode] = ["fast", "immediate"]
+    modes = both if size is SHORT else both * 3 + both[:1] * 2
     with ChaosRun(chaos_pg.dsn(), workspace, "postgres") as run:
         relay = run.add_replica()
-        run.start_swarm(clients(size, [relay.url]), size.max_seconds)
-        run.wait_live(60)
-        run.start_writer(writer(size))
-        run.wait_flowing(30)
+        under_load(run, clients(size, [relay.url]), writer(size), size)
         for number, mode in enumerate(modes):
             name = "fast restart" if mode == "fast" else "crash (immediate stop), then start"
             with run.fault(f"postgres {name}"):
-                chaos_pg.stop(mode)  # type: ignore[arg-type]
+                chaos_pg.stop(mode)
                 chaos_pg.start()
             relay.wait_count("listener_up", number + 2, timeout=90)
             settle(run, size)
@@ -196,10 +195,7 @@ def test_relay_sigkilled_and_restarted(chaos_pg: PgServer, workspace: Path, size
             roam = (index // 2) % 2 == 1  # sticky clients wait for their replica to come back
             urls = [home.url, other.url] if roam else [home.url]
             specs.append(ClientSpec(user, urls, policy="roam" if roam else "sticky"))
-        run.start_swarm(specs, size.max_seconds)
-        run.wait_live(60)
-        run.start_writer(writer(size))
-        run.wait_flowing(30)
+        under_load(run, specs, writer(size), size)
         for kill in range(kills):
             target = replicas[kill % 2]
             with run.fault(f"SIGKILL {target.name}, restarted"):
@@ -234,10 +230,7 @@ def test_sequencer_holder_killed(chaos_pg: PgServer, workspace: Path, size: Size
             ClientSpec(user, [replicas[i % 2].url, replicas[1 - i % 2].url], policy="roam")
             for i, user in enumerate(users("u", size.users))
         ]
-        run.start_swarm(specs, size.max_seconds)
-        run.wait_live(60)
-        run.start_writer(writer(size))
-        run.wait_flowing(30)
+        under_load(run, specs, writer(size), size)
         for _ in range(kills):
             holder = _leader(replicas)
             survivor = replicas[1 - replicas.index(holder)]
@@ -265,10 +258,7 @@ def test_listener_backend_stops_answering(chaos_pg: PgServer, workspace: Path, s
     stops, seconds = (1, 4.0) if size is SHORT else (3, 10.0)
     with ChaosRun(chaos_pg.dsn(), workspace, "hung-backend") as run:
         relay = run.add_replica()
-        run.start_swarm(clients(size, [relay.url]), size.max_seconds)
-        run.wait_live(60)
-        run.start_writer(writer(size))
-        run.wait_flowing(30)
+        under_load(run, clients(size, [relay.url]), writer(size), size)
         for number in range(stops):
             (pid,) = backend_pids(run.dsn, "pgrelay-listener")
             lost_before = relay.count("listener_lost")
@@ -306,12 +296,14 @@ def test_clients_that_never_read(chaos_pg: PgServer, workspace: Path, size: Size
         specs = [ClientSpec(u, [slowed.url], group=WITH_SLOW) for u in users("u", size.users)]
         specs += [ClientSpec(u, [twin.url], group=TWIN) for u in users("u", size.users)]
         specs += [ClientSpec(slow_users[i % 5], [slowed.url], kind="slow") for i in range(50)]
-        run.start_swarm(specs, size.max_seconds)
-        run.wait_live(60)
         # 2 % of the rows, 60 kB each, to the slow users: 120 kB/s per slow client in the full
         # run, enough to fill its socket buffers, then its queue, within a minute.
-        run.start_writer(writer(size, slow_users=slow_users, slow_share=0.02, slow_padding=60_000))
-        run.wait_flowing(30)
+        under_load(
+            run,
+            specs,
+            writer(size, slow_users=slow_users, slow_share=0.02, slow_padding=60_000),
+            size,
+        )
         time.sleep(seconds)
         run.sample_metrics(
             [("relay_drops_total", 'reason="slow_client"'),

@@ -42,8 +42,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.chaos.harness import machine_info, peak_rss_mib, record
-from tests.helpers import Client, RelayProcess, relay_process, token
+from tests.chaos.results import machine_info, record
+from tests.support.clients import Client
+from tests.support.processes import RelayProcess, peak_rss_mib, relay_process
+from tests.support.tokens import token
 
 pytestmark = pytest.mark.pg
 
@@ -374,7 +376,7 @@ def test_random_values_of_every_type_flow_in_their_documented_form(
         alice, bob = Reader(relay, "alice"), Reader(relay, "bob")
         ids = itertools.count(1)
         writers = [Writer(relay_db, random.Random(seed + n), ids, writes // 2) for n in range(2)]
-        stop, steady = threading.Event(), []
+        stop, steady = threading.Event(), list[int]()
         threads = [threading.Thread(target=w.run) for w in writers]
         threads.append(threading.Thread(target=steady_writer, args=(relay_db, stop, steady)))
         began = time.monotonic()
@@ -451,4 +453,4 @@ def test_random_values_of_every_type_flow_in_their_documented_form(
     assert (True, True) == (figures["replay_same"], figures["poll_same"])
     assert figures["events_too_deep"] == unencodable > 0
     assert len(steady) == len(bob_lags) > 0
-    assert figures["other_user_max_lag_s"] < 5.0  # generous: "not stuck", typically ~0.1 s
+    assert max(bob_lags) < 5.0  # generous: "not stuck", typically ~0.1 s

@@ -1,4 +1,4 @@
-// The client against a real relay and a real database (tests/test_js_client.py starts both).
+// The client against a real relay and a real database (tests/clients/test_js_client.py starts both).
 // Skipped when RELAY_URL is not set.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';

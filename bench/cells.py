@@ -1,0 +1,111 @@
+"""The relay benchmark's figures as the report shows them: repeated runs folded into one cell
+(medians; sums of losses), and the number formats of the tables ("n/a" for a missing value)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from bench.plan import FanoutRun, LatencyRun, StackResult
+
+__all__ = [
+    "fanout_cell",
+    "fanout_max",
+    "fmt_f",
+    "fmt_ms",
+    "fmt_n",
+    "fmt_pct",
+    "fmt_ratio",
+    "fmt_status",
+    "latency_cell",
+    "median",
+    "stack_label",
+    "sustained_best",
+]
+
+
+def median(values: Sequence[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    ms = seconds * 1e3
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def fmt_f(value: float, digits: int = 1) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def fmt_n(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.0f}"
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b) or not b:
+        return "n/a"
+    return f"{a / b:.2f}x" if a / b < 10 else f"{a / b:.0f}x"
+
+
+def fmt_pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 100:.0f} %"
+
+
+def fmt_status(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def stack_label(key: str) -> str:
+    return {"relay": "pgrelay", "peer": "peer (broadcaster)", "bare": "bare websockets"}[key]
+
+
+def latency_cell(runs: list[LatencyRun]) -> dict[str, float]:
+    return {
+        "p50": median([r.p50 for r in runs]),
+        "p95": median([r.p95 for r in runs]),
+        "p99": median([r.p99 for r in runs]),
+        "max": median([r.max for r in runs]),
+        "commit_p50": median([r.commit_p50 for r in runs]),
+        "commit_p99": median([r.commit_p99 for r in runs]),
+        "rate": median([r.rate for r in runs]),
+        "payload": median([r.payload for r in runs]),
+        "lost": sum(r.lost for r in runs),
+        "committed": sum(r.committed for r in runs),
+        "duplicates": sum(r.duplicates for r in runs),
+        "others": max(r.others for r in runs),
+        "kept": all(r.kept_rate for r in runs),
+        "cpu_us": median([r.server_cpu / r.committed * 1e6 for r in runs if r.committed]),
+    }
+
+
+def fanout_cell(runs: list[FanoutRun]) -> dict[str, float]:
+    return {
+        "rate": median([r.rate for r in runs]),
+        "us": median([r.us_per_delivery for r in runs]),
+        "cores": median([r.cpu / r.seconds if r.seconds else 0.0 for r in runs]),
+        "complete": all(r.deliveries >= r.expected for r in runs),
+        "deliveries": sum(r.deliveries for r in runs),
+        "expected": sum(r.expected for r in runs),
+        "others": max(r.others for r in runs),
+    }
+
+
+def sustained_best(steps: list[tuple[int, LatencyRun, bool]]) -> tuple[float, LatencyRun | None]:
+    passed = [(rate, run) for rate, run, ok in steps if ok]
+    if not passed:
+        return float("nan"), None
+    rate, run = max(passed, key=lambda item: item[0])
+    return float(rate), run
+
+
+def fanout_max(stack: StackResult) -> tuple[float, int]:
+    best, at = float("nan"), 0
+    for conns, runs in stack.fanout.items():
+        rate = fanout_cell(runs)["rate"]
+        if math.isnan(best) or rate > best:
+            best, at = rate, conns
+    return best, at

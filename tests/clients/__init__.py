@@ -1,0 +1,1 @@
+"""Tests of the clients shipped beside the relay (clients/js)."""

@@ -1,0 +1,1 @@
+"""Tests of the demo: `relay demo` and its page, end to end."""

@@ -1,0 +1,1 @@
+"""Tests of operations: settings and start-up checks, metrics and health, logs."""
