@@ -301,7 +301,7 @@ def test_sql_prefilter_keeps_every_row_the_filter_matches(pg_admin_dsn: str) -> 
                 matched = event.op in ops and row_filter.matches(event)
                 assert keep or not matched, (ops, row_filter, event)
                 narrowed += not keep
-                if not any(isinstance(v, int | Decimal) for _, keys in row_filter.clauses
+                if not any(isinstance(v, int | float | Decimal) for _, keys in row_filter.clauses
                            for v in keys):  # fmt: skip
                     assert keep == matched, (ops, row_filter, event)
         assert narrowed > len(rows) * len(FILTER_VALUES) // 2  # it does narrow
