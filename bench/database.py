@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from relay.devserver import PgServer
+from relay.demo.pgserver import PgServer
 from tests.support.databases import install_example
 
 __all__ = ["LIMITS_TABLE", "PEER_SCHEMA", "PG_SETTINGS", "Database", "listener_rate"]

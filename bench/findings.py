@@ -138,7 +138,7 @@ def target_notes(results: Results) -> list[str]:
         "client "
         f"{fmt_ms(seg[3][0])} ms; the peer, one commit and one wake-up, has p50 "
         f"{fmt_ms(p1000.get('p50', float('nan')))} ms. What would move it, in the relay: "
-        "(1) the sequencer and the log reader run in the same process (`relay/db.py`): after "
+        "(1) the sequencer and the log reader run in the same process (`relay/pg/db.py`): after "
         "`sequence_batch` returns, wake the reader in-process, or let `sequence_batch` return "
         "the rows it moved and route them on the leader at once, keeping `NOTIFY relay_log` for "
         "the other replicas: that removes the last wake-up and one query per batch from every "

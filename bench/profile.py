@@ -76,5 +76,5 @@ def summarize_profile(raw: str) -> dict[str, Any]:
 
 
 def _function(frame: str) -> str:
-    """'Router.route (relay/router.py:201)' -> 'Router.route'."""
+    """'Router.route (relay/core/router.py:201)' -> 'Router.route'."""
     return frame.split(" (", 1)[0]

@@ -427,7 +427,7 @@ def history_section(results: Results) -> list[str]:
         "",
         "* **Fan-out: 40 µs → about 12 µs of relay CPU per delivery at 1,000 connections.** A "
         "connection with nothing queued gets its frame written straight to the transport "
-        "(`Connection.write_direct` in `relay/server.py`, as websockets' `broadcast()` does; "
+        "(`Connection.write_direct` in `relay/net/server.py`, as websockets' `broadcast()` does; "
         "the queue and a writer task only while frames wait); each event is JSON-encoded and "
         "RFC 6455-framed once per subscription id (`Event.wire_frame`), not once per "
         "connection; the delivery-lag histogram takes one weighted observation per event "

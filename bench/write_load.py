@@ -21,7 +21,7 @@ import psycopg
 
 from bench.write_cpu import cpu_between, snapshot
 from bench.write_plan import CONNECT_TIMEOUT, ROWS, WRITER_APP, BenchError
-from relay.devserver import find_bindir
+from relay.demo.pgserver import find_bindir
 
 __all__ = ["Load", "measure_pgbench", "measure_python"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from relay.config import Settings
+from relay.ops.config import Settings
 
 __all__ = [
     "BARE",

@@ -66,14 +66,14 @@ def render(cells: Sequence[Cell], setup: Setup) -> str:
         "Setup:",
         "",
         f"- PostgreSQL {setup.server_version} (`SHOW server_version`), a private server on "
-        "127.0.0.1 (`relay.devserver.PgServer`), clients over TCP",
+        "127.0.0.1 (`relay.demo.pgserver.PgServer`), clients over TCP",
         f"- CPUs: {setup.cpus}; Python {platform.python_version()}; data folder on "
         f"{setup.filesystem}",
         f"- Durable commits: {settings}",
         f"- {setup.seconds:g} s per run, {setup.repeats} repeat(s) per cell, interleaved; each "
         f"run on a fresh table: {ROWS:,} rows, VACUUM ANALYZE, CHECKPOINT",
         workload,
-        "- Tracked modes and the bare trigger: the relay's sequencer (`relay.db.Sequencer`, "
+        "- Tracked modes and the bare trigger: the relay's sequencer (`relay.pg.db.Sequencer`, "
         f"batches of {RELAY.sequencer_batch}, looping while a batch is full) in a process of "
         "its own: with notify on, a batch per `relay_inbox` doorbell; with notify off and for "
         f"the bare trigger, a poll every {RELAY.poll_interval * 1000:g} ms",

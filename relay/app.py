@@ -11,7 +11,8 @@ import contextlib
 import resource
 import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -22,10 +23,17 @@ from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
-from relay.admission import Intake, socket_budget
-from relay.auth import Authenticator, AuthSettings, load_jwks_file
-from relay.config import Settings, redact_dsn
-from relay.db import (
+from relay.core.admission import Intake, socket_budget
+from relay.core.auth import Authenticator
+from relay.net.hub import Hub
+from relay.net.longpoll import MAX_WAIT
+from relay.net.responses import Handler
+from relay.net.server import SocketGuard, WebsocketShell
+from relay.ops.config import Settings, redact_dsn
+from relay.ops.keys import build_authenticator
+from relay.ops.logs import flush_suppressed
+from relay.ops.metrics import Metrics
+from relay.pg.db import (
     AsyncConn,
     LogReader,
     Sequencer,
@@ -35,12 +43,9 @@ from relay.db import (
     read_log_state,
     write_heartbeat,
 )
-from relay.logs import flush_suppressed
-from relay.metrics import Metrics
-from relay.poll import MAX_WAIT
-from relay.server import Hub, SocketGuard, WebsocketShell
+from relay.pg.replay import PoolLogSource
 
-__all__ = ["run_relay"]
+__all__ = ["AppServices", "RouteFactory", "run_relay"]
 
 log = structlog.get_logger("relay.app")
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -78,17 +83,19 @@ def file_budget(settings: Settings) -> int:
     return budget
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
-    jwks = load_jwks_file(settings.jwks_file) if settings.jwks_file else None
-    return Authenticator(
-        AuthSettings(
-            hs256_secret=settings.jwt_secret or None,
-            jwks=jwks,
-            audience=settings.jwt_audience or None,
-            issuer=settings.jwt_issuer or None,
-            leeway=settings.jwt_leeway,
-        )
-    )
+@dataclass(frozen=True, slots=True)
+class AppServices:
+    """What routes handed in to ``run_relay`` may use: settings, the hub (its metrics), the
+    authenticator and the replay pool (for short queries, with the relay's query timeout)."""
+
+    settings: Settings
+    hub: Hub
+    authenticator: Authenticator
+    pool: AsyncConnectionPool[Any]
+
+
+# Builds the routes a caller adds to the relay's port (the demo's), once the services exist.
+RouteFactory = Callable[[AppServices], Handler]
 
 
 async def preflight(settings: Settings, hub: Hub) -> None:
@@ -138,6 +145,7 @@ def _tls(settings: Settings) -> dict[str, Any]:
 async def run_relay(
     settings: Settings,
     *,
+    extra_routes: RouteFactory | None = None,
     task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Runs until SIGTERM/SIGINT (or cancellation); reports the bound port via task_status."""
@@ -180,7 +188,21 @@ async def run_relay(
         retention=settings.retention,
         prune_interval=settings.prune_interval,
     )
-    shell = WebsocketShell(hub, authenticator, pool, max_sockets=file_budget(settings))
+    extra = extra_routes(AppServices(settings, hub, authenticator, pool)) if extra_routes else None
+    # Replays wait their turn at the pool up to RELAY_REPLAY_WAIT; long-polls twice the query
+    # timeout (their answer is due within the poll's own wait).
+    source = PoolLogSource(pool, wait=settings.replay_wait, query_timeout=settings.query_timeout)
+    poll_source = PoolLogSource(
+        pool, wait=settings.query_timeout * 2, query_timeout=settings.query_timeout
+    )
+    shell = WebsocketShell(
+        hub,
+        authenticator,
+        source,
+        poll_source=poll_source,
+        max_sockets=file_budget(settings),
+        extra=extra,
+    )
     await pool.open(wait=False)
     try:
         async with anyio.create_task_group() as tasks:

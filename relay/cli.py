@@ -11,12 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import psycopg
 
-from relay.config import Settings, add_flags, render_env_example, settings_from_args
 from relay.errors import RelayError
-from relay.sqlfiles import install_script, uninstall_script
+from relay.ops.config import Settings, add_flags, render_env_example, settings_from_args
+from relay.ops.datafiles import install_script, uninstall_script
 
 __all__ = ["main"]
 
@@ -48,19 +49,24 @@ def _serve(args: argparse.Namespace) -> int:
     import anyio
 
     from relay.app import run_relay
-    from relay.logs import configure_logging
+    from relay.ops.logs import configure_logging
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
-    anyio.run(run_relay, settings)
+    if settings.demo:
+        from relay.demo.web import demo_routes
+
+        anyio.run(partial(run_relay, settings, extra_routes=demo_routes))
+    else:
+        anyio.run(run_relay, settings)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from relay.demo import run_demo
-    from relay.logs import configure_logging
+    from relay.demo.scenario import run_demo
+    from relay.ops.logs import configure_logging
 
     # The demo supplies its own database and JWT secret; every other RELAY_ setting applies.
     # One local process, one port: /metrics on it unless RELAY_METRICS_PORT says otherwise.
@@ -82,7 +88,7 @@ def _config_check(args: argparse.Namespace) -> int:
         sys.stdout.write(render_env_example())
         return 0
     settings = settings_from_args(args)
-    from relay.app import build_authenticator
+    from relay.ops.keys import build_authenticator
 
     build_authenticator(settings)  # the JWT secret's strength and the JWKS file, checked now
     for name, value in settings.redacted().items():

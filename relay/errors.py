@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "CursorError",
     "DatabaseError",
+    "LogUnavailable",
     "ProtocolError",
     "RelayError",
 ]
@@ -62,3 +63,8 @@ class CursorError(RelayError):
 
 class DatabaseError(RelayError):
     """The database side is missing or incompatible."""
+
+
+class LogUnavailable(RelayError):
+    """The log cannot be read now (database unreachable, pool exhausted, query timed out): the
+    client may retry with the same cursor."""

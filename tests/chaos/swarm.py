@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from relay.backoff import Backoff
+from relay.core.backoff import Backoff
 from tests.chaos.results import write_json
 from tests.support.clients import position
 from tests.support.processes import raise_nofile
@@ -211,6 +211,12 @@ def _status(clients: Sequence[_ClientState]) -> dict[str, Any]:
     return {
         "t": time.time(),
         "live": sum(c.live for c in normal),
+        # The oldest of the normal clients' latest subscriptions (0 while one has none): a wait
+        # after a fault that cut every client knows they all came back since.
+        "oldest_subscribed": min(
+            (max((s["subscribed"] or 0.0 for s in c.sessions), default=0.0) for c in normal),
+            default=0.0,
+        ),
         "ever": sum(any(s["subscribed"] for s in c.sessions) for c in normal),
         "unique": sum(len(c.seen) for c in normal),
         "sessions": sum(len(c.sessions) for c in clients),

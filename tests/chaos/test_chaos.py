@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.devserver import PgServer, StopMode
+from relay.demo.pgserver import PgServer, StopMode
 from tests.chaos.checker import bar_violations
 from tests.chaos.cluster import ChaosRun, Replica, users
 from tests.chaos.results import machine_info, record
@@ -129,9 +129,10 @@ def under_load(run: ChaosRun, specs: list[ClientSpec], cfg: WriterConfig, size: 
     run.wait_flowing(30)
 
 
-def settle(run: ChaosRun, size: Size, timeout: float = 90) -> None:
-    """After a fault: every client subscribed again and events flowing, then some more load."""
-    run.wait_live(timeout)
+def settle(run: ChaosRun, size: Size, timeout: float = 90, since: float | None = None) -> None:
+    """After a fault: every client subscribed (again since `since`, for a fault that cut them
+    all) and events flowing, then some more load."""
+    run.wait_live(timeout, since)
     run.wait_flowing(timeout)
     time.sleep(size.gap)
 
@@ -338,10 +339,10 @@ def test_connect_storm_and_reconnect_storm(chaos_pg: PgServer, workspace: Path, 
         time.sleep(size.gap)
         for mode in modes:
             name = "SIGTERM (clients get 1001)" if mode == "term" else "SIGKILL"
-            with run.fault(f"relay restart after {name}"):
+            with run.fault(f"relay restart after {name}") as fault:
                 relay.stop() if mode == "term" else relay.kill()
                 relay.start()
-            settle(run, size, timeout=180)
+            settle(run, size, timeout=180, since=fault.t0)
         time.sleep(size.tail)
         figures = run.finish(drain_timeout=120)
     figures["connect_storm_s"] = round(connect_s, 2)

@@ -32,7 +32,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from relay.devserver import PgServer
+from relay.demo.pgserver import PgServer
 from tests.chaos.cluster import ChaosRun
 from tests.chaos.fuzz_cases import MARKER, Script, build_scripts, to_json
 from tests.chaos.fuzz_client import Outcome, run_script, subscribe_storm

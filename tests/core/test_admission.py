@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 
-from relay.admission import Admission, Decision, Intake, address_key, client_address, socket_budget
+from relay.core.admission import (
+    Admission,
+    Decision,
+    Intake,
+    address_key,
+    client_address,
+    socket_budget,
+)
 
 PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
 

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -16,12 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from relay.auth import (
+from relay.core.auth import (
     AUTH_FAILURE_REASONS,
     Authenticator,
     AuthSettings,
     Claims,
-    load_jwks_file,
 )
 from relay.errors import AuthError, ConfigError
 
@@ -408,39 +406,6 @@ def test_reason_set_is_exactly_what_is_tested() -> None:
 
 
 # -- configuration --------------------------------------------------------------------------
-
-
-def test_load_jwks_file(tmp_path: Path) -> None:
-    """A JWKS file loads as its document."""
-    path = tmp_path / "jwks.json"
-    path.write_text(json.dumps(JWKS))
-    assert JWKS == load_jwks_file(path)
-
-
-@pytest.mark.parametrize(
-    ("content", "fragment"),
-    [
-        (None, "cannot read"),
-        ("{not json", "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
-        ('{"keys": {}}', "not a JWKS"),
-        ("[]", "not a JWKS"),
-        ('{"keys": [1]}', "not a JWKS"),
-    ],
-)
-def test_load_jwks_file_errors(tmp_path: Path, content: str | bytes | None, fragment: str) -> None:
-    """A missing or invalid JWKS file is a one-line ConfigError naming the file."""
-    path = tmp_path / "jwks.json"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content is not None:
-        path.write_text(content)
-    with pytest.raises(ConfigError) as err:
-        load_jwks_file(path)
-    message = str(err.value)
-    assert fragment in message
-    assert str(path) in message
-    assert "\n" not in message
 
 
 @pytest.mark.parametrize(

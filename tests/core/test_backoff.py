@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relay.backoff import (
+from relay.core.backoff import (
     DEFAULT_CAP,
     DEFAULT_INITIAL,
     DEFAULT_MULTIPLIER,

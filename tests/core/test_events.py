@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from websockets.frames import Frame, Opcode
 
-from relay.events import Event
+from relay.core.events import Event
 
 EPOCH = "e" * 32
 

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
+from relay.core.events import JSONValue
+from relay.core.filters import RowFilter
 from relay.errors import ProtocolError
-from relay.events import JSONValue
-from relay.filters import RowFilter
 from tests.support.factories import make_event
 
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.events import Event, JSONValue, Op
-from relay.filters import RowFilter
-from relay.outqueue import OutQueue
-from relay.subscription import Subscription
+from relay.core.events import Event, JSONValue, Op
+from relay.core.filters import RowFilter
+from relay.core.outqueue import OutQueue
+from relay.core.subscription import Subscription
 
 EPOCH = "0123456789abcdef0123456789abcdef"
 AT = datetime(2026, 1, 1, tzinfo=UTC)

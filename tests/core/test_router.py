@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from relay.events import Event
-from relay.router import Router
-from relay.subscription import Subscription
+from relay.core.events import Event
+from relay.core.router import Router
+from relay.core.subscription import Subscription
 from tests.support.factories import RecordingTarget, make_event, make_sub
 
 

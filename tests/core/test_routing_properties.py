@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.events import OPS, Event, JSONValue, Op
-from relay.filters import RowFilter
-from relay.router import Router
-from relay.subscription import Subscription
+from relay.core.events import OPS, Event, JSONValue, Op
+from relay.core.filters import RowFilter
+from relay.core.router import Router
+from relay.core.subscription import Subscription
 from tests.support.factories import make_event
 
 LONG = os.environ.get("RELAY_LONG_PROPERTY") == "1"

@@ -9,11 +9,12 @@ from typing import Any
 import jwt
 import pytest
 
-from relay.auth import Authenticator, AuthSettings
-from relay.cursor import Cursor
-from relay.events import Event
-from relay.outqueue import OutQueue
-from relay.protocol import (
+from relay.core.auth import Authenticator, AuthSettings
+from relay.core.cursor import Cursor
+from relay.core.events import Event
+from relay.core.outqueue import OutQueue
+from relay.core.router import Router
+from relay.core.session import (
     CLOSE_AUTH,
     CLOSE_POLICY,
     MAX_BAD_FRAMES,
@@ -22,7 +23,6 @@ from relay.protocol import (
     Replay,
     Session,
 )
-from relay.router import Router
 
 SECRET = "protocol-test-secret-0123456789abcdef"
 EPOCH = "ab" * 16

@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import Settings
-from relay.db import LogState, decode_event
-from relay.events import (
+from relay.core.events import (
     MAX_DEPTH,
     MAX_INT_DIGITS,
     BigNumber,
@@ -22,9 +20,12 @@ from relay.events import (
     dumps,
     nesting_depth,
 )
-from relay.filters import RowFilter
-from relay.metrics import Metrics
-from relay.server import Hub
+from relay.core.filters import RowFilter
+from relay.core.log import LogState
+from relay.net.hub import Hub
+from relay.ops.config import Settings
+from relay.ops.metrics import Metrics
+from relay.pg.db import decode_event
 from tests.support.factories import RecordingTarget, make_event, make_sub
 
 EPOCH = "e" * 32

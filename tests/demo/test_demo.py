@@ -22,7 +22,7 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from relay.demo import seed
+from relay.demo.scenario import seed
 from tests.support.clients import Client
 from tests.support.paths import REPO
 from tests.support.processes import RelayProcess, relay_process

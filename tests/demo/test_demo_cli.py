@@ -19,7 +19,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from relay.devserver import PgServer
+from relay.demo.pgserver import PgServer
 from tests.support.paths import REPO
 from tests.support.processes import free_port
 

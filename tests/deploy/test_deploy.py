@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.config import env_variables
+from relay.ops.config import env_variables
 from tests.support.paths import REPO
 
 DEPLOY = REPO / "deploy"
@@ -50,8 +50,8 @@ EXPORTED_METRICS = frozenset(
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 METRIC_NAME = re.compile(r"\brelay_[a-z_]+")
 
-# The settings the relay reads: RELAY_* and DATABASE_URL (relay/config.py), RELAY_SQL_DIR
-# (relay/sqlfiles.py).
+# The settings the relay reads: RELAY_* and DATABASE_URL (relay/ops/config.py), RELAY_SQL_DIR
+# (relay/ops/datafiles.py).
 # Every environment variable the relay reads: its settings, plus where the SQL files are.
 SETTINGS = frozenset({*env_variables(), "RELAY_SQL_DIR"})
 
@@ -459,8 +459,8 @@ def test_kustomization_lists_the_manifests_with_podmonitor_optional() -> None:
 
 
 def test_listed_metrics_are_the_ones_relay_metrics_registers() -> None:
-    """Every metric the deploy files may use is registered by relay.metrics.Metrics."""
-    from relay.metrics import Metrics
+    """Every metric the deploy files may use is registered by relay.ops.metrics.Metrics."""
+    from relay.ops.metrics import Metrics
 
     registered = {
         family.name + "_total" if family.type == "counter" else family.name

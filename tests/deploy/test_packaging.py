@@ -44,7 +44,7 @@ def test_wheel_builds_from_the_image_build_context_with_its_data(tmp_path: Path)
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
         "relay/py.typed",
-        "relay/static/demo.html",
+        "relay/demo/static/demo.html",
         "pgrelay-0.1.0.data/data/share/pgrelay/sql/install.sql",
         "pgrelay-0.1.0.data/data/share/pgrelay/sql/uninstall.sql",
         "pgrelay-0.1.0.data/data/share/pgrelay/client/client.js",

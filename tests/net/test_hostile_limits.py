@@ -19,10 +19,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from relay.filters import RowFilter
-from relay.heap import HeapTrim
-from relay.inbound import InboundBudget, InboundLimits
-from relay.protocol import Limits
+from relay.core.filters import RowFilter
+from relay.core.inbound import InboundBudget, InboundLimits
+from relay.core.session import Limits
+from relay.ops.heap import HeapTrim
 from tests.core.test_session import authed, frames, send
 from tests.support.clients import Client
 from tests.support.factories import make_event

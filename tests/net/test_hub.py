@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from relay.config import Settings
-from relay.db import LogState
-from relay.events import Event
-from relay.metrics import Metrics
-from relay.server import CLOSE_EPOCH_CHANGED, Hub
+from relay.core.events import Event
+from relay.core.log import LogState
+from relay.net.hub import CLOSE_EPOCH_CHANGED, Hub
+from relay.ops.config import Settings
+from relay.ops.metrics import Metrics
 
 EPOCH, OTHER = "a" * 32, "b" * 32
 

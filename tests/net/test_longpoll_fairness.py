@@ -19,10 +19,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from relay.db import REPLAY_SCAN_ROWS, fetch_replay, replay_filter_sql
-from relay.events import OPS
-from relay.filters import ColumnValues, RowFilter
-from relay.poll import MAX_PAGES
+from relay.core.events import OPS
+from relay.core.filters import ColumnValues, RowFilter
+from relay.net.longpoll import MAX_PAGES
+from relay.pg.db import REPLAY_SCAN_ROWS, fetch_replay, replay_filter_sql
 from tests.net.test_longpoll import insert
 from tests.support.clients import Client, poll
 from tests.support.factories import make_event

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from relay.devserver import PgServer
+from relay.demo.pgserver import PgServer
 from tests.support.clients import Client, close_of, position
 from tests.support.databases import install_example, write
 from tests.support.processes import RelayProcess, relay_process

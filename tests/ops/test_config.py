@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from relay.devserver import SERVER_USER, grant_traverse
+from relay.demo.pgserver import SERVER_USER, grant_traverse
 from tests.support.paths import REPO
 from tests.support.processes import RelayProcess, free_port
 from tests.support.tokens import SECRET
@@ -82,7 +82,7 @@ def test_serve_help_lists_every_setting_with_its_variable() -> None:
     """`relay serve --help` names each setting's flag and environment variable."""
     from dataclasses import fields
 
-    from relay.config import Settings
+    from relay.ops.config import Settings
 
     result = run_relay("serve", "--help", env={"COLUMNS": "200"})
     assert 0 == result.returncode

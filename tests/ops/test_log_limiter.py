@@ -10,7 +10,7 @@ import sys
 import pytest
 import structlog
 
-from relay.logs import LogLimiter, configure_logging, flush_suppressed
+from relay.ops.logs import LogLimiter, configure_logging, flush_suppressed
 
 
 def test_limiter_writes_a_burst_per_window_then_counts() -> None:
@@ -47,13 +47,13 @@ def test_configured_logging_limits_warnings_and_library_lines(
 ) -> None:
     """Through configure_logging: 1,000 identical warnings (relay's and asyncio's) write 10
     lines each; info lines are not limited; flush_suppressed reports the rest once."""
-    import relay.logs
+    import relay.ops.logs
 
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(relay.logs, "_limiter", LogLimiter())
+    monkeypatch.setattr(relay.ops.logs, "_limiter", LogLimiter())
     clock = [1000.0]
-    monkeypatch.setattr(relay.logs.time, "monotonic", lambda: clock[0])  # type: ignore[attr-defined]
+    monkeypatch.setattr(relay.ops.logs.time, "monotonic", lambda: clock[0])  # type: ignore[attr-defined]
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from relay.config import Settings
-from relay.devserver import PgServer
+from relay.demo.pgserver import PgServer
 from relay.errors import ConfigError
-from relay.sqlfiles import install_script
+from relay.ops.config import Settings
+from relay.ops.datafiles import install_script
 from tests.support.clients import Client
 from tests.support.processes import free_port, relay_process
 from tests.support.tokens import SECRET, token

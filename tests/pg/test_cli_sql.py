@@ -8,7 +8,7 @@ import sys
 import psycopg
 import pytest
 
-from relay.sqlfiles import install_script
+from relay.ops.datafiles import install_script
 
 pytestmark = pytest.mark.pg
 

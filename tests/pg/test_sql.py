@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.db import SCHEMA_VERSION
-from relay.sqlfiles import install_script, uninstall_script
+from relay.ops.datafiles import install_script, uninstall_script
+from relay.pg.db import SCHEMA_VERSION
 from tests.support.paths import FIXTURES, example_path
 
 pytestmark = pytest.mark.pg
@@ -437,11 +437,11 @@ def test_psql_can_run_the_scripts(relay_db: str) -> None:
 
     psql = shutil.which("psql")
     if psql is None:
-        from relay.devserver import find_bindir
+        from relay.demo.pgserver import find_bindir
 
         psql = str(find_bindir() / "psql")
     for script in ("install.sql", "uninstall.sql", "install.sql"):
-        from relay.sqlfiles import sql_dir
+        from relay.ops.datafiles import sql_dir
 
         result = subprocess.run(
             [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(sql_dir() / script), relay_db],

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.db import SCHEMA_VERSION
-from relay.sqlfiles import install_script
+from relay.ops.datafiles import install_script
+from relay.pg.db import SCHEMA_VERSION
 from tests.pg.test_sql import connect, sequence_all
 from tests.support.paths import FIXTURES
 

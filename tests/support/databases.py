@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from relay.sqlfiles import install_script
+from relay.ops.datafiles import install_script
 from tests.support.paths import example_path
 
 __all__ = ["create_database", "drop_database", "install_example", "write"]

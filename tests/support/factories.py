@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from relay.events import OPS, Event, JSONValue, Op
-from relay.filters import RowFilter
-from relay.subscription import Subscription
+from relay.core.events import OPS, Event, JSONValue, Op
+from relay.core.filters import RowFilter
+from relay.core.subscription import Subscription
 
 __all__ = ["COMMITTED_AT", "RecordingTarget", "make_event", "make_sub"]
 

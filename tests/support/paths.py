@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from relay.sqlfiles import sql_dir
+from relay.ops.datafiles import sql_dir
 
 __all__ = ["FIXTURES", "REPO", "example_path", "private_folder"]
 

@@ -1,6 +1,6 @@
 """The websocket and HTTP shell around the protocol core.
 
-``Hub`` receives batches of events from the log reader and routes them (relay/router.py) into
+``Hub`` receives batches of events from the log reader and routes them (relay/core/router.py) into
 each connection's bounded ``OutQueue``; routing never touches a socket. Each connection has a
 writer task that drains its queue to the socket and a watchdog that enforces the protocol's
 timers and the slow-client rule: a connection whose socket has not accepted a frame for
@@ -16,14 +16,11 @@ import ipaddress
 import itertools
 import os
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Final
 
 import anyio
-import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -32,23 +29,29 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Event as WsEvent
 from websockets.protocol import State
 
-from relay.admission import Admission, Intake, client_address
-from relay.auth import Authenticator
-from relay.config import Settings
-from relay.cursor import Cursor
-from relay.db import LogState, fetch_replay, read_log_state
-from relay.events import Event
-from relay.heap import HeapTrim, malloc_trim
-from relay.inbound import InboundBudget, InboundLimits
-from relay.logs import user_label
-from relay.metrics import Metrics
-from relay.outqueue import OutQueue
-from relay.poll import handle_poll
-from relay.protocol import CLOSE_POLICY, Abort, Close, Limits, Replay, Session, Tracked
-from relay.router import Router
-from relay.subscription import Subscription
+from relay.core.admission import Admission, Intake, client_address
+from relay.core.auth import Authenticator
+from relay.core.events import Event
+from relay.core.inbound import InboundBudget, InboundLimits
+from relay.core.log import LogSource, resume_problem
+from relay.core.outqueue import OutQueue
+from relay.core.session import CLOSE_POLICY, Abort, Close, Limits, Replay, Session
+from relay.core.subscription import Subscription
+from relay.errors import LogUnavailable
+from relay.net.hub import Hub, Wakeup
+from relay.net.longpoll import handle_poll
+from relay.net.responses import (
+    Handler,
+    bearer_token,
+    cors_headers,
+    repeated_header,
+    response,
+    text,
+)
+from relay.ops.heap import malloc_trim
+from relay.ops.logs import user_label
 
-__all__ = ["GuardedConnection", "Hub", "LimitedServerConnection", "SocketGuard", "WebsocketShell"]
+__all__ = ["GuardedConnection", "LimitedServerConnection", "SocketGuard", "WebsocketShell"]
 
 WS_PATH: Final = "/v1/ws"
 POLL_PATH: Final = "/v1/poll"
@@ -58,166 +61,13 @@ WRITE_BATCH: Final = 256  # frames popped per writer wake-up
 DIRECT_WRITE_LIMIT: Final = 64 * 1024
 SWEEP_INTERVAL: Final = 0.5  # resolution of the auth timeout, token expiry and slow-client rule
 CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
-READY_LAG: Final = 10.0  # /readyz fails when the log was last read up to its head longer ago
-HEARTBEAT: Final = "HEARTBEAT"
-CLOSE_EPOCH_CHANGED: Final = 1012  # "service restart": reconnect and resume with the cursor
 RATE_LIMITED: Final = "rate_limited"  # close reason (1008) past the inbound budget
-# Headers read as one value: a request repeating one is refused (400), never guessed at.
-SINGLE_HEADERS: Final = ("Origin", "Authorization")
 
-log = structlog.get_logger("relay.server")
-
-
-class _Wakeup:
-    """A level-triggered wake-up for one waiting task (anyio's Event cannot be cleared)."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self, timeout: float | None) -> None:
-        with anyio.move_on_after(timeout):
-            await self._event.wait()
-        if self._event.is_set():
-            self._event = anyio.Event()
-
-
-class Hub:
-    """Everything the connections of one process share: routing, the log's state, metrics."""
-
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.router = Router()
-        self.epoch: str | None = None
-        self.listener_up = False
-        self.caught_up_at = -1e9  # monotonic time the log was last read up to its head
-        self.last_event_at: float | None = None  # monotonic
-        self.db_head = 0
-        self.tables: Tracked = {}
-        self.connections: dict[str, Connection] = {}
-        self.polls = 0  # long-polls in flight; they count against max_connections too
-        self.accepting = True
-        self.heap = HeapTrim()  # gives closed connections' filter memory back to the system
-        self._direct_writes = 0  # deliveries of the event being routed, written at once
-        metrics.last_event_age.set_function(self._last_event_age)
-        metrics.log_backlog.set_function(lambda: max(0, self.db_head - self.router.head))
-        metrics.connections.polls = lambda: self.polls
-
-    def _last_event_age(self) -> float:
-        if self.last_event_at is None:
-            return float("nan")
-        return time.monotonic() - self.last_event_at
-
-    # -- fed by the log reader ------------------------------------------------------------------
-
-    def on_listener_state(self, state: LogState | None) -> None:
-        self.listener_up = state is not None
-        self.metrics.listener_up.set(1 if state else 0)
-        if state is None:
-            return
-        went_back = state.head < self.router.head  # a restore from backup keeps the epoch
-        # Down longer than the retention: events this relay never read were pruned meanwhile.
-        pruned_past_us = state.pruned_through > self.router.head
-        if self.epoch is not None and (state.epoch != self.epoch or went_back or pruned_past_us):
-            # Reinstalled or restored: every cursor handed out is meaningless. Clients reconnect
-            # and resume with their cursors, which now get an explicit epoch_changed reset.
-            log.warning(
-                "log_discontinuity",
-                epoch_changed=state.epoch != self.epoch,
-                went_back=went_back,
-                pruned_past_us=pruned_past_us,
-            )
-            for connection in list(self.connections.values()):
-                connection.close_soon(CLOSE_EPOCH_CHANGED, "epoch_changed")
-            self.router = Router(state.head)
-        elif self.epoch is None:
-            self.router = Router(state.head)
-        self.epoch = state.epoch
-        self.db_head = max(self.db_head, state.head)
-
-    def on_uncarriable(self, event: Event, reason: str) -> None:
-        """The log reader read an event whose row cannot be carried: it travels truncated.
-        Counted and logged once, without the value."""
-        self.metrics.uncarriable.labels(reason).inc()
-        log.warning(
-            "event_truncated", schema=event.schema, table=event.table, pos=event.pos, reason=reason
-        )
-
-    def deliver(self, events: list[Event]) -> None:
-        now = time.time()
-        metrics = self.metrics
-        for event in events:
-            # One event must never stop the stream: an unexpected failure routing it is contained
-            # (counted, logged) and the batch goes on. No cost unless something raises.
-            try:
-                if event.op == HEARTBEAT:
-                    self.router.route(event, now)  # no audience: only advances the head
-                    continue
-                metrics.events.labels(event.table, event.op).inc()
-                if (event.schema, event.table) not in self.tables:  # tracked since last refresh
-                    self.tables = {**self.tables, (event.schema, event.table): _columns_of(event)}
-                self.router.route(event, now)
-                if self._direct_writes:
-                    self._count_direct(event)
-            except Exception as exc:
-                self._event_failed(event, exc)
-        self.last_event_at = time.monotonic()
-        self.db_head = max(self.db_head, self.router.head)
-
-    def _event_failed(self, event: Event, exc: Exception) -> None:
-        """Counts and logs a routing failure: where it happened, never the message (which may
-        quote a value)."""
-        self._direct_writes = 0
-        self.metrics.drops.labels("error").inc()
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-        log.error(
-            "event_not_routed",
-            schema=event.schema,
-            table=event.table,
-            pos=event.pos,
-            error=type(exc).__name__,
-            where=where,
-        )
-
-    def written_directly(self) -> None:
-        """A connection wrote the event being routed straight to its socket."""
-        self._direct_writes += 1
-
-    def _count_direct(self, event: Event) -> None:
-        count, self._direct_writes = self._direct_writes, 0
-        self.metrics.deliveries.inc(count)
-        lag = max(0.0, time.time() - event.committed_at.timestamp())
-        self.metrics.delivery_lag.observe(lag, count)
-
-    def read_up_to_head(self) -> None:
-        self.caught_up_at = time.monotonic()
-
-    def ready(self) -> bool:
-        return (
-            self.accepting
-            and self.listener_up
-            and self.epoch is not None
-            and time.monotonic() - self.caught_up_at
-            < max(READY_LAG, 2 * self.settings.listen_window)
-        )
-
-    def tracked(self) -> Tracked:
-        return self.tables
-
-
-def _columns_of(event: Event) -> frozenset[str]:
-    """A table's carried columns as one event shows them, until the catalog is refreshed."""
-    return frozenset(event.pk) | frozenset(event.row or ())
+log = structlog.get_logger("relay.net.server")
 
 
 class LimitedServerConnection(ServerConnection):
-    """websockets' server connection with the inbound budget (relay/inbound.py) applied to each
+    """websockets' server connection with the inbound budget (relay/core/inbound.py) applied to each
     frame the client sends, as the library parses it: data, continuation, ping, pong and close
     frames alike. Pings are answered inside the library and never reach the relay's reader, so
     this is the one place that sees them all. Past the budget the connection is failed at once:
@@ -291,8 +141,8 @@ class Connection:
         self.send_started: float | None = None  # monotonic start of a write still pending
         self.writing = False  # the writer task holds popped frames not yet written
         self.writer_spawned = False  # a writer task is scheduled or running
-        self.wakeup: _Wakeup | None = None  # wakes the writer waiting on a coalescing window
-        self.drained: _Wakeup | None = None  # wakes a replay waiting for room in the queue
+        self.wakeup: Wakeup | None = None  # wakes the writer waiting on a coalescing window
+        self.drained: Wakeup | None = None  # wakes a replay waiting for room in the queue
         self.background: set[anyio.CancelScope] = set()
         # No extension (permessage-deflate) negotiated: frames are plain RFC 6455 text frames.
         self.plain_frames = not ws.protocol.extensions
@@ -365,10 +215,10 @@ class Connection:
             ws.response = dataclasses.replace(ws.response, headers=Headers(), body=b"")
 
     async def _reader(self) -> None:
-        header = self.ws.request.headers.get("Authorization", "") if self.ws.request else ""
+        header = self.ws.request.headers.get("Authorization") if self.ws.request else None
         self._forget_handshake()
-        if header[:7].lower() == "bearer ":
-            if await self._act(self.session.authenticate(header[7:].strip(), time.time())):
+        if (token := bearer_token(header)) is not None:
+            if await self._act(self.session.authenticate(token, time.time())):
                 return
             self.flush()  # ready
             self._log_auth()
@@ -507,7 +357,7 @@ class Connection:
         """Drains the queue with backpressure (``send`` waits while the socket is full) and
         wakes for coalescing windows; ends when nothing waits."""
         metrics = self.shell.hub.metrics
-        self.wakeup = _Wakeup()
+        self.wakeup = Wakeup()
         try:
             while self.closing is None:
                 now = time.time()
@@ -559,7 +409,7 @@ class Connection:
         queue = self.queue
         while len(queue) > queue.max_messages // 2 or queue.pending_bytes > queue.max_bytes // 2:
             if self.drained is None:
-                self.drained = _Wakeup()
+                self.drained = Wakeup()
             await self.drained.wait(1.0)
 
     async def _replay(self, action: Replay) -> None:
@@ -568,15 +418,9 @@ class Connection:
         session = self.session
         sub = action.sub
         settings = hub.settings
-        pool = self.shell.pool
-        # A pool connection is held only for each query, never while waiting on the client:
-        # slow clients replaying cannot starve the pool, and replays and long-polls take turns
-        # at it (it serves waiters in order). Each query examines a bounded number of rows and
-        # reads only those the ops and filter can match (relay/db.py fetch_replay).
+        source = self.shell.source
         try:
-            async with pool.connection(timeout=settings.replay_wait) as conn:
-                with anyio.fail_after(settings.query_timeout):
-                    state = await read_log_state(conn)
+            state = await source.state()
             reason = resume_problem(action.since, state)
             if reason is not None:
                 if session.replaying(sub):
@@ -590,42 +434,21 @@ class Connection:
                     session.finish_replay(sub)
                     self.flush()
                     return
-                async with pool.connection(timeout=settings.replay_wait) as conn:
-                    with anyio.fail_after(settings.query_timeout):
-                        page = await fetch_replay(
-                            conn,
-                            user=session.user,
-                            table=sub.table,
-                            schema=sub.schema,
-                            after=sub.after,
-                            upto=hub.router.head,
-                            limit=page_size,
-                            ops=sub.ops,
-                            row_filter=sub.filter,
-                        )
+                page = await source.page(session.user, sub, sub.after, hub.router.head, page_size)
                 for event in page.events:
                     await self._room_for_replay()
                     if not session.replay_events(sub, [event], 0, time.time()):
                         return
                     self.flush()
                 session.replay_events(sub, [], page.scanned_to, time.time())
-        except (psycopg.Error, TimeoutError) as exc:
+        except LogUnavailable as exc:
             # The database is unreachable: the client retries with the same cursor.
-            self.log.warning("replay_failed", error=type(exc).__name__)
+            self.log.warning("replay_failed", error=str(exc))
             self.close_soon(1011, "replay_unavailable")
 
 
-def resume_problem(since: Cursor, state: LogState) -> str | None:
-    """Why the log cannot resume after this cursor, as a reset reason, or None."""
-    if since.epoch != state.epoch or since.pos > state.head:
-        return "epoch_changed"  # another install, or the database went back in time (restore)
-    if since.pos < state.pruned_through:
-        return "cursor_expired"
-    return None
-
-
 class SocketGuard:
-    """Bounds one listening port's sockets from TCP accept on (relay/admission.py ``Intake``),
+    """Bounds one listening port's sockets from TCP accept on (relay/core/admission.py ``Intake``),
     before websockets has read a request: a socket beyond a bound is closed at once, and a
     socket whose HTTP request is not complete within ``request_timeout`` is closed then. The
     time a long-poll takes to answer (the websockets server's ``open_timeout``) is separate."""
@@ -720,14 +543,18 @@ class WebsocketShell:
         self,
         hub: Hub,
         authenticator: Authenticator,
-        pool: AsyncConnectionPool[Any],
+        source: LogSource,
         *,
+        poll_source: LogSource | None = None,
         max_sockets: int,
+        extra: Handler | None = None,
     ) -> None:
         settings = hub.settings
+        self.extra = extra  # routes handed in (the demo's), asked before the relay's own
         self.hub = hub
         self.authenticator = authenticator
-        self.pool = pool
+        self.source = source  # replays
+        self.poll_source = poll_source or source  # long-polls
         self.admission = Admission(
             allowed_origins=settings.allowed_origins,
             rate_per_ip=settings.connect_rate_per_ip,
@@ -778,21 +605,21 @@ class WebsocketShell:
         """/healthz, /readyz and /metrics: on the main port, or alone on the metrics port."""
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return _text(200, "ok\n")
+            return text(200, "ok\n")
         if path == "/readyz":
-            return _text(200, "ready\n") if self.hub.ready() else _text(503, "not ready\n")
+            return text(200, "ready\n") if self.hub.ready() else text(503, "not ready\n")
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST
 
-            return _response(200, self.hub.metrics.render(), CONTENT_TYPE_LATEST)
-        return _text(404, "not found\n")
+            return response(200, self.hub.metrics.render(), CONTENT_TYPE_LATEST)
+        return text(404, "not found\n")
 
-    def _refuse(self, status: int, reason: str, text: str) -> Response:
+    def _refuse(self, status: int, reason: str, body: str) -> Response:
         self.hub.metrics.refused.labels(reason).inc()
-        return _text(status, text)
+        return text(status, body)
 
     def count_refused(self, reason: str) -> None:
-        """A socket closed by the guard: counted, and logged (rate-limited: relay/logs.py)."""
+        """A socket closed by the guard: counted, and logged (rate-limited: relay/ops/logs.py)."""
         self.hub.metrics.refused.labels(reason).inc()
         log.warning("socket_refused", reason=reason)
 
@@ -804,24 +631,22 @@ class WebsocketShell:
         if path in OPS_PATHS:
             # With a separate metrics port, /metrics is served there only; health on both.
             if path == "/metrics" and hub.settings.metrics_port:
-                return _text(404, "not found\n")
+                return text(404, "not found\n")
             return self.process_ops_request(connection, request)
-        if (repeated := _repeated_header(request.headers)) is not None:
+        if (repeated := repeated_header(request.headers)) is not None:
             return self._refuse(400, "bad_header", f"more than one {repeated} header\n")
-        from relay.demo_web import handle_demo_request
-
-        if hub.settings.demo and (demo := await handle_demo_request(self, request)) is not None:
-            return demo
+        if self.extra is not None and (answer := await self.extra(request)) is not None:
+            return answer
         if path not in (WS_PATH, POLL_PATH):
-            return _text(404, "not found\n")
+            return text(404, "not found\n")
         origin = self.admission.check_origin(request.headers.get("Origin"))
         if not origin.admitted:
             return self._refuse(origin.status, origin.reason, "origin not allowed\n")
-        cors = _cors_headers(request.headers.get("Origin")) if path == POLL_PATH else []
+        cors = cors_headers(request.headers.get("Origin")) if path == POLL_PATH else []
         if path == POLL_PATH and request.method == "OPTIONS":  # a browser's CORS preflight
-            return _response(204, b"", "text/plain", cors)
+            return response(204, b"", "text/plain", cors)
         if request.method != "GET":
-            return _response(405, b"only GET\n", "text/plain", [("Allow", "GET"), *cors])
+            return response(405, b"only GET\n", "text/plain", [("Allow", "GET"), *cors])
         if path == WS_PATH and not hub.settings.websockets:
             return self._refuse(
                 503, "websockets_off", "websockets are switched off: use /v1/poll\n"
@@ -840,12 +665,13 @@ class WebsocketShell:
             hub.polls += 1  # no await since the max_connections check
             try:
                 status, body = await handle_poll(
-                    self, request.path, request.headers.get("Authorization", "")
-                )
+                    hub, self.authenticator, self.poll_source, request.path,
+                    request.headers.get("Authorization"),
+                )  # fmt: skip
             finally:
                 hub.polls -= 1
                 self.admission.release(address)
-            return _response(
+            return response(
                 status, body.encode(), "application/json", [("Cache-Control", "no-store"), *cors]
             )
         self.addresses[id(connection)] = address
@@ -868,39 +694,3 @@ class WebsocketShell:
             await Connection(self, ws).run()
         finally:
             self._release(ws)
-
-
-def _repeated_header(headers: Headers) -> str | None:
-    """The first of SINGLE_HEADERS the request sends more than once, or None."""
-    for name in SINGLE_HEADERS:
-        if len(headers.get_all(name)) > 1:
-            return name
-    return None
-
-
-def _text(status: int, body: str) -> Response:
-    return _response(status, body.encode(), "text/plain; charset=utf-8")
-
-
-def _response(
-    status: int, body: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
-) -> Response:
-    from http import HTTPStatus
-
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
-    headers.update(extra)
-    return Response(status, HTTPStatus(status).phrase, headers, body)
-
-
-def _cors_headers(origin: str | None) -> list[tuple[str, str]]:
-    """CORS for long-polling from a browser app on another origin. The Origin was checked
-    against the allow-list already; the token travels in a header, never in cookies."""
-    if origin is None:
-        return []
-    return [
-        ("Access-Control-Allow-Origin", origin),
-        ("Access-Control-Allow-Methods", "GET, OPTIONS"),
-        ("Access-Control-Allow-Headers", "Authorization"),
-        ("Access-Control-Max-Age", "600"),
-        ("Vary", "Origin"),
-    ]

@@ -1,6 +1,6 @@
 """The demo page and its endpoints, served by the relay in demo mode only (``RELAY_DEMO``).
 
-``GET /``                 the page (relay/static/demo.html), its ``/static/demo.css`` and
+``GET /``                 the page (relay/demo/static/demo.html), its ``/static/demo.css`` and
                           ``/static/demo.js``.
 ``GET /client.js``        the browser client (clients/js/src/client.js); the modules it imports
                           (``/backoff.js``, ``/token.js``) and the rest of clients/js/src are
@@ -25,18 +25,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import psycopg
 from psycopg.rows import dict_row
 from websockets.http11 import Request, Response
 
+from relay.app import AppServices
+from relay.core.events import dumps
 from relay.errors import AuthError, ConfigError
-from relay.events import dumps
-from relay.server import WebsocketShell, _response, _text
+from relay.net.responses import Handler, bearer_token, query_params, response, text
 
-__all__ = ["client_dir", "handle_demo_request"]
+__all__ = ["client_dir", "demo_routes", "handle_demo_request"]
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 STATIC_FILES: Final = {
@@ -59,7 +59,7 @@ PAGE_CSP: Final = (
 NO_STORE: Final = ("Cache-Control", "no-store")
 NOSNIFF: Final = ("X-Content-Type-Options", "nosniff")
 
-Handler = Callable[[WebsocketShell, Request, Mapping[str, str]], Awaitable[Response]]
+Route = Callable[[AppServices, Request, Mapping[str, str]], Awaitable[Response]]
 
 
 class _Refused(Exception):
@@ -76,7 +76,7 @@ def client_dir() -> Path:
     candidates = []
     if env := os.environ.get("RELAY_CLIENT_DIR"):
         candidates.append(Path(env))
-    candidates.append(Path(__file__).resolve().parent.parent / "clients" / "js" / "src")
+    candidates.append(Path(__file__).resolve().parents[2] / "clients" / "js" / "src")
     candidates.append(Path(sys.prefix) / "share" / "pgrelay" / "client")
     for candidate in candidates:
         if (candidate / "client.js").is_file():
@@ -86,7 +86,16 @@ def client_dir() -> Path:
     )
 
 
-async def handle_demo_request(shell: WebsocketShell, request: Request) -> Response | None:
+def demo_routes(services: AppServices) -> Handler:
+    """The demo's routes, handed to the relay's HTTP shell (``run_relay(extra_routes=...)``)."""
+
+    async def handle(request: Request) -> Response | None:
+        return await handle_demo_request(services, request)
+
+    return handle
+
+
+async def handle_demo_request(services: AppServices, request: Request) -> Response | None:
     """The demo's answer to this request, or None for a path the demo does not serve."""
     path = request.path.split("?", 1)[0]
     route = _route(path)
@@ -94,19 +103,19 @@ async def handle_demo_request(shell: WebsocketShell, request: Request) -> Respon
         return None
     method, handler = route
     if len(request.path) > MAX_TARGET:
-        return _text(414, "request target too long\n")
+        return text(414, "request target too long\n")
     if request.method != method:
-        return _response(
+        return response(
             405, f"only {method}\n".encode(), "text/plain; charset=utf-8", [("Allow", method)]
         )
     try:
         query = _query(request.path)
-        return await handler(shell, request, query)
+        return await handler(services, request, query)
     except _Refused as exc:
         return _json(exc.status, exc.body)
 
 
-def _route(path: str) -> tuple[str, Handler] | None:
+def _route(path: str) -> tuple[str, Route] | None:
     if path == "/":
         return "GET", _page
     if path in STATIC_FILES:
@@ -124,61 +133,59 @@ def _route(path: str) -> tuple[str, Handler] | None:
 
 def _query(target: str) -> dict[str, str]:
     try:
-        params = parse_qs(urlsplit(target).query, keep_blank_values=True, max_num_fields=8)
+        return query_params(target, max_fields=8)
     except ValueError:
         raise _Refused(400, "too many query parameters") from None
-    return {key: values[-1] for key, values in params.items()}
 
 
 def _json(status: int, body: object) -> Response:
-    return _response(status, dumps(body).encode(), JSON_TYPE, [NO_STORE, NOSNIFF])
+    return response(status, dumps(body).encode(), JSON_TYPE, [NO_STORE, NOSNIFF])
 
 
 # -- files -----------------------------------------------------------------------------------
 
 
-async def _page(shell: WebsocketShell, request: Request, query: Mapping[str, str]) -> Response:
+async def _page(services: AppServices, request: Request, query: Mapping[str, str]) -> Response:
     body = await anyio.Path(STATIC_DIR / "demo.html").read_bytes()
     headers = [NO_STORE, NOSNIFF, ("Content-Security-Policy", PAGE_CSP),
                ("Referrer-Policy", "no-referrer")]  # fmt: skip
-    return _response(200, body, "text/html; charset=utf-8", headers)
+    return response(200, body, "text/html; charset=utf-8", headers)
 
 
-async def _static(shell: WebsocketShell, request: Request, query: Mapping[str, str]) -> Response:
+async def _static(services: AppServices, request: Request, query: Mapping[str, str]) -> Response:
     name, content_type = STATIC_FILES[request.path.split("?", 1)[0]]
     body = await anyio.Path(STATIC_DIR / name).read_bytes()
-    return _response(200, body, content_type, [NO_STORE, NOSNIFF])
+    return response(200, body, content_type, [NO_STORE, NOSNIFF])
 
 
-async def _module(shell: WebsocketShell, request: Request, query: Mapping[str, str]) -> Response:
+async def _module(services: AppServices, request: Request, query: Mapping[str, str]) -> Response:
     """One module of the browser client, by bare file name: nothing outside its folder."""
     match = MODULE_NAME.fullmatch(request.path.split("?", 1)[0])
     assert match is not None
     try:
         folder = client_dir().resolve()
     except ConfigError as exc:
-        return _text(500, f"{exc}\n")
+        return text(500, f"{exc}\n")
     path = (folder / match.group(1)).resolve()
     if path.parent != folder or not await anyio.Path(path).is_file():
-        return _text(404, "not found\n")
+        return text(404, "not found\n")
     body = await anyio.Path(path).read_bytes()
-    return _response(200, body, JS_TYPE, [NO_STORE, NOSNIFF])
+    return response(200, body, JS_TYPE, [NO_STORE, NOSNIFF])
 
 
 # -- data ------------------------------------------------------------------------------------
 
 
-async def _state(shell: WebsocketShell, request: Request, query: Mapping[str, str]) -> Response:
+async def _state(services: AppServices, request: Request, query: Mapping[str, str]) -> Response:
     """The signed-in user's dashboard: every thumbnail, and the latest generations first."""
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    token = bearer_token(request.headers.get("Authorization")) or ""
     try:
-        claims = shell.authenticator.verify(token, time.time())
+        claims = services.authenticator.verify(token, time.time())
     except AuthError as exc:
-        shell.hub.metrics.auth_failures.labels(exc.reason).inc()
+        services.hub.metrics.auth_failures.labels(exc.reason).inc()
         raise _Refused(401, "token refused", reason=exc.reason) from None
     thumbnails, generations = await _run(
-        shell,
+        services,
         [
             ("SELECT id, project_id, title, share_click_count, created_at"
              " FROM public.thumbnails WHERE user_id = %s ORDER BY id LIMIT %s",
@@ -191,27 +198,27 @@ async def _state(shell: WebsocketShell, request: Request, query: Mapping[str, st
     return _json(200, {"user": claims.sub, "thumbnails": thumbnails, "generations": generations})
 
 
-async def _gallery(shell: WebsocketShell, request: Request, query: Mapping[str, str]) -> Response:
+async def _gallery(services: AppServices, request: Request, query: Mapping[str, str]) -> Response:
     """What a visitor of the owner's share page sees: titles, no counts, no project names."""
     owner = query.get("owner", "")
     if not owner or len(owner) > MAX_OWNER:
         raise _Refused(400, f"owner must be 1 to {MAX_OWNER} characters")
     (thumbnails,) = await _run(
-        shell,
+        services,
         [("SELECT id, title FROM public.thumbnails WHERE user_id = %s ORDER BY id LIMIT %s",
           (owner, THUMBNAILS))],
     )  # fmt: skip
     return _json(200, {"owner": owner, "thumbnails": thumbnails})
 
 
-async def _click(shell: WebsocketShell, request: Request, query: Mapping[str, str]) -> Response:
+async def _click(services: AppServices, request: Request, query: Mapping[str, str]) -> Response:
     """A share-link click: one atomic increment in the database; the owner sees it live."""
     raw = query.get("id", "")
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 0 < int(raw) <= MAX_ID:
         raise _Refused(400, "id must be a positive integer")
     thumbnail_id = int(raw)
     ((row,),) = await _run(
-        shell,
+        services,
         [("SELECT public.increment_thumbnail_share_click_count(%s) AS share_click_count",
           (thumbnail_id,))],
     )  # fmt: skip
@@ -222,13 +229,13 @@ async def _click(shell: WebsocketShell, request: Request, query: Mapping[str, st
 
 
 async def _run(
-    shell: WebsocketShell, queries: list[tuple[str, tuple[Any, ...]]]
+    services: AppServices, queries: list[tuple[str, tuple[Any, ...]]]
 ) -> list[list[dict[str, Any]]]:
     """Runs parameterised queries on one pooled connection, within the query timeout."""
-    timeout = shell.hub.settings.query_timeout
+    timeout = services.settings.query_timeout
     results = []
     try:
-        async with shell.pool.connection(timeout=timeout * 2) as conn:
+        async with services.pool.connection(timeout=timeout * 2) as conn:
             with anyio.fail_after(timeout):
                 async with conn.cursor(row_factory=dict_row) as cur:
                     for sql, params in queries:

@@ -14,22 +14,20 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Final
 
 import anyio
-import psycopg
 
-from relay.cursor import Cursor
-from relay.db import fetch_replay, read_log_state
-from relay.errors import AuthError, ProtocolError
-from relay.events import Event, dumps
-from relay.protocol import parse_subscription
-from relay.router import Router
-from relay.subscription import Subscription
-
-if TYPE_CHECKING:
-    from relay.server import Hub, WebsocketShell
+from relay.core.auth import Authenticator
+from relay.core.cursor import Cursor
+from relay.core.events import Event, dumps
+from relay.core.log import LogSource, resume_problem
+from relay.core.router import Router
+from relay.core.session import parse_subscription
+from relay.core.subscription import Subscription
+from relay.errors import AuthError, LogUnavailable, ProtocolError
+from relay.net.hub import Hub
+from relay.net.responses import bearer_token, query_params
 
 __all__ = ["MAX_EVENTS", "MAX_PAGES", "MAX_WAIT", "handle_poll"]
 
@@ -68,11 +66,6 @@ class _PollTarget:
             self.arrived.set()
 
 
-def _query(target: str) -> dict[str, str]:
-    params = parse_qs(urlsplit(target).query, keep_blank_values=True)
-    return {key: values[-1] for key, values in params.items()}
-
-
 def _message(query: dict[str, str]) -> dict[str, Any]:
     """The query string as a subscribe message, so both transports validate alike."""
     message: dict[str, Any] = {"table": query.get("table"), "schema": query.get("schema")}
@@ -94,29 +87,42 @@ def _body(events: list[Event], cursor: str, epoch: str) -> str:
 
 
 async def handle_poll(
-    shell: WebsocketShell, request_target: str, authorization: str
+    hub: Hub,
+    authenticator: Authenticator,
+    source: LogSource,
+    request_target: str,
+    authorization: str | None,
 ) -> tuple[int, str]:
     """Answers one long-poll request (its path and query, its Authorization header)."""
     try:
-        return 200, await _poll(shell, request_target, authorization)
+        return 200, await _poll(hub, authenticator, source, request_target, authorization)
     except PollError as exc:
         return exc.status, dumps(exc.body)
 
 
-async def _poll(shell: WebsocketShell, request_target: str, authorization: str) -> str:
-    hub = shell.hub
-    settings = hub.settings
+async def _poll(
+    hub: Hub,
+    authenticator: Authenticator,
+    source: LogSource,
+    request_target: str,
+    authorization: str | None,
+) -> str:
+
     epoch = hub.epoch
     if epoch is None or not hub.ready():
         raise PollError(503, {"error": "not ready"})
-    token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
     try:
-        claims = shell.authenticator.verify(token, time.time())
+        claims = authenticator.verify(bearer_token(authorization) or "", time.time())
     except AuthError as exc:
         hub.metrics.auth_failures.labels(exc.reason).inc()
         raise PollError(401, {"error": "token refused", "reason": exc.reason}) from None
 
-    query = _query(request_target)
+    try:
+        query = query_params(request_target)
+    except ValueError:
+        raise PollError(
+            400, {"error": "too many query parameters", "code": "bad_message"}
+        ) from None
     try:
         wait = min(MAX_WAIT, max(0.0, float(query.get("wait", MAX_WAIT))))
         sub, since = parse_subscription(
@@ -136,17 +142,12 @@ async def _poll(shell: WebsocketShell, request_target: str, authorization: str) 
         hub.metrics.resets.labels(since).inc()
         return dumps({"reset": {"reason": since}, "cursor": head_cursor()})
 
-    from relay.server import resume_problem  # the server imports this module
-
     deadline = anyio.current_time() + wait
-    pool, timeout = shell.pool, settings.query_timeout
     target: _PollTarget | None = None
-    # A pool connection is held for one query at a time, never across pages nor while waiting
-    # for live events: requests take turns at the pool (it serves waiters in order).
+    # The source holds a pool connection for one query at a time, never across pages nor
+    # while waiting for live events (relay/pg/replay.py).
     try:
-        async with pool.connection(timeout=timeout * 2) as conn:
-            with anyio.fail_after(timeout):
-                state = await read_log_state(conn)
+        state = await source.state()
         if (reason := resume_problem(since, state)) is not None:
             hub.metrics.resets.labels(reason).inc()
             return dumps({"reset": {"reason": reason}, "cursor": head_cursor()})
@@ -161,19 +162,13 @@ async def _poll(shell: WebsocketShell, request_target: str, authorization: str) 
                 break
             if pages >= MAX_PAGES or (pages and anyio.current_time() >= deadline):
                 break
-            async with pool.connection(timeout=timeout * 2) as conn:
-                with anyio.fail_after(timeout):
-                    page = await fetch_replay(
-                        conn, user=claims.sub, table=sub.table, schema=sub.schema,
-                        after=after, upto=hub.router.head, limit=MAX_EVENTS,
-                        ops=sub.ops, row_filter=sub.filter,
-                    )  # fmt: skip
+            page = await source.page(claims.sub, sub, after, hub.router.head, MAX_EVENTS)
             pages += 1
             found = [e for e in page.events if e.op in sub.ops and sub.filter.matches(e)]
             after = page.scanned_to
             if found:
                 return _body(found, Cursor(epoch, after).encode(), epoch)
-    except (psycopg.Error, TimeoutError):
+    except LogUnavailable:
         if target is not None and target.router is not None:
             target.router.remove(target)
         raise PollError(503, {"error": "the log is unreachable, retry"}) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.filters import RowFilter
+from relay.core.filters import RowFilter
 
 __all__ = ["Subscription"]
 

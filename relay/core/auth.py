@@ -30,9 +30,7 @@ No message ever contains the token, nor any claim of it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -51,7 +49,8 @@ __all__ = [
     "AuthSettings",
     "Authenticator",
     "Claims",
-    "load_jwks_file",
+    "check_jwks_shape",
+    "one_line",
 ]
 
 AUTH_FAILURE_REASONS: Final[frozenset[str]] = frozenset(
@@ -115,28 +114,13 @@ class Claims:
     raw: Mapping[str, Any]
 
 
-def load_jwks_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a JWKS document; raises ConfigError with one line when it is not usable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            document = json.load(f)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the JWKS file {os.fspath(path)!r}: {exc.strerror}"
-        ) from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ConfigError(
-            f"the JWKS file {os.fspath(path)!r} is not valid JSON: {_one_line(exc)}"
-        ) from None
-    _check_jwks_shape(document, f"the JWKS file {os.fspath(path)!r}")
-    return dict(document)
-
-
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (for ConfigError texts)."""
     return " ".join(str(exc).split())
 
 
-def _check_jwks_shape(document: object, what: str) -> None:
+def check_jwks_shape(document: object, what: str) -> None:
+    """Raises ConfigError, naming ``what``, unless ``document`` has the shape of a JWKS."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigError(f'{what} is not a JWKS: expected a JSON object with a "keys" list')
     if not all(isinstance(k, dict) for k in document["keys"]):
@@ -164,7 +148,7 @@ def _algorithm_for(jwk: Mapping[str, Any]) -> str | None:
 
 
 def _load_keys(jwks: Mapping[str, Any]) -> tuple[_Key, ...]:
-    _check_jwks_shape(dict(jwks), "the JWKS")
+    check_jwks_shape(dict(jwks), "the JWKS")
     keys: list[_Key] = []
     for jwk in jwks["keys"]:
         alg = _algorithm_for(jwk)
@@ -177,7 +161,7 @@ def _load_keys(jwks: Mapping[str, Any]) -> tuple[_Key, ...]:
         try:
             parsed = jwt.PyJWK(dict(jwk), algorithm=alg)
         except jwt.PyJWTError as exc:
-            raise ConfigError(f"{name} is not a valid {alg} key: {_one_line(exc)}") from None
+            raise ConfigError(f"{name} is not a valid {alg} key: {one_line(exc)}") from None
         if (weak := parsed.Algorithm.check_key_length(parsed.key)) is not None:
             raise ConfigError(f"{name}: {weak}")
         keys.append(_Key(kid, alg, parsed))

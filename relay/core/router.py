@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relay.events import Event
-from relay.subscription import Subscription
+from relay.core.events import Event
+from relay.core.subscription import Subscription
 
 __all__ = ["Router", "Target"]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -28,15 +27,14 @@ import psycopg
 import structlog
 from psycopg.rows import TupleRow
 
-from relay.backoff import Backoff
+from relay.core.backoff import Backoff
+from relay.core.events import Event, Uncarriable, decode_json, decode_key
+from relay.core.filters import ColumnValues, RowFilter
+from relay.core.log import LogState, ReplayPage
 from relay.errors import DatabaseError
-from relay.events import Event, Uncarriable, decode_json, decode_key
-from relay.filters import ColumnValues, RowFilter
 
 __all__ = [
     "LogReader",
-    "LogState",
-    "ReplayPage",
     "Sequencer",
     "check_direct_connection",
     "check_listen_works",
@@ -52,8 +50,8 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 3  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
-# The JSON columns come as text: the relay decodes them itself (relay/events.py decode_json), so
-# no value can make the driver raise while fetching a batch.
+# The JSON columns come as text: the relay decodes them itself (relay/core/events.py
+# decode_json), so no value can make the driver raise while fetching a batch.
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"
     " audience, committed_at, truncated"
@@ -88,7 +86,7 @@ def _db_backoff(rng: random.Random | None) -> Backoff:
 # restart, the schema dropped and reinstalled under it), a timeout (a hung backend), the network.
 SUPERVISED_ERRORS: Final = (psycopg.Error, DatabaseError, TimeoutError, OSError)
 
-log = structlog.get_logger("relay.db")
+log = structlog.get_logger("relay.pg.db")
 AsyncConn = psycopg.AsyncConnection[TupleRow]
 
 
@@ -151,16 +149,6 @@ async def connect(dsn: str, application_name: str, timeout: float) -> AsyncConn:
             application_name=application_name,
             connect_timeout=max(1, math.ceil(timeout)),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class LogState:
-    """What the database says about the log: its epoch, head and pruning horizon."""
-
-    epoch: str  # 32 hex digits
-    head: int
-    pruned_through: int
-    notify: bool
 
 
 async def read_log_state(conn: AsyncConn) -> LogState:
@@ -239,12 +227,6 @@ async def check_listen_works(dsn: str, timeout: float) -> None:
         "connection pooler in transaction mode (PgBouncer?); point the relay at Postgres "
         "directly or at a session-mode pool"
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayPage:
-    events: list[Event]  # the rows the SQL pre-filter kept; the caller still matches exactly
-    scanned_to: int  # the highest position this page covered: the next page reads after it
 
 
 def _sendable(text: str, encoding: str) -> bool:

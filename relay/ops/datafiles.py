@@ -19,7 +19,7 @@ def sql_dir() -> Path:
     candidates = []
     if env := os.environ.get("RELAY_SQL_DIR"):
         candidates.append(Path(env))
-    candidates.append(Path(__file__).resolve().parent.parent / "sql")
+    candidates.append(Path(__file__).resolve().parents[2] / "sql")
     candidates.append(Path(sys.prefix) / "share" / "pgrelay" / "sql")
     for candidate in candidates:
         if (candidate / "install.sql").is_file():

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from relay.events import Event, dumps
+from relay.core.events import Event, dumps
 
 if TYPE_CHECKING:
-    from relay.subscription import Subscription
+    from relay.core.subscription import Subscription
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_MESSAGES", "OutQueue"]
 

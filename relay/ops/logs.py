@@ -122,7 +122,7 @@ def flush_suppressed() -> None:
     """Writes one ``log_suppressed`` line per kind whose window ended with lines suppressed
     (the relay calls this every second)."""
     for key, count in _limiter.drain(time.monotonic()):
-        structlog.get_logger("relay.logs").warning("log_suppressed", key=key, count=count)
+        structlog.get_logger("relay.ops.logs").warning("log_suppressed", key=key, count=count)
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:

@@ -1,7 +1,7 @@
 """Protocol v1, sans I/O: the state machine of one client connection.
 
-The shell (relay/server.py) feeds a ``Session`` the client's frames and the time, and carries out
-what it asks for: a ``Close``, or a ``Replay`` of a subscription from the log. Everything the
+The shell (relay/net/server.py) feeds a ``Session`` the client's frames and the time, and carries
+out what it asks for: a ``Close``, or a ``Replay`` of a subscription from the log. Everything the
 relay sends goes through the session's bounded ``OutQueue``, which the shell drains to the socket.
 docs/protocol.md is the public description of the same rules.
 
@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from relay.auth import Authenticator, Claims
-from relay.cursor import Cursor
+from relay.core.auth import Authenticator, Claims
+from relay.core.cursor import Cursor
+from relay.core.events import OPS, Event, dumps
+from relay.core.filters import RowFilter
+from relay.core.outqueue import OutQueue
+from relay.core.router import Router
+from relay.core.subscription import Subscription
 from relay.errors import AuthError, CursorError, ProtocolError
-from relay.events import OPS, Event, dumps
-from relay.filters import RowFilter
-from relay.outqueue import OutQueue
-from relay.router import Router
-from relay.subscription import Subscription
 
 __all__ = [
     "CLOSE_AUTH",

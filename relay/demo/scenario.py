@@ -21,8 +21,9 @@ import psycopg
 import structlog
 
 from relay.app import run_relay
-from relay.config import Settings
-from relay.sqlfiles import install_script, sql_dir
+from relay.demo.web import demo_routes
+from relay.ops.config import Settings
+from relay.ops.datafiles import install_script, sql_dir
 
 __all__ = ["DEMO_USERS", "demo_token", "run_demo", "seed", "simulate_once"]
 
@@ -31,7 +32,7 @@ DEMO_USERS: Final = ("alice", "bob")
 TOKEN_TTL: Final = 12 * 3600
 SIMULATOR_INTERVAL: Final = 1.5
 
-log = structlog.get_logger("relay.demo")
+log = structlog.get_logger("relay.demo.scenario")
 
 
 def demo_token(user: str, secret: str, now: float | None = None) -> str:
@@ -111,7 +112,7 @@ def run_demo(settings: Settings, *, folder: Path = DEMO_DIR, simulate: bool = Tr
     server = None
     dsn = settings.dsn
     if not dsn:
-        from relay.devserver import PgServer
+        from relay.demo.pgserver import PgServer
 
         server = PgServer(folder / "pg", port=_demo_pg_port(folder))
         print(f"starting PostgreSQL under {folder}/pg ...", flush=True)
@@ -132,7 +133,7 @@ def run_demo(settings: Settings, *, folder: Path = DEMO_DIR, simulate: bool = Tr
             async with anyio.create_task_group() as tasks:
                 if simulate:
                     tasks.start_soon(_simulator, dsn)
-                await run_relay(settings)
+                await run_relay(settings, extra_routes=demo_routes)
                 tasks.cancel_scope.cancel()
 
         anyio.run(main)
