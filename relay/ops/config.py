@@ -8,7 +8,6 @@ agree. A bad value fails at start with one line naming the variable (as Starlett
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import re
 import socket
@@ -18,6 +17,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from relay.errors import ConfigError
+from relay.ops.values import (
+    choice,
+    ipv6_prefix,
+    parse_bool,
+    parse_duration,
+    parse_list,
+    parse_networks,
+    parse_size,
+    port_number,
+    positive_int,
+)
 
 __all__ = [
     "Settings",
@@ -28,76 +38,6 @@ __all__ = [
     "render_env_example",
     "settings_from_args",
 ]
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|kb|mb)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kib": 1024, "kb": 1024, "mib": 1 << 20, "mb": 1 << 20, "gib": 1 << 30}
-
-
-def parse_duration(text: str) -> float:
-    """'250ms', '5s', '2m', '24h', '1d' or plain seconds, as seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration (like 250ms, 5s, 2m, 24h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _parse_size(text: str) -> int:
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a size (like 65536, 64KiB, 1MiB)")
-    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"{text!r} is not a boolean (true/false, on/off, 1/0)")
-
-
-def _parse_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _parse_networks(text: str) -> tuple[str, ...]:
-    items = _parse_list(text)
-    for item in items:
-        ipaddress.ip_network(item, strict=False)  # raises ValueError with a clear message
-    return items
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
-        return text
-
-    return parse
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{value} is not a port number")
-    return value
-
-
-def _ipv6_prefix(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 128:
-        raise ValueError(f"{value} is not an IPv6 prefix length (1 to 128)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError(f"{value} must be greater than 0")
-    return value
 
 
 def _setting(
@@ -132,48 +72,46 @@ class Settings:
     )
     # Network
     host: str = _setting("127.0.0.1", str, "address to listen on (0.0.0.0 in containers)")
-    port: int = _setting(8080, _port, "port for websockets, long-polls and health")
+    port: int = _setting(8080, port_number, "port for websockets, long-polls and health")
     metrics_port: int = _setting(
-        9480, _port, "port of its own for /metrics and health (0: /metrics on the main port)"
+        9480, port_number, "port of its own for /metrics and health (0: /metrics on the main port)"
     )
     tls_cert: str = _setting(
         "", str, "TLS certificate file (PEM), for deployments without a TLS proxy"
     )
     tls_key: str = _setting("", str, "TLS private key file (PEM)", secret=False)
     allowed_origins: tuple[str, ...] = _setting(
-        (), _parse_list, "comma-separated websocket Origins allowed (empty: any, with a warning)"
+        (), parse_list, "comma-separated websocket Origins allowed (empty: any, with a warning)"
     )
     trusted_proxies: tuple[str, ...] = _setting(
         (),
-        _parse_networks,
+        parse_networks,
         "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
     )
     max_connections: int = _setting(
-        20000, _positive_int, "open websocket connections plus long-polls in flight per process"
+        20000, positive_int, "open websocket connections plus long-polls in flight per process"
     )
-    max_connections_per_ip: int = _setting(
-        200, _positive_int, "open connections per client address"
-    )
+    max_connections_per_ip: int = _setting(200, positive_int, "open connections per client address")
     connect_rate_per_ip: float = _setting(
         20.0, float, "new connections per second per client address (burst: twice that)"
     )
     ipv6_prefix: int = _setting(
-        64, _ipv6_prefix, "IPv6 clients count as one address per network of this prefix length"
+        64, ipv6_prefix, "IPv6 clients count as one address per network of this prefix length"
     )
     request_timeout: float = _setting(
         10.0, parse_duration, "time from TCP accept to a complete HTTP request (else closed)"
     )
     max_handshakes: int = _setting(
-        1000, _positive_int, "sockets accepted whose HTTP request is not complete yet"
+        1000, positive_int, "sockets accepted whose HTTP request is not complete yet"
     )
     max_handshakes_per_ip: int = _setting(
-        32, _positive_int, "of those, from one client address (trusted proxies: no limit)"
+        32, positive_int, "of those, from one client address (trusted proxies: no limit)"
     )
     websockets: bool = _setting(
-        True, _parse_bool, "serve websockets (off: kill switch, clients use long-polling)"
+        True, parse_bool, "serve websockets (off: kill switch, clients use long-polling)"
     )
     compression: bool = _setting(
-        False, _parse_bool, "permessage-deflate (costs 2 to 3 times the CPU)"
+        False, parse_bool, "permessage-deflate (costs 2 to 3 times the CPU)"
     )
     # Auth
     jwt_secret: str = _setting("", str, "HS256 secret", secret=True)
@@ -183,28 +121,28 @@ class Settings:
     jwt_leeway: float = _setting(5.0, parse_duration, "clock skew allowed on exp/nbf")
     auth_timeout: float = _setting(5.0, parse_duration, "time a client has to authenticate")
     insecure_dev: bool = _setting(
-        False, _parse_bool, "allow starting without any JWT key (development only)"
+        False, parse_bool, "allow starting without any JWT key (development only)"
     )
     # Protocol limits
-    max_message_bytes: int = _setting(65536, _parse_size, "largest client frame accepted")
-    max_subscriptions: int = _setting(100, _positive_int, "subscriptions per connection")
+    max_message_bytes: int = _setting(65536, parse_size, "largest client frame accepted")
+    max_subscriptions: int = _setting(100, positive_int, "subscriptions per connection")
     max_filter_bytes: int = _setting(
         256 << 10,
-        _parse_size,
+        parse_size,
         "estimated memory of one connection's filters, summed over its subscriptions",
     )
     inbound_frame_rate: int = _setting(
-        100, _positive_int, "client frames per second per connection, pings included (burst 2x)"
+        100, positive_int, "client frames per second per connection, pings included (burst 2x)"
     )
     inbound_byte_rate: int = _setting(
         256 << 10,
-        _parse_size,
+        parse_size,
         "client bytes per second per connection (burst 2x, at least one largest frame)",
     )
     queue_max_messages: int = _setting(
-        1000, _positive_int, "outbound frames buffered per connection"
+        1000, positive_int, "outbound frames buffered per connection"
     )
-    queue_max_bytes: int = _setting(1 << 20, _parse_size, "outbound bytes buffered per connection")
+    queue_max_bytes: int = _setting(1 << 20, parse_size, "outbound bytes buffered per connection")
     slow_client_timeout: float = _setting(
         30.0, parse_duration, "a connection that does not drain for this long is aborted"
     )
@@ -217,7 +155,7 @@ class Settings:
         0.05, parse_duration, "inbox polling interval when the database has notify off"
     )
     sequencer_batch: int = _setting(
-        1000, _positive_int, "inbox rows moved per sequencer transaction"
+        1000, positive_int, "inbox rows moved per sequencer transaction"
     )
     heartbeat_interval: float = _setting(
         5.0, parse_duration, "interval of heartbeat events through the log (0: off)"
@@ -226,9 +164,9 @@ class Settings:
         86400.0, parse_duration, "how long the log keeps events; older cursors get reset"
     )
     prune_interval: float = _setting(60.0, parse_duration, "how often the sequencer prunes the log")
-    replay_batch: int = _setting(500, _positive_int, "log rows fetched per replay query")
+    replay_batch: int = _setting(500, positive_int, "log rows fetched per replay query")
     replay_pool_size: int = _setting(
-        8, _positive_int, "database connections for replays and long-polls"
+        8, positive_int, "database connections for replays and long-polls"
     )
     replay_wait: float = _setting(
         30.0,
@@ -242,16 +180,16 @@ class Settings:
     # Logs
     log_format: str = _setting(
         "auto",
-        _choice("auto", "json", "console"),
+        choice("auto", "json", "console"),
         "json lines, console, or auto (console on a TTY)",
     )
-    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
+    log_level: str = _setting("info", choice("debug", "info", "warning", "error"), "log level")
     log_user_ids: str = _setting(
-        "hash", _choice("hash", "plain", "none"), "how user ids appear in logs"
+        "hash", choice("hash", "plain", "none"), "how user ids appear in logs"
     )
     # Demo
     demo: bool = _setting(
-        False, _parse_bool, "serve the demo page and its click endpoint (never in production)"
+        False, parse_bool, "serve the demo page and its click endpoint (never in production)"
     )
 
     @classmethod
@@ -410,7 +348,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default = spec.default
         shown = ",".join(default) if isinstance(default, tuple) else default
         help_text = f"{meta['help']} [env {env}; default {shown!r}]".replace("%", "%%")
-        if meta["parse"] is _parse_bool:
+        if meta["parse"] is parse_bool:
             parser.add_argument(
                 f"--{_flag(spec.name)}",
                 dest=spec.name,
