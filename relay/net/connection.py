@@ -1,14 +1,13 @@
 """One websocket client: the router's target, its session, and how frames reach its socket.
 
-The hub routes each event through the router into the connections (``Connection.offer``): a
-connection with nothing queued writes the frame to its socket at once, as websockets'
-``broadcast()`` does, and says so (the hub counts those deliveries); otherwise the frame takes the
-connection's bounded ``OutQueue`` (relay/core/outqueue.py) and a writer task drains it with
-backpressure. Routing never awaits. A replay runs the one catch-up stepper (relay/core/catchup.py)
-at the client's pace, then goes live. The hub's sweeper enforces the protocol's timers and the
-slow-client rule: a connection whose socket has not accepted a frame for ``slow_client_timeout``
-seconds is aborted (websockets' ``send`` to a client that never reads blocks forever, and its
-keepalive ping does not notice).
+The router offers each event to the connection (``Connection.offer``): with nothing queued it
+writes the frame to its socket at once, as websockets' ``broadcast()`` does, and says so (the hub
+counts those deliveries); otherwise the frame takes its bounded ``OutQueue`` and a writer task
+drains it with backpressure. Routing never awaits. A replay runs the catch-up stepper
+(relay/core/catchup.py) at the client's pace. The sweeper (relay/net/http.py) enforces the
+protocol's timers and the slow-client rule: a socket that has not accepted a frame for
+``slow_client_timeout`` seconds is aborted (websockets' ``send`` to a client that never reads
+blocks forever, and its keepalive ping does not notice).
 """
 
 from __future__ import annotations
@@ -52,13 +51,9 @@ log = structlog.get_logger("relay.net.connection")
 
 
 class Connection:
-    """One websocket client: its session and bounded queue, and how frames reach its socket.
-
-    An idle connection owns no task: frames are written synchronously while the socket takes
-    them. A writer task exists only while frames wait (a socket that pushes back, a coalescing
-    window); replays run as tasks too. Both run in the server's task group (``tasks``) under this
-    connection's cancel scopes, cancelled when it ends.
-    """
+    """An idle connection owns no task: a writer task exists only while frames wait (a socket
+    that pushes back, a coalescing window); replays run as tasks too. Both run in the server's
+    task group (``tasks``) under this connection's cancel scopes, cancelled when it ends."""
 
     _ids = itertools.count(1)
 
