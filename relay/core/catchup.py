@@ -1,7 +1,7 @@
 """Catching a subscription up from a cursor, then going live: one stepper for every transport.
 
 In the style of psycopg's generators: the stepper decides and never waits; the shell that runs it
-does the waiting. A websocket replay (relay/net/connection.py) and a long-poll
+does the waiting. A connection's replay (relay/net/connection.py) and a long-poll
 (relay/net/longpoll.py) both run it:
 
     catchup = Catchup(router, target, sub, since, limit=...)
@@ -17,10 +17,15 @@ The subscription is registered with the router, not live, before the catch-up st
 skips it). ``next`` reads the router's head and, when the catch-up has reached it, makes the
 subscription live in the same call: no await separates the head check from going live, so no
 event can be routed in between and the seam between replay and live has no gap and no duplicate.
+
+``Lockstep`` runs several ``Catchup``s as one, for a stream with one position for all its
+subscriptions (SSE): events in log order across them, and all live in one call. Connections run
+their replays through it (a websocket's subscription alone, an SSE stream's all together).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.core.cursor import Cursor
@@ -29,7 +34,9 @@ from relay.core.log import LogState, ReplayPage
 from relay.core.router import Router, Target
 from relay.core.subscription import Subscription
 
-__all__ = ["Catchup", "Gone", "Live", "Paused", "ReadPage", "Reset", "Step"]
+__all__ = [
+    "Catchup", "Gone", "Live", "Lockstep", "Paused", "ReadPage", "ReadPages", "Reset", "Step",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +140,88 @@ class Catchup:
             return Paused(self.after)
         return ReadPage(self.after, head, self.limit)
 
-    def feed(self, page: ReplayPage) -> list[Event]:
-        """The page's events the subscription wants, in order; the catch-up moves past the page."""
+    def feed(self, page: ReplayPage, through: int | None = None) -> list[Event]:
+        """The page's events the subscription wants, in order; the catch-up moves past the page,
+        or only up to ``through`` (the events after it are read again by the next page)."""
         after, sub = self.after, self.sub
-        events = [event for event in page.events if event.pos > after and sub.wants(event)]
-        self.after = max(after, page.scanned_to)
+        upto = page.scanned_to if through is None else min(page.scanned_to, through)
+        events = [event for event in page.events if after < event.pos <= upto and sub.wants(event)]
+        self.after = max(after, upto)
         self.pages += 1
         return events
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPages:
+    """Read these pages (each subscription's ``ReadPage``) and feed them back in this order."""
+
+    reads: tuple[tuple[Subscription, ReadPage], ...]
+
+
+class Lockstep:
+    """Catches several subscriptions of one connection up together, for a stream that has one
+    position for all of them (an SSE stream's ``id:``): its events come in log order across the
+    subscriptions, and they go live in the same call, at the same head.
+
+    Each step reads a page for the catch-ups that stand furthest behind; only events up to the
+    lowest position that every catch-up has covered (a page's end, or a catch-up already past
+    it) are handed over, merged by position; the pages' events past it are read again. With one
+    catch-up it steps exactly as that ``Catchup`` does. No page or time budget: it never pauses.
+    """
+
+    __slots__ = ("_reading", "catchups", "router")
+
+    def __init__(self, router: Router, catchups: Sequence[Catchup]) -> None:
+        if not catchups:
+            raise ValueError("a lockstep catch-up needs at least one subscription")
+        self.router = router
+        self.catchups = tuple(catchups)
+        self._reading: tuple[Catchup, ...] = ()
+
+    @property
+    def after(self) -> int:
+        """The position every subscription has been given everything up to."""
+        return min(c.after for c in self.catchups)
+
+    def pending(self) -> bool:
+        """Whether every subscription still awaits its catch-up (none gone)."""
+        return all(c.pending() for c in self.catchups)
+
+    def start(self, state: LogState, now: float) -> Reset | Gone | Live | ReadPages:
+        """The first step, given the log's state as read after the subscriptions were
+        registered: a Reset (for all of them) when the log cannot resume from a cursor."""
+        if not self.pending():
+            return Gone()
+        for catchup in self.catchups:
+            reason = state.problem(catchup.since)
+            if reason is not None:
+                return Reset(reason)
+        return self.next(now)
+
+    def next(self, now: float) -> Gone | Live | ReadPages:
+        """Goes live (all of them, in this call) once every catch-up has reached the router's
+        head; else asks for the pages of those furthest behind."""
+        if not self.pending():
+            return Gone()
+        head = self.router.head
+        if all(c.after >= head for c in self.catchups):
+            for catchup in self.catchups:
+                catchup.next(now)  # goes live: after >= head, and no await since the check
+            return Live(self.after)
+        low = self.after
+        self._reading = tuple(c for c in self.catchups if c.after == low)
+        return ReadPages(tuple((c.sub, ReadPage(low, head, c.limit)) for c in self._reading))
+
+    def feed(self, pages: Sequence[ReplayPage]) -> list[tuple[Subscription, Event]]:
+        """The pages' wanted events up to the position all catch-ups have covered, in log order
+        (subscriptions in their order for one position)."""
+        reading = self._reading
+        if len(pages) != len(reading):
+            raise ValueError(f"{len(reading)} pages were asked for, {len(pages)} fed")
+        ahead = [c.after for c in self.catchups if c not in reading]
+        through = min([page.scanned_to for page in pages] + ahead)
+        handed: list[tuple[Subscription, Event]] = []
+        for catchup, page in zip(reading, pages, strict=True):
+            handed.extend((catchup.sub, event) for event in catchup.feed(page, through))
+        handed.sort(key=lambda pair: pair[1].pos)  # stable
+        return handed
