@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from relay.core.log import LogState, ReplayPage
 from relay.core.subscription import Subscription
 from relay.errors import LogUnavailable
-from relay.pg.db import fetch_replay, read_log_state
+from relay.pg.queries import fetch_replay, read_log_state
 
 __all__ = ["PoolLogSource"]
 
