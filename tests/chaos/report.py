@@ -78,7 +78,7 @@ What the runs did show (analysis of the runs of 2026-11-21, relay code of commit
 by hand in `tests/chaos/report.py`):
 
 1. **Repeated faults make the log reader wait up to 30 s before reconnecting** (scenarios 1 and
-   2). `relay/pg/db.py` `LogReader.run` (and `Sequencer.run`) draw each reconnect delay from a
+   2). `relay/db.py` `LogReader.run` (and `Sequencer.run`) draw each reconnect delay from a
    `relay.core.backoff.Backoff` with its defaults, and `Backoff.failed()` starts the attempts over only
    when the connection had been up for `reset_after` = 60 s. A listener killed again within a
    minute of coming back counts as flapping, although every reconnect succeeded at its first
@@ -90,8 +90,8 @@ by hand in `tests/chaos/report.py`):
    back off on failed connection attempts only, and start over once a connection is established
    and the log read up to its head.
    **Status: fixed** in commit 0d75c75. The database loops now back off from 0.1 s to at most
-   5 s and count a connection healthy after 5 s up (`relay/pg/db.py` `DB_BACKOFF_*`); scenarios 1
-   and 2 above were re-run with it.
+   5 s and count a connection healthy after 5 s up (`relay/pg/supervise.py` `DB_BACKOFF_*`);
+   scenarios 1 and 2 above were re-run with it.
 2. **Reconnect storms time out on the replay pool** (scenario 7, in 3 of 5 full runs on this
    machine). `relay/app.py` `run_relay` gives replays an `AsyncConnectionPool(max_size=4)`;
    `relay/net/server.py` `Connection._replay` takes a connection from it for `read_log_state`, then
