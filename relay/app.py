@@ -35,7 +35,7 @@ from relay.ops.metrics import Metrics
 from relay.pg.maintenance import Maintenance
 from relay.pg.queries import preflight
 from relay.pg.reader import LogReader
-from relay.pg.replay import PoolLogSource
+from relay.pg.replay import PoolLogSource, replay_pool
 from relay.pg.sequencer import Sequencer
 
 __all__ = ["AppServices", "RouteFactory", "run_relay"]
@@ -119,14 +119,9 @@ async def run_relay(
     if settings.insecure_dev and not (settings.jwt_secret or settings.jwks_file):
         log.warning("insecure_dev", hint="no JWT key configured: every token is refused")
 
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.dsn,
-        min_size=1,
-        max_size=settings.replay_pool_size,
-        # A reconnect storm queues its replays (bounded) instead of failing them at once.
-        max_waiting=settings.max_connections,
-        open=False,
-        kwargs={"autocommit": True, "application_name": "pgrelay-replay"},
+    # A reconnect storm queues its replays (bounded) instead of failing them at once.
+    pool = replay_pool(
+        settings.dsn, size=settings.replay_pool_size, max_waiting=settings.max_connections
     )
     reader = LogReader(
         settings.dsn,
