@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.support.stats import percentile
 
-__all__ = ["RSS_LIMIT_MIB", "Fault", "bar_violations", "check"]
+__all__ = ["RSS_LIMIT_MIB", "Fault", "bar_violations", "check", "resume_outcomes"]
 
 # The memory bound every scenario is held to: the relay's container limit in deploy/k8s.
 RSS_LIMIT_MIB = 512
@@ -207,3 +207,30 @@ def bar_violations(figures: dict[str, Any]) -> list[str]:
     if figures.get("peak_rss_mib", 0) > RSS_LIMIT_MIB:
         problems.append(f"peak RSS {figures['peak_rss_mib']} MiB > {RSS_LIMIT_MIB} MiB")
     return problems
+
+
+def resume_outcomes(swarm: dict[str, Any], down: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """How the normal clients' resumes ended, against the windows (wall clock, start and end)
+    when the database did not answer: resumes answered (`subscribed`), refused with 1011
+    `replay_unavailable` while it was down and once it answered (which no resume may be), and
+    handshakes answered 503 (the relay not ready: its log reader reconnecting) after it came back,
+    with the latest such refusal in seconds after the database answered."""
+    sessions = [s for c in swarm["clients"] if c["kind"] == "normal" for s in c["sessions"]]
+    refused = [
+        s["end"] for s in sessions if s["code"] == 1011 and s["reason"] == "replay_unavailable"
+    ]
+    while_down = [t for t in refused if any(start <= t <= end for start, end in down)]
+    not_ready_after = [
+        s["end"] - max(end for _, end in down if end <= s["end"])
+        for s in sessions
+        if s["error"] == "http 503" and any(end <= s["end"] for _, end in down)
+    ]
+    return {
+        "resumes": sum(1 for s in sessions if s["subscribed"]),
+        "refused_resumes_db_down": len(while_down),
+        "refused_resumes_db_up": len(refused) - len(while_down),
+        "not_ready_after_db_back": len(not_ready_after),
+        "not_ready_after_db_back_max_s": round(max(not_ready_after), 3)
+        if not_ready_after
+        else None,
+    }
