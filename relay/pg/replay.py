@@ -23,9 +23,9 @@ answers a connection follows within about a second.
 Why retry instead of checking every connection on checkout (``check=`` on the pool): the check
 costs a round trip per query, on every replay page and long-poll, to catch a fault that comes
 with a database outage; and after every backend was killed, the pool's checked checkout sleeps
-1 s, 2 s, 4 s ... between the dead connections it meets, so one resume would wait seconds to
-tens of seconds. Retrying costs nothing until a connection is dead, and then one round trip per
-dead connection met (figures in docs/operations.md, section 13).
+1 s, 2 s, 4 s ... between the dead connections it meets (with 8 dead, one read waited its full
+30 s and failed). Retrying costs nothing until a connection is dead, and then one round trip per
+dead connection met (figures in docs/operations.md, section 1).
 """
 
 from __future__ import annotations

@@ -209,28 +209,32 @@ def bar_violations(figures: dict[str, Any]) -> list[str]:
     return problems
 
 
-def resume_outcomes(swarm: dict[str, Any], down: Sequence[tuple[float, float]]) -> dict[str, Any]:
-    """How the normal clients' resumes ended, against the windows (wall clock, start and end)
-    when the database did not answer: resumes answered (`subscribed`), refused with 1011
-    `replay_unavailable` while it was down and once it answered (which no resume may be), and
-    handshakes answered 503 (the relay not ready: its log reader reconnecting) after it came back,
-    with the latest such refusal in seconds after the database answered."""
+def resume_outcomes(
+    swarm: dict[str, Any], faults: Sequence[Fault], down: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
+    """How the normal clients' resumes ended, given the faults and the windows (wall clock, start
+    and end) when the database did not answer: resumes answered (`subscribed`); refused with
+    1011 `replay_unavailable` while it was down, and while it answered (which no resume may be);
+    handshakes answered 503 while it answered (the relay not ready: its log reader reconnecting),
+    with the latest such refusal in seconds after the fault or the database's return before it."""
     sessions = [s for c in swarm["clients"] if c["kind"] == "normal" for s in c["sessions"]]
+
+    def is_down(t: float) -> bool:
+        return any(start <= t <= end for start, end in down)
+
     refused = [
         s["end"] for s in sessions if s["code"] == 1011 and s["reason"] == "replay_unavailable"
     ]
-    while_down = [t for t in refused if any(start <= t <= end for start, end in down)]
-    not_ready_after = [
-        s["end"] - max(end for _, end in down if end <= s["end"])
+    anchors = [f.t0 for f in faults] + [end for _, end in down]
+    not_ready = [
+        s["end"] - max((a for a in anchors if a <= s["end"]), default=s["end"])
         for s in sessions
-        if s["error"] == "http 503" and any(end <= s["end"] for _, end in down)
+        if s["error"] == "http 503" and not is_down(s["end"])
     ]
     return {
         "resumes": sum(1 for s in sessions if s["subscribed"]),
-        "refused_resumes_db_down": len(while_down),
-        "refused_resumes_db_up": len(refused) - len(while_down),
-        "not_ready_after_db_back": len(not_ready_after),
-        "not_ready_after_db_back_max_s": round(max(not_ready_after), 3)
-        if not_ready_after
-        else None,
+        "refused_resumes_db_down": sum(1 for t in refused if is_down(t)),
+        "refused_resumes_db_up": sum(1 for t in refused if not is_down(t)),
+        "not_ready_db_up": len(not_ready),
+        "not_ready_db_up_max_s": round(max(not_ready), 3) if not_ready else None,
     }

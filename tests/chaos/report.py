@@ -30,6 +30,10 @@ SCENARIOS = [
     ("5_hung_backend", "5. Listener backend stops answering (SIGSTOP)"),
     ("6_slow_clients", "6. 50 clients that never read, beside normal ones"),
     ("7_connect_storm", "7. Connect storm, then reconnect storms after restarts"),
+    (
+        "8_resume_db_faults",
+        "8. Clients resume while every relay backend is killed and Postgres restarts",
+    ),
 ]
 
 # The attacks of issue 10, measured by hand before and after their fixes (kept by hand).
@@ -216,6 +220,19 @@ def scenario_notes(key: str, e: dict[str, Any]) -> list[str]:
             f"All {e['clients']:,} clients connected and subscribed (each replaying from the start "
             f"cursor) {e['connect_storm_s']:.2f} s after the swarm started."
         )
+    if key == "8_resume_db_faults" and e.get("resumes") is not None:
+        late = e.get("not_ready_db_up_max_s")
+        notes.append(
+            f"Every client closes and resumes from its cursor every 0.25 to 0.75 s: "
+            f"{e['resumes']:,} resumes answered. Refused with 1011 `replay_unavailable` while "
+            f"Postgres answered: **{e['refused_resumes_db_up']}**; while it was down: "
+            f"{e['refused_resumes_db_down']}. Replay reads retried on a live connection after "
+            f"meeting a dead one: {e['replay_retries']}. Handshakes answered 503 while Postgres "
+            f"answered (not ready: the log reader reconnecting after the fault): "
+            f"{e['not_ready_db_up']}"
+            + (f", the last {late:.2f} s after its fault" if late is not None else "")
+            + "."
+        )
     if e.get("violations"):
         notes.append("**Bar missed:** " + "; ".join(e["violations"]) + ".")
     return notes
@@ -237,7 +254,8 @@ def render(data: dict[str, Any]) -> str:
         f"fault recovered from; peak RSS under {RSS_LIMIT_MIB} MiB (the container limit in "
         "`deploy/k8s`). In scenario 6 also: the normal clients' p99 latency at most twice that of "
         "the same run without the slow clients (asserted in the full run only; measured against "
-        "a twin replica in the same run, see its notes).\n"
+        "a twin replica in the same run, see its notes). In scenario 8 also: no resume refused "
+        "with 1011 `replay_unavailable` while PostgreSQL answers.\n"
     )
     out.append("## Scenarios under load\n")
     out.append(

@@ -4,6 +4,7 @@ one; 1011 ``replay_unavailable`` is answered only while the database is really u
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,9 +137,10 @@ def restartable_db(private_pg: PgServer) -> Iterator[tuple[PgServer, str]]:
 def test_resumes_are_refused_while_postgres_is_down_and_answered_once_it_is_back(
     restartable_db: tuple[PgServer, str],
 ) -> None:
-    """Postgres stopped: a resume waits RELAY_REPLAY_WAIT, then 1011 (the database really is
-    unreachable). Started again: every resume from then on is answered, on open sockets at once
-    and on new ones once the relay is ready, none with 1011."""
+    """Postgres stopped for 8 s: a resume waits RELAY_REPLAY_WAIT (2 s), then 1011 (the database
+    really is unreachable). Started again: every resume from then on is answered, on open sockets
+    at once (the pool reconnected within the 2 s wait; psycopg_pool's own 1, 2, 4, 8 s steps would
+    leave it empty for seconds) and on new ones once the relay is ready, none with 1011."""
     server, dsn = restartable_db
     env = {"RELAY_REPLAY_WAIT": "2s"}
     with relay_process(dsn, env) as relay:
@@ -148,10 +150,12 @@ def test_resumes_are_refused_while_postgres_is_down_and_answered_once_it_is_back
         down_client.ready()
         open_client.ready()
         server.stop("fast")
+        stopped = time.monotonic()
         down_client.send({"type": "subscribe", "id": "d", "table": "generations", "since": cursor})
         with pytest.raises(ConnectionClosed) as refused:
             down_client.recv(20)  # no frame: the replay cannot start
         assert (1011, "replay_unavailable") == close_of(refused.value)
+        time.sleep(max(0.0, stopped + 8 - time.monotonic()))
         server.start()
         with psycopg.connect(dsn, connect_timeout=5):
             pass  # Postgres answers again: from here on no resume may be refused
