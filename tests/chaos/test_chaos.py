@@ -1,4 +1,4 @@
-"""Prove it survives: seven fault scenarios under sustained load, checked exactly.
+"""Prove it survives: eight fault scenarios under sustained load, checked exactly.
 
 Each scenario runs in two sizes: ``short`` (in ``make test``: a few users, seconds of load, one or
 two faults) and ``full`` (marked slow, ``make chaos``: 200 users, 500 rows/s, every fault the
