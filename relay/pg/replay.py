@@ -85,7 +85,6 @@ class PoolLogSource:
         self.pool = pool
         self.wait = wait  # longest wait for a (live) pool connection
         self.query_timeout = query_timeout
-        self.retries = 0  # reads retried after a dead connection (for tests and figures)
 
     async def state(self) -> LogState:
         return await self._read(read_log_state)
@@ -108,7 +107,6 @@ class PoolLogSource:
             try:
                 return await self._run(query, self.wait)
             except _DeadConnection as exc:
-                self.retries += 1
                 log.warning("replay_retried", error=one_line(exc.__cause__ or exc))
                 return await self._run_on_live(query, deadline)
         except (_DeadConnection, PoolTimeout, psycopg.Error, TimeoutError) as exc:
