@@ -1,6 +1,6 @@
 """Catch-up under a hostile backlog: long-polls and replays share the pool fairly, a request's
-database work is bounded, the SQL pre-filter never drops what the relay's filter matches, and
-long-polls count against RELAY_MAX_CONNECTIONS."""
+database work is bounded, and long-polls count against RELAY_MAX_CONNECTIONS (the SQL pre-filter
+itself: tests/pg/test_queries.py)."""
 
 from __future__ import annotations
 
