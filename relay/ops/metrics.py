@@ -46,6 +46,10 @@ class _Connections(Collector):
     def closed(self, transport: str) -> None:
         self.open[transport] -= 1
 
+    def polled(self) -> None:
+        """A long-poll request was admitted (those in flight are counted by ``polls``)."""
+        self.accepted["long_poll"] += 1
+
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
             "relay_connections",
