@@ -7,13 +7,15 @@ characters), so a frame is always one line, and an EventSource's ``event.data`` 
 * Events are unnamed (EventSource's ``message``) and carry ``id:`` = the event's cursor: a
   browser's own reconnect sends it back as ``Last-Event-ID`` and the stream resumes after it.
 * Control frames are named after their type (``event: ready``, ``subscribed``, ``reset``,
-  ``error``). ``subscribed`` carries ``id:`` too: the stream stands at its cursor.
-* A reset carries no ``id:``: a stream's id always means "every subscription has everything up
-  to here", which an overflow reset's cursor (one per subscription) does not; a reconnect before
-  the next id may repeat events the reset told the client to refetch, never lose one.
+  ``error``) and carry no ``id:``. A stream's id always means "every subscription has everything
+  up to here", which a frame of one subscription cannot say (a reset's cursor, a subscribed one
+  before the others are): were it sent as an id, a reconnect could skip another subscription's
+  reset. A reconnect before the next id may repeat what a reset told the client to refetch; it
+  never loses an event or a reset.
+* Once every subscription is live, the stream's ``position`` follows: a block with only an
+  ``id:``, which dispatches nothing but sets EventSource's last event id.
 * Heartbeats are comments. A heartbeat of a stream whose subscriptions are all live with nothing
-  queued carries the stream's position as ``id:`` (an event with an id and no data dispatches
-  nothing but sets the last event id), so a quiet stream's resume point keeps up with the log.
+  queued carries the position too, so a quiet stream's resume point keeps up with the log.
 
 An event's block is the same bytes on every stream of an epoch: encoded once per subscription id
 and cached on the event beside its websocket frames (``SSE.event_frame``).
@@ -65,7 +67,7 @@ class SSE(V1):
         return _named("ready", super().ready(user, pos))
 
     def subscribed(self, sub_id: str, pos: int) -> str:
-        return _ID + self.cursor(pos) + "\n" + _named("subscribed", super().subscribed(sub_id, pos))
+        return _named("subscribed", super().subscribed(sub_id, pos))
 
     def reset(self, sub_id: str, reason: str, pos: int) -> str:
         return _named("reset", super().reset(sub_id, reason, pos))
@@ -84,9 +86,14 @@ class SSE(V1):
 
     # -- the stream's own lines -----------------------------------------------------------------
 
+    def position(self, pos: int) -> str:
+        """The stream's position as its last event id: every subscription has everything up to
+        ``pos``."""
+        return _ID + cursor_text(self.epoch, pos) + _END
+
     def heartbeat(self, pos: int | None) -> str:
-        """A comment; with ``pos``, also the stream's position as its last event id."""
-        return ":\n\n" if pos is None else ":\n" + _ID + cursor_text(self.epoch, pos) + _END
+        """A comment; with ``pos``, also the stream's position."""
+        return ":\n\n" if pos is None else ":\n" + self.position(pos)
 
     @staticmethod
     def retry(ms: int) -> str:

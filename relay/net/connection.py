@@ -136,6 +136,10 @@ class Connection:
         """The connection's life: returns when it is over."""
         raise NotImplementedError
 
+    def _caught_up(self) -> None:
+        """A catch-up ended (its subscriptions live, or reset and live), in the step that went
+        live: what the transport adds after their frames."""
+
     # -- life -----------------------------------------------------------------------------------
 
     @property
@@ -367,10 +371,12 @@ class Connection:
             if isinstance(step, Live):
                 for replay in replays:
                     self.session.went_live(replay.sub)
+                self._caught_up()
                 self.flush()
             elif isinstance(step, Reset):
                 for replay in replays:
                     self.session.reset_subscription(replay.sub.id, step.reason)
+                self._caught_up()
                 self.flush()
         except LogUnavailable as exc:
             # The database is unreachable: the client retries with the same cursor.

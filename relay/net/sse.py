@@ -46,10 +46,9 @@ from relay.net.hub import Hub
 from relay.net.responses import bearer_token, query_params, response
 from relay.net.sockets import LimitedServerConnection
 
-__all__ = ["HEARTBEAT", "SSE_KIND", "StreamConnection", "Streams"]
+__all__ = ["SSE_KIND", "StreamConnection", "Streams"]
 
 SSE_KIND: Final = "sse"
-HEARTBEAT: Final = 15.0  # seconds between comments: under the idle timeout of common proxies
 RETRY_MS: Final = (1000, 4000)  # EventSource's reconnect delay, drawn per stream: spreads a storm
 CLOSE_REPLACED: Final = 4002  # a newer stream took this stream's ticket
 # The error event a stream ends with, by the reason the relay ends it.
@@ -82,7 +81,8 @@ class StreamConnection(Connection):
         )
         self.ws = ws  # websockets' connection, for its socket, flow control and close
         self.started = False  # the response head is written
-        self.next_heartbeat = time.monotonic() + HEARTBEAT
+        self.heartbeat = hub.settings.sse_heartbeat  # under the idle timeout of common proxies
+        self.next_heartbeat = time.monotonic() + self.heartbeat
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -119,10 +119,16 @@ class StreamConnection(Connection):
             self.ws.streaming = True  # what the client sends from now on is not read as frames
         self.ws.transport.write(head + self.sse.retry(random.randint(*RETRY_MS)).encode())
         self.started = True
+        if not any(isinstance(action, Replay) for action in actions):
+            self._caught_up()  # every subscription is live (from now, or reset)
         self.flush()
         self._log_auth()
         await self._act(actions)
         await self.run()
+
+    def _caught_up(self) -> None:
+        if (pos := self.position()) is not None:
+            self.queue.push_control(self.sse.position(pos))
 
     def check(self, now: float, monotonic: float) -> None:
         """The sweeper's visit: also the heartbeat, and the end of the stream at shutdown."""
@@ -130,13 +136,13 @@ class StreamConnection(Connection):
             self.close_soon(CLOSE_GOING_AWAY, "going_away")
         super().check(now, monotonic)
         if monotonic >= self.next_heartbeat:
-            self.next_heartbeat = monotonic + HEARTBEAT
+            self.next_heartbeat = monotonic + self.heartbeat
             if not len(self.queue) and self._can_write_now():
                 self._write(self.sse.heartbeat(self.position()))
 
     def position(self) -> int | None:
-        """With every subscription live and nothing queued (the caller checks the queue): the
-        position up to which the stream has written every event it will ever carry."""
+        """With every subscription live: the position up to which every event the stream will
+        ever carry has been queued or written (written, when the queue is empty)."""
         subs = self.session.subscriptions()
         if not subs or not all(sub.live for sub in subs):
             return None
