@@ -178,8 +178,8 @@ class ColumnValues:
     ``numbers`` holds each number as its nearest double, leaving out those beyond the double
     range (``beyond_doubles`` says some were): a query that compares numbers as doubles below
     that range and lets every larger number through accepts every number ``RowFilter.matches``
-    accepts, and perhaps a few more (relay/pg/queries.py). A narrowing, never a drop: the exact match
-    is still ``matches``.
+    accepts, and perhaps a few more (relay/pg/queries.py). A narrowing, never a drop: the exact
+    match is still ``matches``.
     """
 
     column: str
