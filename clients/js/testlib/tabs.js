@@ -79,10 +79,12 @@ export class FakeLocks {
   }
 }
 
-/** What a tab's client is given: its locks, channels and timers, all of which `crash` ends. */
-export function fakeTab(locks, name, timers = globalThis) {
+/** What a tab's client is given: its locks, channels, timers and (when given a WebSocket class)
+ * sockets, all of which `crash` ends. */
+export function fakeTab(locks, name, { timers = globalThis, WebSocket } = {}) {
   const channels = new Set();
   const handles = new Set();
+  const sockets = new Set();
   let dead = false;
   class TabChannel extends BroadcastChannel {
     constructor(channelName) {
@@ -93,9 +95,16 @@ export function fakeTab(locks, name, timers = globalThis) {
       if (!dead) super.postMessage(message);
     }
   }
+  const socketClass = WebSocket && class TabWebSocket extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets.add(this);
+    }
+  };
   return {
     name,
     options: {
+      ...(socketClass ? { WebSocket: socketClass } : {}),
       locks: locks.forTab(name),
       BroadcastChannel: TabChannel,
       timers: {
@@ -119,6 +128,7 @@ export function fakeTab(locks, name, timers = globalThis) {
       dead = true;
       for (const channel of channels) channel.close();
       for (const handle of handles) timers.clearTimeout(handle);
+      for (const socket of sockets) socket.terminate?.();
       locks.crash(name);
     },
   };
