@@ -53,7 +53,7 @@ def open_tab(
 
 def ids(dsn: str, query: str) -> list[int]:
     with psycopg.connect(dsn) as conn:
-        return [int(row[0]) for row in conn.execute(query).fetchall()]  # type: ignore[arg-type]
+        return [int(row[0]) for row in conn.execute(query).fetchall()]
 
 
 def connections(relay: RelayProcess) -> tuple[float, float]:
