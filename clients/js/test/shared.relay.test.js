@@ -26,7 +26,8 @@ test('three tabs, one socket; the leader crashes mid-stream and nothing is lost 
   try {
     await waitFor(() => tabs.every((t) => t.got.confirmed === 1), { what: 'three confirmations' });
     assert.deepEqual(tabs.map((t) => t.client.tabRole), ['leader', 'follower', 'follower']);
-    const writing = sql(...Array.from({ length: 40 }, (_, n) => addThumbnail(user, `row-${n}`)));
+    // Paced, so that the leader crashes in the middle of the stream.
+    const writing = sql(...Array.from({ length: 40 }, (_, n) => [addThumbnail(user, `row-${n}`), 'SELECT pg_sleep(0.02)']).flat());
     await waitFor(() => tabs[1].got.ids.length >= 3, { what: 'the first events' });
     tabs[0].crash();
     await writing;
