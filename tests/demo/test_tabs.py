@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from relay.demo.scenario import seed
 from tests.support.browser import DevTools, chromium
 from tests.support.processes import RelayProcess, relay_process
 from tests.support.tokens import token
@@ -137,3 +139,33 @@ def test_tabs_share_one_socket_and_survive_the_leader_closing(
         "the closed leader's socket to be gone at the relay",
     )
     assert 3.0 == relay.metric("relay_connections_total")  # alice's two leaders, and bob
+
+
+DASHBOARD = """(() => document.querySelector('#status').dataset.state === 'live'
+  && document.querySelectorAll('#thumbnails [data-thumbnail-id]').length === 4)()"""
+
+
+def test_demo_page_tabs_share_one_socket(relay_db: str) -> None:
+    """Two tabs of alice's demo link: one relay connection, the page says which tab holds it,
+    and a share click shows on both dashboards."""
+    with psycopg.connect(relay_db, autocommit=True) as conn:
+        seed(conn)
+        (thumbnail,) = conn.execute(
+            "SELECT min(id) FROM thumbnails WHERE user_id = 'alice'"
+        ).fetchone() or (0,)
+    with relay_process(relay_db, {"RELAY_DEMO": "true"}) as relay, chromium() as browser:
+        link = f"http://127.0.0.1:{relay.port}/?token={token('alice')}"
+        tabs = [browser.open(link), browser.open(link)]
+        for session in tabs:
+            browser.until(session, DASHBOARD)
+        roles = [browser.until(s, "document.querySelector('#tab').dataset.role") for s in tabs]
+        assert ["follower", "leader"] == sorted(roles)
+        assert (1.0, 1.0) == connections(relay)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{relay.port}/demo/click?id={thumbnail}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert 200 == response.status
+        count = f"document.querySelector('[data-thumbnail-id=\"{thumbnail}\"] .count')"
+        for session in tabs:
+            browser.until(session, f"{count}.textContent === '1'")
