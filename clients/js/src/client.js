@@ -49,6 +49,10 @@ export function createClient(options) {
   const { url, token } = options ?? {};
   if (typeof url !== 'string' || !url) throw new TypeError('createClient: url is required');
   if (typeof token !== 'function') throw new TypeError('createClient: token must be a function');
+  const given = (name) => (options[name] === undefined ? globalThis[name] : options[name]);
+  if (!given('WebSocket') && !given('fetch')) {
+    throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
+  }
   const apis = sharing(options);
   if (apis !== null) return createSharedClient(options, apis, createSocketClient);
   return createSocketClient(options);
@@ -77,9 +81,6 @@ function createSocketClient(options) {
     timers = globalThis,
     now = Date.now,
   } = options ?? {};
-  if (!WS && !fetchImpl) {
-    throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
-  }
   const backoffOptions = {
     initialMs: backoff?.initialMs ?? 500,
     capMs: backoff?.capMs ?? 30_000,
