@@ -4,13 +4,13 @@ test suites."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.node import node_tool, npm_ci
 from tests.support.paths import REPO
 from tests.support.processes import relay_process
 from tests.support.tokens import SECRET
@@ -21,40 +21,12 @@ JS_DIR = REPO / "clients" / "js"
 REACT_DIR = REPO / "clients" / "react"
 
 
-def _tool(name: str) -> str:
-    """The path of a Node tool; missing fails under CI and skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not on PATH: the JavaScript client cannot be tested"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def _npm_ci(folder: Path) -> None:
-    """Installs a package's dev dependencies from its lock file, once."""
-    if (folder / "node_modules").is_dir():
-        return
-    result = subprocess.run(
-        [_tool("npm"), "ci", "--no-audit", "--no-fund"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"npm ci failed in {folder.name}:\n{result.stdout}\n{result.stderr}"
-    )
-
-
 def _suite_passes(relay_db: str, folder: Path) -> None:
     """`npm test` in `folder` passes with RELAY_URL pointing at a live relay."""
-    npm = _tool("npm")
-    _tool("node")
-    _npm_ci(JS_DIR)  # clients/react's tests use clients/js's test helpers, and `ws` with them
-    _npm_ci(folder)
+    npm = node_tool("npm")
+    node_tool("node")
+    npm_ci(JS_DIR)  # clients/react's tests use clients/js's test helpers, and `ws` with them
+    npm_ci(folder)
     with relay_process(relay_db) as relay:
         env = {
             **os.environ,
