@@ -200,7 +200,7 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
     locks
       .request(name, { signal: stop.signal }, () => {
         if (closed) return undefined;
-        run(core.lead());
+        run(core.lead(now()));
         return new Promise((release) => {
           g.releaseLead = release;
         });

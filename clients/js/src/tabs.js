@@ -13,6 +13,11 @@
  * (the relay replays after that cursor), nothing is repeated (what the old leader sent after
  * that cursor is ignored), and each event goes only to the member that subscribed to it.
  *
+ * Leaders are numbered: a new leader's term is its clock when the lock was granted, and more
+ * than any term it has heard of. A follower takes a leader whose term is higher than any it
+ * knows, so an announcement the old leader sent just before it died, delivered late, cannot
+ * take a follower back to it.
+ *
  * TabCore takes what happens (the app subscribes, a message arrives, the lock is granted, the
  * websocket client reports) and returns actions for the shell (shared.js) to carry out:
  *   { type: 'post', to: null | member, message }   on the group channel, or a member's own
@@ -25,7 +30,7 @@
  *   { type: 'lend-token', to, n } / { type: 'token', n, token }   a leader without a token
  *
  * Messages name their sender (`from`) and, unless meant for everyone, their receiver (`to`):
- *   group channel   hello, leader {state}, state {state}, resign, sub {id, spec, since},
+ *   group channel   hello, leader {term, state}, state {state}, resign, sub {id, spec, since},
  *                   unsub {id}, wake, token? {n}, token {n, token}
  *   member channel  event {id, event}, subscribed {id, cursor}, reset {id, reason, cursor},
  *                   error {id, code, message}
@@ -51,6 +56,7 @@ export class TabCore {
     this.member = member;
     this.role = 'follower'; // 'leader' once the lock is granted; 'closed'
     this.leader = null; // the member this one follows; itself once it leads
+    this.term = 0; // the highest leader term heard of (this member's own once it leads)
     this.state = 'connecting';
     this.everLive = false;
     /** This member's subscriptions: id -> { id, spec, cursor }. */
@@ -81,16 +87,17 @@ export class TabCore {
     return this.leader === null ? [] : [this.post(null, { t: 'unsub', to: this.leader, id })];
   }
 
-  /** The group's lock was granted: this member leads from now on. */
-  lead() {
+  /** The group's lock was granted at `now` (ms): this member leads from now on. */
+  lead(now) {
     if (this.role !== 'follower') return [];
     this.role = 'leader';
     this.leader = this.member;
+    this.term = Math.max(now, this.term + 1);
     const actions = [{ type: 'connect' }];
     for (const sub of this.subs.values()) {
       actions.push(...this.route(this.member, sub.id, sub.spec, sub.cursor));
     }
-    actions.push(this.post(null, { t: 'leader', state: this.state }));
+    actions.push(this.announce());
     return actions;
   }
 
@@ -106,7 +113,9 @@ export class TabCore {
     switch (t) {
       case 'leader':
         if (from === this.leader) return this.setState(message.state);
+        if (!(typeof message.term === 'number' && message.term > this.term)) return [];
         this.leader = from;
+        this.term = message.term;
         return [...this.setState(message.state), ...[...this.subs.values()].map((s) => this.offer(s))];
       case 'state':
         return from === this.leader ? this.setState(message.state) : [];
@@ -125,7 +134,7 @@ export class TabCore {
     const { t, from } = message;
     switch (t) {
       case 'hello':
-        return [this.post(null, { t: 'leader', state: this.state })];
+        return [this.announce()];
       case 'sub':
         if (message.to !== this.member || !validSpec(message.spec)) return [];
         return this.route(from, message.id, message.spec, message.since ?? null);
@@ -194,6 +203,10 @@ export class TabCore {
   }
 
   // -- internals ----------------------------------------------------------------------------
+
+  announce() {
+    return this.post(null, { t: 'leader', term: this.term, state: this.state });
+  }
 
   post(to, message) {
     return { type: 'post', to, message: { ...message, from: this.member } };

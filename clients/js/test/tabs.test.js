@@ -9,9 +9,10 @@ const event = (pos) => ({ type: 'event', cursor: cursor(pos), table: 'thumbnails
 const posts = (actions) => actions.filter((a) => a.type === 'post').map((a) => [a.to, a.message]);
 const of = (actions, type) => actions.filter((a) => a.type === type);
 
-/** Leads `leader` and has `follower` hear of it; returns what the follower posted. */
-function elect(leader, follower) {
-  const announced = posts(leader.lead()).find(([, m]) => m.t === 'leader')[1];
+/** Leads `leader` (the lock granted at `now`) and has `follower` hear of it; returns what the
+ * follower posted. */
+function elect(leader, follower, now = 1_000) {
+  const announced = posts(leader.lead(now)).find(([, m]) => m.t === 'leader')[1];
   return follower.receive(announced);
 }
 
@@ -40,7 +41,7 @@ test('a follower holds its subscriptions until it hears of a leader, then offers
 test('the leader connects, carries its own and its followers subscriptions, watches followers', () => {
   const a = new TabCore('A');
   a.subscribe('s1', spec, cursor(3));
-  const led = a.lead();
+  const led = a.lead(1_000);
   assert.deepEqual(led.map((x) => x.type), ['connect', 'inner-subscribe', 'post']);
   assert.deepEqual(led[1], { type: 'inner-subscribe', key: 'A s1', spec, since: cursor(3) });
   const from = (m) => a.receive({ ...m, from: 'B', to: 'A' });
@@ -61,7 +62,7 @@ test('the leader connects, carries its own and its followers subscriptions, watc
   assert.deepEqual(a.receive({ t: 'sub', from: 'B', to: 'A', id: 's3', spec: { table: '' } }), []);
   assert.deepEqual(a.receive({ t: 'hello', from: 'A' }), []);
   assert.deepEqual(a.receive('junk'), []);
-  assert.deepEqual(posts(a.receive({ t: 'hello', from: 'C' })), [[null, { t: 'leader', state: 'connecting', from: 'A' }]]);
+  assert.deepEqual(posts(a.receive({ t: 'hello', from: 'C' })), [[null, { t: 'leader', term: 1_000, state: 'connecting', from: 'A' }]]);
 });
 
 test('relay callbacks go to the subscribing member only, its own ones to its app', () => {
@@ -113,7 +114,7 @@ test('a new leader gets each subscription from its last delivered cursor; the ol
   elect(a, b);
   b.receive({ t: 'event', from: 'A', to: 'B', id: 's1', event: event(11) });
   // A crashes; C leads, B hears of it before A's last frames come in.
-  const offered = elect(c, b);
+  const offered = elect(c, b, 2_000);
   assert.deepEqual(posts(offered), [[null, { t: 'sub', to: 'C', id: 's1', spec, since: cursor(11), from: 'B' }]]);
   assert.deepEqual(b.receive({ t: 'event', from: 'A', to: 'B', id: 's1', event: event(12) }), []);
   assert.equal(b.receive({ t: 'event', from: 'C', to: 'B', id: 's1', event: event(12) }).length, 1);
@@ -125,7 +126,8 @@ test('a follower that leads moves its own subscriptions over from their cursors'
   b.subscribe('s1', spec);
   elect(new TabCore('A'), b);
   b.receive({ t: 'event', from: 'A', to: 'B', id: 's1', event: event(20) });
-  const led = b.lead();
+  const led = b.lead(900); // a clock behind the old leader's: the term still goes up
+  assert.equal(b.term, 1_001);
   assert.deepEqual(of(led, 'inner-subscribe'), [{ type: 'inner-subscribe', key: 'B s1', spec, since: cursor(20) }]);
   assert.deepEqual(b.receive({ t: 'event', from: 'A', to: 'B', id: 's1', event: event(21) }), []);
 });
@@ -147,7 +149,7 @@ test('states: the leader broadcasts its socket state; followers wait for the nex
 
 test('a gone follower loses every route; wake and tokens go to the right member', () => {
   const a = new TabCore('A');
-  a.lead();
+  a.lead(1_000);
   a.receive({ t: 'sub', from: 'B', to: 'A', id: 's1', spec });
   a.receive({ t: 'sub', from: 'B', to: 'A', id: 's2', spec });
   assert.deepEqual(a.memberGone('B'), [
@@ -165,4 +167,20 @@ test('a gone follower loses every route; wake and tokens go to the right member'
   assert.deepEqual(b.receive({ t: 'token?', from: 'A', n: 1 }), []);
   assert.deepEqual(posts(b.wake()), [[null, { t: 'wake', to: 'C', from: 'B' }]]);
   assert.deepEqual(b.askToken(1), []);
+});
+
+test('an old leader’s announcement that comes late does not take a follower back to it', () => {
+  const b = new TabCore('B');
+  b.subscribe('s1', spec);
+  const a = new TabCore('A');
+  a.lead(1_000);
+  const stale = posts(a.receive({ t: 'hello', from: 'N' }))[0][1]; // A answers a new tab, dies
+  elect(new TabCore('C'), b, 2_000);
+  assert.deepEqual(b.receive(stale), []);
+  assert.equal(b.leader, 'C');
+  assert.deepEqual(b.receive({ t: 'leader', from: 'D', state: 'live' }), []); // no term: ignored
+  // After C resigns, its own late announcement does not bring it back either.
+  b.receive({ t: 'resign', from: 'C' });
+  assert.deepEqual(b.receive({ t: 'leader', from: 'C', term: 2_000, state: 'live' }), []);
+  assert.equal(posts(elect(new TabCore('E'), b, 3_000)).length, 1);
 });
