@@ -50,7 +50,7 @@ export function RelayProvider({ client, options, children }) {
         if (hold.current === entry) hold.current = null;
       }, 0);
     };
-  }, [given]); // eslint-disable-line react-hooks/exhaustive-deps -- options are read once
+  }, [given]); // options are read once, on mount
   return createElement(RelayContext.Provider, { value: given ?? owned }, children);
 }
 
@@ -175,7 +175,7 @@ function useLasting(identity, client, start) {
         if (live.current === current) live.current = null;
       }, 0);
     };
-  }, [identity, client]); // eslint-disable-line react-hooks/exhaustive-deps -- start is per render
+  }, [identity, client]); // not start: new on each render, identity says when it changed
 }
 
 function end(entry) {
