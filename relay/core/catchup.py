@@ -14,13 +14,24 @@ does the waiting. A connection's replay (relay/net/connection.py) and a long-pol
     # Live (the router now delivers to sub), Reset, Paused or Gone
 
 The subscription is registered with the router, not live, before the catch-up starts (the router
-skips it). ``next`` reads the router's head and, when the catch-up has reached it, makes the
-subscription live in the same call: no await separates the head check from going live, so no
-event can be routed in between and the seam between replay and live has no gap and no duplicate.
+does not deliver to it). From ``start`` on, the router holds the events the subscription wants
+(``Subscription.held``, at most ``hold`` of them): the catch-up then reads the log only up to
+``held_from``, the router's head when holding began, a fixed target, and hands the held events
+over when it goes live. Without holding, a replay would chase the head: under a fast-growing log
+and a busy pool every page ends behind a head that has moved on, and the replay may never go live.
+When more than ``hold`` events arrive before the target is reached, holding starts again from the
+head of that moment (the dropped events are read from the log instead): the target moves only
+then.
+
+``next`` makes the subscription live in the call that finds the log read up to the target: no
+await separates that check from going live, so no event can be routed in between, and the seam
+between replay, held events and live has no gap and no duplicate. The shell hands ``Live.events``
+to the client before anything else, in that same step.
 
 ``Lockstep`` runs several ``Catchup``s as one, for a stream with one position for all its
-subscriptions (SSE): events in log order across them, and all live in one call. Connections run
-their replays through it (a websocket's subscription alone, an SSE stream's all together).
+subscriptions (SSE): one target for all of them, events in log order across them, and all live
+in one call. Connections run their replays through it (a websocket's subscription alone, an SSE
+stream's all together).
 """
 
 from __future__ import annotations
@@ -35,7 +46,8 @@ from relay.core.router import Router, Target
 from relay.core.subscription import Subscription
 
 __all__ = [
-    "Catchup", "Gone", "Live", "Lockstep", "Paused", "ReadPage", "ReadPages", "Reset", "Step",
+    "Catchup", "Gone", "Live", "LiveTogether", "Lockstep", "Paused", "ReadPage", "ReadPages",
+    "Reset", "Step",
 ]  # fmt: skip
 
 
@@ -50,9 +62,11 @@ class ReadPage:
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    """Caught up: the subscription is live, its stream standing at ``after``."""
+    """Caught up: the subscription is live, its stream standing at ``after``; ``events`` (held
+    while catching up, in order) go to the client first."""
 
     after: int
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +101,8 @@ class Catchup:
     ``after`` is the position the client has been given everything up to.
     """
 
-    __slots__ = ("after", "deadline", "limit", "max_pages", "pages", "router", "since", "sub",
-                 "target")  # fmt: skip
+    __slots__ = ("after", "deadline", "hold", "limit", "max_pages", "pages", "router", "since",
+                 "sub", "target")  # fmt: skip
 
     def __init__(
         self,
@@ -100,6 +114,7 @@ class Catchup:
         limit: int,
         max_pages: int | None = None,
         deadline: float | None = None,
+        hold: int | None = None,
     ) -> None:
         self.router = router
         self.target = target
@@ -108,6 +123,7 @@ class Catchup:
         self.limit = limit
         self.max_pages = max_pages
         self.deadline = deadline
+        self.hold = limit if hold is None else hold  # 0: no holding, chase the head
         self.after = since.pos
         self.pages = 0
 
@@ -123,22 +139,52 @@ class Catchup:
         reason = state.problem(self.since)
         if reason is not None:
             return Reset(reason)
+        self.hold_from_head()
         return self.next(now)
 
+    def hold_from_head(self) -> None:
+        """The router holds what the subscription wants from its head on: the target."""
+        if self.hold:
+            sub = self.sub
+            sub.hold_max = self.hold
+            sub.held = []
+            sub.held_from = self.router.head
+
+    def held_out(self) -> bool:
+        """More arrived than it may hold: holding must start again (the target moves)."""
+        return bool(self.hold) and self.sub.held is None
+
+    def upto(self) -> int:
+        """The position the log must be read up to before it goes live."""
+        return self.sub.held_from if self.hold else self.router.head
+
+    def go_live(self) -> Live:
+        """Goes live now (the log was read up to the target), handing over what was held."""
+        sub, after, head = self.sub, self.after, self.router.head
+        events = tuple(e for e in sub.held or () if e.pos > after)
+        sub.held = None
+        live_at = max(after, head)
+        self.after = live_at
+        self.router.go_live(self.target, sub.id, live_at)
+        return Live(live_at, events)
+
     def next(self, now: float) -> Step:
-        """Goes live if the catch-up has reached the router's head (in this call), else asks for
-        the next page, or pauses when a budget ran out."""
+        """Goes live if the catch-up has read the log up to its target (in this call), else asks
+        for the next page, or pauses when a budget ran out."""
         if not self.pending():
+            self.sub.held = None
             return Gone()
-        head = self.router.head
-        if self.after >= head:
-            self.router.go_live(self.target, self.sub.id, self.after)
-            return Live(self.after)
+        if self.held_out():
+            self.hold_from_head()  # the target moves, once
+        target, after = self.upto(), self.after
+        if after >= target:
+            return self.go_live()
         if (self.max_pages is not None and self.pages >= self.max_pages) or (
             self.pages and self.deadline is not None and now >= self.deadline
         ):
-            return Paused(self.after)
-        return ReadPage(self.after, head, self.limit)
+            self.sub.held = None
+            return Paused(after)
+        return ReadPage(after, target, self.limit)
 
     def feed(self, page: ReplayPage, through: int | None = None) -> list[Event]:
         """The page's events the subscription wants, in order; the catch-up moves past the page,
@@ -158,15 +204,26 @@ class ReadPages:
     reads: tuple[tuple[Subscription, ReadPage], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LiveTogether:
+    """Every subscription is live, the stream standing at ``after``; ``events`` (held while
+    catching up, each with its subscription, in log order) go to the client first."""
+
+    after: int
+    events: tuple[tuple[Subscription, Event], ...] = ()
+
+
 class Lockstep:
     """Catches several subscriptions of one connection up together, for a stream that has one
     position for all of them (an SSE stream's ``id:``): its events come in log order across the
-    subscriptions, and they go live in the same call, at the same head.
+    subscriptions, and they go live in the same call.
 
-    Each step reads a page for the catch-ups that stand furthest behind; only events up to the
-    lowest position that every catch-up has covered (a page's end, or a catch-up already past
-    it) are handed over, merged by position; the pages' events past it are read again. With one
-    catch-up it steps exactly as that ``Catchup`` does. No page or time budget: it never pauses.
+    They hold from the same head, so they share one target; when one holds out, all hold again
+    from the head of that moment. Each step reads a page for the catch-ups that stand furthest
+    behind; only events up to the lowest position that every catch-up has covered (a page's end,
+    or a catch-up already past it) are handed over, merged by position; the pages' events past it
+    are read again. The held events are handed over merged too. With one catch-up it steps as
+    that ``Catchup`` does. No page or time budget: it never pauses.
     """
 
     __slots__ = ("_reading", "catchups", "router")
@@ -187,7 +244,7 @@ class Lockstep:
         """Whether every subscription still awaits its catch-up (none gone)."""
         return all(c.pending() for c in self.catchups)
 
-    def start(self, state: LogState, now: float) -> Reset | Gone | Live | ReadPages:
+    def start(self, state: LogState, now: float) -> Reset | Gone | LiveTogether | ReadPages:
         """The first step, given the log's state as read after the subscriptions were
         registered: a Reset (for all of them) when the log cannot resume from a cursor."""
         if not self.pending():
@@ -196,21 +253,32 @@ class Lockstep:
             reason = state.problem(catchup.since)
             if reason is not None:
                 return Reset(reason)
+        for catchup in self.catchups:
+            catchup.hold_from_head()  # one head: one target
         return self.next(now)
 
-    def next(self, now: float) -> Gone | Live | ReadPages:
-        """Goes live (all of them, in this call) once every catch-up has reached the router's
-        head; else asks for the pages of those furthest behind."""
+    def next(self, now: float) -> Gone | LiveTogether | ReadPages:
+        """Goes live (all of them, in this call) once every catch-up has read the log up to the
+        target; else asks for the pages of those furthest behind."""
+        catchups = self.catchups
         if not self.pending():
+            for catchup in catchups:
+                catchup.sub.held = None
             return Gone()
-        head = self.router.head
-        if all(c.after >= head for c in self.catchups):
-            for catchup in self.catchups:
-                catchup.next(now)  # goes live: after >= head, and no await since the check
-            return Live(self.after)
+        if any(c.held_out() for c in catchups):
+            for catchup in catchups:
+                catchup.hold_from_head()  # the target moves, for all
+        target = max(c.upto() for c in catchups)  # one head: the same for all
+        if all(c.after >= target for c in catchups):
+            lives = [c.go_live() for c in catchups]  # no await since the check
+            held = [
+                (c.sub, e) for c, live in zip(catchups, lives, strict=True) for e in live.events
+            ]
+            held.sort(key=lambda pair: pair[1].pos)  # stable
+            return LiveTogether(max(live.after for live in lives), tuple(held))
         low = self.after
-        self._reading = tuple(c for c in self.catchups if c.after == low)
-        return ReadPages(tuple((c.sub, ReadPage(low, head, c.limit)) for c in self._reading))
+        self._reading = tuple(c for c in catchups if c.after == low)
+        return ReadPages(tuple((c.sub, ReadPage(low, target, c.limit)) for c in self._reading))
 
     def feed(self, pages: Sequence[ReplayPage]) -> list[tuple[Subscription, Event]]:
         """The pages' wanted events up to the position all catch-ups have covered, in log order

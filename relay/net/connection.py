@@ -28,7 +28,7 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 
 from relay.core.auth import Authenticator
-from relay.core.catchup import Catchup, Live, Lockstep, ReadPages, Reset
+from relay.core.catchup import Catchup, LiveTogether, Lockstep, ReadPages, Reset
 from relay.core.events import Event
 from relay.core.log import LogSource
 from relay.core.outqueue import OutQueue
@@ -367,8 +367,11 @@ class Connection:
                         return
                     self.queue.offer(sub, event, time.time())
                     self.flush()
-                step = lockstep.next(time.monotonic())  # Live: no await since the head check
-            if isinstance(step, Live):
+                step = lockstep.next(time.monotonic())  # live: no await since the target check
+            if isinstance(step, LiveTogether):
+                now = time.time()
+                for sub, event in step.events:  # held while catching up: before anything live
+                    self.queue.offer(sub, event, now)
                 for replay in replays:
                     self.session.went_live(replay.sub)
                 self._caught_up()

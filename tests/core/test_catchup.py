@@ -6,7 +6,17 @@ from collections.abc import Iterable
 
 import pytest
 
-from relay.core.catchup import Catchup, Gone, Live, Lockstep, Paused, ReadPage, ReadPages, Reset
+from relay.core.catchup import (
+    Catchup,
+    Gone,
+    Live,
+    LiveTogether,
+    Lockstep,
+    Paused,
+    ReadPage,
+    ReadPages,
+    Reset,
+)  # fmt: skip
 from relay.core.cursor import Cursor
 from relay.core.events import OPS
 from relay.core.log import LogState, ReplayPage
@@ -55,9 +65,9 @@ def test_a_cursor_at_the_head_goes_live_at_once() -> None:
 
 
 def test_pages_run_to_the_head_then_live_with_no_gap_and_no_duplicate() -> None:
-    """Each page reads after the last one up to the head as it is then; live starts after it."""
+    """Without holding, each page reads up to the head as it is then; live starts after it."""
     router, target, sub = registered(10, ops=["INSERT"])
-    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2, hold=0)
     assert ReadPage(5, 10, 2) == catchup.start(state(10), 0)
     page = ReplayPage([make_event(6), make_event(7, op="UPDATE"), make_event(9)], scanned_to=9)
     assert [6, 9] == [event.pos for event in catchup.feed(page)]  # the op it does not want: out
@@ -67,6 +77,45 @@ def test_pages_run_to_the_head_then_live_with_no_gap_and_no_duplicate() -> None:
     assert Live(11) == catchup.next(0)
     router.route(make_event(12), 0.0)
     assert ([("s", 12)], 12) == (target.received, sub.after)
+
+
+def test_events_routed_while_catching_up_are_held_and_handed_over_when_live() -> None:
+    """The log is read up to the head at the start only; what is routed meanwhile is held (the
+    events the subscription wants, in order) and handed over in the step that goes live."""
+    router, target, sub = registered(10, ops=["INSERT"])
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2)
+    assert ReadPage(5, 10, 2) == catchup.start(state(10), 0)
+    assert [6] == [e.pos for e in catchup.feed(ReplayPage([make_event(6)], scanned_to=8))]
+    router.route(make_event(11), 0.0)
+    router.route(make_event(12, op="UPDATE"), 0.0)  # not wanted: not held
+    router.route(make_event(13), 0.0)
+    assert ReadPage(8, 10, 2) == catchup.next(0)  # the target stays where holding began
+    assert [] == catchup.feed(ReplayPage([], scanned_to=10))
+    step = catchup.next(0)
+    assert isinstance(step, Live)
+    assert (13, [11, 13]) == (step.after, [e.pos for e in step.events])
+    assert ([], True, 13, None) == (target.received, sub.live, sub.after, sub.held)
+    router.route(make_event(14), 0.0)
+    assert [("s", 14)] == target.received
+
+
+def test_holding_past_its_bound_moves_the_target_once() -> None:
+    """More events than the bound arrive before the target is read: holding starts again from
+    the head of that moment, and the dropped events are read from the log instead."""
+    router, target, sub = registered(10)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=10, hold=2)
+    assert ReadPage(5, 10, 10) == catchup.start(state(10), 0)
+    for pos in (11, 12, 13):  # the third passes the bound
+        router.route(make_event(pos), 0.0)
+    assert sub.held is None
+    catchup.feed(ReplayPage([], scanned_to=10))
+    assert ReadPage(10, 13, 10) == catchup.next(0)
+    router.route(make_event(14), 0.0)
+    assert [11, 12, 13] == [e.pos for e in catchup.feed(ReplayPage(
+        [make_event(11), make_event(12), make_event(13)], scanned_to=13))]  # fmt: skip
+    step = catchup.next(0)
+    assert isinstance(step, Live)
+    assert (14, [14]) == (step.after, [e.pos for e in step.events])
 
 
 def test_events_at_or_before_the_cursor_are_not_handed_over() -> None:
@@ -111,7 +160,7 @@ def test_a_subscription_that_is_no_longer_pending_is_gone(how: str) -> None:
         router.remove(target)
     assert (False, Gone(), Gone()) == (catchup.pending(), catchup.start(state(10), 0),
                                        catchup.next(0))  # fmt: skip
-    assert not sub.live
+    assert (False, None) == (sub.live, sub.held)
 
 
 def two_subscriptions(head: int) -> tuple[Router, RecordingTarget, Subscription, Subscription]:
@@ -164,7 +213,7 @@ def test_lockstep_goes_live_all_at_once_at_the_head() -> None:
     """None goes live before all have reached the head; then all do, in the same call."""
     router, target, a, b = two_subscriptions(10)
     steps = lockstep(router, target, a, b, since=10)
-    assert (Live(10), True, True) == (steps.start(state(10), 0), a.live, b.live)
+    assert (LiveTogether(10), True, True) == (steps.start(state(10), 0), a.live, b.live)
     router.route(make_event(11), 0.0)
     router.route(make_event(12, table="others"), 0.0)
     assert [("a", 11), ("b", 12)] == target.received
@@ -190,4 +239,41 @@ def test_lockstep_of_one_steps_as_its_catchup() -> None:
     assert [6, 9] == [event.pos for _, event in steps.feed([page])]
     assert ReadPages(((sub, ReadPage(9, 10, 2)),)) == steps.next(0)
     steps.feed([ReplayPage([], scanned_to=10)])
-    assert (Live(10), True) == (steps.next(0), sub.live)
+    assert (LiveTogether(10), True) == (steps.next(0), sub.live)
+
+
+def test_lockstep_hands_over_what_was_held_merged_by_position() -> None:
+    """Both hold from one head (one target); what each held is handed over in log order in the
+    step that makes them all live."""
+    router, target, a, b = two_subscriptions(10)
+    steps = lockstep(router, target, a, b, since=8)
+    assert ReadPages(((a, ReadPage(8, 10, 10)), (b, ReadPage(8, 10, 10)))) == steps.start(
+        state(10), 0
+    )
+    router.route(make_event(11, table="others"), 0.0)
+    router.route(make_event(12), 0.0)
+    router.route(make_event(13, table="others"), 0.0)
+    assert [("a", 9)] == [(s.id, e.pos) for s, e in steps.feed(
+        [ReplayPage([make_event(9)], 10), ReplayPage([], 10)])]  # fmt: skip
+    step = steps.next(0)
+    assert isinstance(step, LiveTogether)
+    assert (13, [("b", 11), ("a", 12), ("b", 13)]) == (
+        step.after,
+        [(s.id, e.pos) for s, e in step.events],
+    )
+    assert ([], True, True, 13, 13) == (target.received, a.live, b.live, a.after, b.after)
+
+
+def test_one_holding_out_moves_the_target_for_all() -> None:
+    """Past one subscription's bound, both hold again from the head of that moment: the one
+    target moves for all, and what was held is read from the log instead."""
+    router, target, a, b = two_subscriptions(10)
+    steps = Lockstep(router, [Catchup(router, target, s, Cursor(EPOCH, 8), limit=10, hold=1)
+                              for s in (a, b)])  # fmt: skip
+    steps.start(state(10), 0)
+    router.route(make_event(11, table="others"), 0.0)
+    router.route(make_event(12), 0.0)
+    router.route(make_event(13), 0.0)  # a's second: past its bound
+    steps.feed([ReplayPage([], 10), ReplayPage([], 10)])
+    assert ReadPages(((a, ReadPage(10, 13, 10)), (b, ReadPage(10, 13, 10)))) == steps.next(0)
+    assert ([], []) == (a.held, b.held)

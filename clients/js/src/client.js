@@ -4,11 +4,19 @@
  *
  * Nothing is queued for later sending: a subscription is (re)sent from the subscription table
  * each time a connection becomes ready, so what is buffered is bounded by what the app holds.
+ *
+ * In a browser with Web Locks and BroadcastChannel, the tabs of one user share one such client
+ * (shared.js): createClient returns a tab's view of it, with the same interface.
  */
 
 import { backoffDelay } from './backoff.js';
+import { RelayError } from './errors.js';
+import { createSharedClient, sharing } from './shared.js';
 import { sseTransport } from './sse.js';
+import { timerFactory } from './timers.js';
 import { MAX_TIMER_MS, refreshDelay, tokenExpiry } from './token.js';
+
+export { RelayError };
 
 const WS_PATH = '/v1/ws';
 const POLL_PATH = '/v1/poll';
@@ -18,16 +26,6 @@ const CLOSE_AUTH = 4001; // the relay refused or timed out the token
 const CLOSE_CLIENT = 4000; // our own closes (ping timeout, token provider failed)
 const MAX_POLL_WAIT_S = 25;
 const QUICK_POLL_MS = 1000; // an empty answer faster than this waits this long before the next
-
-/** An error reported by the relay or by the client; `code` is short and stable. */
-export class RelayError extends Error {
-  constructor(code, message, { reason, cause } = {}) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.name = 'RelayError';
-    this.code = code;
-    if (reason !== undefined) this.reason = reason;
-  }
-}
 
 /** The websocket, long-poll and SSE endpoints under a base URL (http(s) or ws(s), any path prefix). */
 export function endpoints(url, pollUrl) {
@@ -48,7 +46,26 @@ export function endpoints(url, pollUrl) {
   };
 }
 
+/** A client: shared by the tabs of one user where the browser allows (option shareTabs), else
+ * one socket of its own. */
 export function createClient(options) {
+  const { url, token } = options ?? {};
+  if (typeof url !== 'string' || !url) throw new TypeError('createClient: url is required');
+  if (typeof token !== 'function') throw new TypeError('createClient: token must be a function');
+  if (![undefined, 'websocket', 'sse'].includes(options.transport)) {
+    throw new TypeError("createClient: transport is 'websocket' or 'sse'");
+  }
+  const given = (name) => (options[name] === undefined ? globalThis[name] : options[name]);
+  if (!given('WebSocket') && !given('fetch')) {
+    throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
+  }
+  const apis = sharing(options);
+  if (apis !== null) return createSharedClient(options, apis, createSocketClient);
+  return createSocketClient(options);
+}
+
+/** A client with one websocket (or long-polls) of its own. */
+function createSocketClient(options) {
   const {
     url,
     token,
@@ -71,11 +88,6 @@ export function createClient(options) {
     timers = globalThis,
     now = Date.now,
   } = options ?? {};
-  if (typeof url !== 'string' || !url) throw new TypeError('createClient: url is required');
-  if (typeof token !== 'function') throw new TypeError('createClient: token must be a function');
-  if (transport !== 'websocket' && transport !== 'sse') {
-    throw new TypeError("createClient: transport is 'websocket' or 'sse'");
-  }
   const urls = endpoints(url, pollUrl);
   // The streaming transport: a websocket, or SSE over fetch shaped like one (sse.js).
   const streams =
@@ -88,9 +100,6 @@ export function createClient(options) {
         })
       : null;
   const WS = transport === 'sse' ? streams && streams.open : webSocket;
-  if (!WS && !fetchImpl) {
-    throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
-  }
   const backoffOptions = {
     initialMs: backoff?.initialMs ?? 500,
     capMs: backoff?.capMs ?? 30_000,
@@ -103,6 +112,8 @@ export function createClient(options) {
   let nextId = 1;
 
   let state = 'connecting';
+  const watchers = new Set(); // watchState listeners
+  let lastEventAt = null; // when an event was last handed to a subscription
   let closed = false;
   let everLive = false; // a connection got ready (or a poll answered) at least once
   let mode = WS ? 'ws' : 'poll';
@@ -133,6 +144,7 @@ export function createClient(options) {
     if (next === state) return;
     state = next;
     call(onState, next);
+    for (const listener of [...watchers]) call(listener, next);
   }
 
   function report(error) {
@@ -564,6 +576,7 @@ export function createClient(options) {
 
   function deliverEvent(sub, event) {
     if (typeof event?.cursor === 'string') sub.cursor = event.cursor;
+    lastEventAt = now();
     call(sub.handlers.onEvent, event);
   }
 
@@ -653,6 +666,7 @@ export function createClient(options) {
     events?.removeEventListener('offline', onOffline);
     doc?.removeEventListener('visibilitychange', onVisibility);
     setState('closed');
+    watchers.clear();
   }
 
   if (mode === 'poll') startPolling();
@@ -666,44 +680,14 @@ export function createClient(options) {
     get state() {
       return state;
     },
+    get lastEventAt() {
+      return lastEventAt;
+    },
+    /** Calls listener(state) on every change of state; returns the function that stops it. */
+    watchState(listener) {
+      watchers.add(listener);
+      return () => watchers.delete(listener);
+    },
+    tabRole: 'solo',
   };
-}
-
-/** Timers that remember which are pending, so close() can clear every one of them. */
-function timerFactory(impl) {
-  // Called as plain functions: a browser's setTimeout refuses another `this` than window.
-  const setTimer = impl.setTimeout;
-  const clearTimer = impl.clearTimeout;
-  const pending = new Set();
-  function timer() {
-    let handle = null;
-    const t = {
-      set(ms, fn) {
-        t.clear();
-        const delay = Math.min(MAX_TIMER_MS, Math.max(0, ms));
-        const h = setTimer(() => {
-          if (handle !== h) return;
-          handle = null;
-          pending.delete(t);
-          fn();
-        }, delay);
-        handle = h;
-        pending.add(t);
-      },
-      clear() {
-        if (handle === null) return;
-        clearTimer(handle);
-        handle = null;
-        pending.delete(t);
-      },
-      get pending() {
-        return handle !== null;
-      },
-    };
-    return t;
-  }
-  timer.clearAll = () => {
-    for (const t of [...pending]) t.clear();
-  };
-  return timer;
 }
