@@ -98,7 +98,7 @@ by hand in `tests/chaos/report.py`):
    scenarios 1 and 2 above were re-run with it.
 2. **Reconnect storms time out on the replay pool** (scenario 7, in 3 of 5 full runs on this
    machine). `relay/app.py` `run_relay` gives replays an `AsyncConnectionPool(max_size=4)`;
-   `relay/net/connection.py` `Connection._replay` takes a connection from it for `read_log_state`, then
+   `relay/net/connection.py` `Connection._catch_up` takes a connection from it for `read_log_state`, then
    again for every `fetch_replay` page, each time waiting at most `2 x RELAY_QUERY_TIMEOUT` (4 s
    here), and on `PoolTimeout` closes the client with 1011 `replay_unavailable`. When 2,000
    clients resume at once, 4,000 or more acquisitions queue on 4 connections: 1,993 and 2,809
