@@ -348,3 +348,37 @@ def test_a_stream_that_is_not_read_is_cut_while_a_reading_one_gets_everything(
         assert 1.0 == relay.metric("relay_connections", 'transport="sse"')
         stalled.close()
         healthy.close()
+
+
+def test_the_ports_checks_apply_to_streams_and_tickets(relay_db: str) -> None:
+    """Origin allow-list (403), per-address open connections (429), the method (405) and a
+    browser's CORS preflight, as for the long-poll."""
+    env = {"RELAY_ALLOWED_ORIGINS": "https://app.example", "RELAY_MAX_CONNECTIONS_PER_IP": "1"}
+    with relay_process(relay_db, env) as relay:
+        app = {"Origin": "https://app.example"}
+        stranger = open_stream(relay, "alice", table="thumbnails",
+                               headers={"Origin": "https://evil.example"})  # fmt: skip
+        assert (403, b"origin not allowed\n") == (stranger.status, stranger.body)
+        stream = open_stream(relay, "alice", table="thumbnails", headers=app)
+        opened(stream)
+        assert "https://app.example" == stream.headers["access-control-allow-origin"]
+        second = open_stream(relay, "alice", table="thumbnails", headers=app)
+        assert 429 == second.status  # the stream holds the address's one slot
+        stream.close()
+        wait_until(
+            lambda: open_stream(relay, "alice", table="thumbnails", headers=app).status == 200,
+            10,
+            "the slot given back",
+        )
+        post = SseStream(relay.port, "/v1/sse", {"Authorization": f"Bearer {token('alice')}"},
+                         method="POST")  # fmt: skip
+        assert (405, "GET") == (post.status, post.headers["allow"])
+        preflight = SseStream(relay.port, "/v1/sse/ticket", {**app, "Content-Length": "0"},
+                              method="OPTIONS")  # fmt: skip
+        assert (204, "POST, OPTIONS", "Authorization") == (
+            preflight.status,
+            preflight.headers["access-control-allow-methods"],
+            preflight.headers["access-control-allow-headers"],
+        )
+        preflight = SseStream(relay.port, "/v1/sse", app, method="OPTIONS")
+        assert "Authorization, Last-Event-ID" == preflight.headers["access-control-allow-headers"]
