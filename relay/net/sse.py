@@ -197,16 +197,15 @@ class Streams:
             return _json(400, SSE.poll_error("too many query parameters", code="bad_message"), cors)
         ticket = query.get("ticket") or None
         token = bearer_token(request.headers.get("Authorization"))
+        replaced: object | None = None
         if token is None and ticket is not None:
             redeemed = self.tickets.redeem(ticket, address, connection, time.monotonic())
             if redeemed is None:
                 hub.metrics.auth_failures.labels("unknown_ticket").inc()
                 return _json(401, SSE.poll_error("ticket refused", reason="unknown_ticket"), cors)
-            token = redeemed.token
-            if isinstance(redeemed.replaced, StreamConnection):
-                redeemed.replaced.close_soon(CLOSE_REPLACED, "replaced")
+            token, replaced = redeemed.token, redeemed.replaced
         try:
-            return await self._stream(connection, request, query, token, cors)
+            return await self._stream(connection, request, query, token, cors, replaced)
         finally:
             if ticket is not None:
                 self.tickets.release(ticket, connection, time.monotonic())
@@ -218,11 +217,14 @@ class Streams:
         query: dict[str, str],
         token: str | None,
         cors: list[tuple[str, str]],
+        replaced: object | None,
     ) -> Response:
         session = connection.session
         actions = list(session.authenticate(token or "", time.time()))
         if (close := next((a for a in actions if isinstance(a, Close)), None)) is not None:
             return _json(401, SSE.poll_error("token refused", reason=close.reason), cors)
+        if isinstance(replaced, StreamConnection):  # the ticket's token is still good: it moves
+            replaced.close_soon(CLOSE_REPLACED, "replaced")
         since = request.headers.get("Last-Event-ID") or query.get("since") or None
         replays: list[Close | Abort | Replay] = []
         try:
