@@ -382,3 +382,24 @@ def test_the_ports_checks_apply_to_streams_and_tickets(relay_db: str) -> None:
         )
         preflight = SseStream(relay.port, "/v1/sse", app, method="OPTIONS")
         assert "Authorization, Last-Event-ID" == preflight.headers["access-control-allow-headers"]
+
+
+def test_last_event_id_resumes_on_another_replica_where_a_ticket_is_unknown(relay_db: str) -> None:
+    """Ids are cursors, valid on every replica: a stream resumes on another relay process with
+    Last-Event-ID. A ticket is this process's only: the other refuses it (401)."""
+    with relay_process(relay_db) as first, relay_process(relay_db) as second:
+        stream = open_stream(first, "alice", table="thumbnails")
+        opened(stream)
+        thumbnail(relay_db, "alice", "one")
+        stream.events(1)
+        stream.close()
+        thumbnail(relay_db, "alice", "two")
+        thumbnail(relay_db, "alice", "three")
+        again = open_stream(second, "alice", table="thumbnails",
+                            headers={"Last-Event-ID": stream.last_id})  # fmt: skip
+        frames = again.frames(4)  # ready, the replay, subscribed
+        assert ["two", "three"] == [f["row"]["title"] for f in frames if f["type"] == "event"]
+        _, body = ticket_for(first, "alice")
+        elsewhere = open_stream(second, None, table="thumbnails", ticket=body["ticket"])
+        assert (401, "unknown_ticket") == (elsewhere.status, elsewhere.json()["reason"])
+        again.close()
