@@ -54,8 +54,8 @@ class Connection:
     that pushes back, a coalescing window); replays run as tasks too. Both run in the server's
     task group (``tasks``) under this connection's cancel scopes, cancelled when it ends.
 
-    A transport subclass provides the socket (``transport``), whether it takes frames now
-    (``_open``), the writes (``_write``, ``_write_event``, ``_send``), the end (``_end``), and
+    A transport subclass hands in the socket (``transport``) and provides whether it takes frames
+    now (``_open``), the writes (``_write``, ``_write_event``, ``_send``), the end (``_end``), and
     the rest of the connection's life (``_serve``)."""
 
     kind: ClassVar[str]  # the transport, as metrics label it
@@ -64,6 +64,7 @@ class Connection:
     def __init__(
         self,
         hub: Hub,
+        transport: asyncio.Transport,
         *,
         wire: V1,
         authenticator: Authenticator,
@@ -72,6 +73,7 @@ class Connection:
     ) -> None:
         settings = hub.settings
         self.hub = hub
+        self.transport = transport  # the socket
         self.source = source  # replays
         self.tasks = tasks
         self.conn_id = f"{os.getpid():x}-{next(self._ids):x}"
@@ -107,10 +109,6 @@ class Connection:
         self.user_label: str | None = None
 
     # -- what a transport provides ------------------------------------------------------------
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        raise NotImplementedError
 
     def _open(self) -> bool:
         """Whether the socket takes frames now."""
@@ -226,9 +224,7 @@ class Connection:
         self.abort()
 
     def abort(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.abort()
+        self.transport.abort()
 
     def close_soon(self, code: int, reason: str) -> None:
         if self.closing is None:
@@ -272,13 +268,11 @@ class Connection:
         return False
 
     def _can_write_now(self) -> bool:
-        transport = self.transport
         return (
             not self.writing
             and self.closing is None
-            and transport is not None
             and self._open()
-            and transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT
+            and self.transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT
         )
 
     def flush(self) -> None:

@@ -23,7 +23,6 @@ token expires (an ``error`` event ``token_expired`` first), when the log it live
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Sequence
@@ -77,36 +76,33 @@ class StreamConnection(Connection):
     ) -> None:
         self.sse = SSE(hub.epoch or "")
         super().__init__(
-            hub, wire=self.sse, authenticator=authenticator, source=source, tasks=tasks
-        )
+            hub, ws.transport, wire=self.sse, authenticator=authenticator, source=source,
+            tasks=tasks,
+        )  # fmt: skip
         self.ws = ws  # websockets' connection, for its socket, flow control and close
         self.started = False  # the response head is written
         self.heartbeat = hub.settings.sse_heartbeat  # under the idle timeout of common proxies
         self.next_heartbeat = time.monotonic() + self.heartbeat
 
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.ws.transport
-
     def _open(self) -> bool:
-        return self.started and not self.ws.transport.is_closing()
+        return self.started and not self.transport.is_closing()
 
     def _write(self, frame: str) -> None:
-        self.ws.transport.write(frame.encode())
+        self.transport.write(frame.encode())
 
     def _write_event(self, sub_id: str, event: Event) -> None:
-        self.ws.transport.write(self.sse.event_frame(sub_id, event))
+        self.transport.write(self.sse.event_frame(sub_id, event))
 
     async def _send(self, frame: str) -> None:
-        if self.ws.transport.is_closing():
+        if self.transport.is_closing():
             raise ConnectionResetError("the stream's socket is closed")
-        self.ws.transport.write(frame.encode())
+        self.transport.write(frame.encode())
         await self.ws.drain()  # waits while the socket's buffer is over websockets' write_limit
 
     async def _end(self, code: int, reason: str) -> None:
         if self.started and (message := END_MESSAGES.get(reason)) is not None:
             await self._send(self.sse.error(reason, message))
-        self.ws.transport.close()  # once its buffer is written
+        self.transport.close()  # once its buffer is written
         await self.ws.wait_closed()
 
     async def _serve(self) -> None:
@@ -117,7 +113,7 @@ class StreamConnection(Connection):
         subscribed, resets), starts the catch-up, and streams until the socket closes."""
         if isinstance(self.ws, LimitedServerConnection):
             self.ws.streaming = True  # what the client sends from now on is not read as frames
-        self.ws.transport.write(head + self.sse.retry(random.randint(*RETRY_MS)).encode())
+        self.transport.write(head + self.sse.retry(random.randint(*RETRY_MS)).encode())
         self.started = True
         if not any(isinstance(action, Replay) for action in actions):
             self._caught_up()  # every subscription is live (from now, or reset)

@@ -9,7 +9,6 @@ frame the client sends, within its inbound budget (relay/net/sockets.py).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from typing import Final
@@ -50,8 +49,9 @@ class WebsocketConnection(Connection):
         tasks: anyio.abc.TaskGroup,
     ) -> None:
         super().__init__(
-            hub, wire=V1(hub.epoch or ""), authenticator=authenticator, source=source, tasks=tasks
-        )
+            hub, ws.transport, wire=V1(hub.epoch or ""), authenticator=authenticator,
+            source=source, tasks=tasks,
+        )  # fmt: skip
         self.ws = ws
         # No extension (permessage-deflate) negotiated: frames are plain RFC 6455 text frames.
         self.plain_frames = not ws.protocol.extensions
@@ -61,10 +61,6 @@ class WebsocketConnection(Connection):
                 self._inbound_limited()
 
     # -- writing ------------------------------------------------------------------------------
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.ws.transport
 
     def _open(self) -> bool:
         return self.ws.protocol.state is State.OPEN
@@ -77,7 +73,7 @@ class WebsocketConnection(Connection):
         if self.plain_frames:
             # Without extensions a server's text frame is the same bytes on every connection:
             # write the event's cached frame, as websockets would have framed it.
-            self.ws.transport.write(self.wire.event_frame(sub_id, event))
+            self.transport.write(self.wire.event_frame(sub_id, event))
         else:
             self._write(self.wire.event(sub_id, event))
 
