@@ -336,8 +336,9 @@ function createSocketClient(options) {
         if (sub) deliverReset(sub, frame.reason, frame.cursor);
         return;
       case 'error':
-        if (frame.id !== undefined) {
-          // Only a subscribe is answered with an error naming an id: that subscription failed.
+        if (frame.id !== undefined && frame.request !== 'unsubscribe') {
+          // A refused subscribe names its id: that subscription failed. (A refused unsubscribe
+          // names the id too, with request 'unsubscribe': never a live subscription's failure.)
           if (sub) endSubscription(sub, new RelayError(frame.code, frame.message));
         } else {
           report(new RelayError(frame.code, frame.message));
@@ -346,7 +347,7 @@ function createSocketClient(options) {
       case 'ready':
         onReady();
         return;
-      default: // pong, unsubscribed: nothing to do beyond counting as a sign of life
+      default: // pong, unsubscribed, auth_ok: nothing to do beyond counting as a sign of life
     }
   }
 
