@@ -81,8 +81,14 @@ class SSE(V1):
         return _named("pong", V1.pong())
 
     @staticmethod
-    def error(code: str, message: str, sub_id: str | None = None) -> str:
-        return _named("error", V1.error(code, message, sub_id))
+    def error(
+        code: str, message: str, sub_id: str | None = None, request: str | None = None
+    ) -> str:
+        return _named("error", V1.error(code, message, sub_id, request))
+
+    @staticmethod
+    def auth_ok(user: str, exp: float) -> str:
+        return _named("auth_ok", V1.auth_ok(user, exp))
 
     # -- the stream's own lines -----------------------------------------------------------------
 
