@@ -98,6 +98,25 @@ def test_filters_and_ops_select_events(relay: RelayProcess, relay_db: str) -> No
     assert [] == client.quiet(0.5)
 
 
+def test_comparison_operators_select_live_and_replayed_events(
+    relay: RelayProcess, relay_db: str
+) -> None:
+    """gt, lte, neq and not select the same events live and by replay (the replay's SQL reads
+    them unfiltered; the match is exact)."""
+    flt = {"id": {"gt": 1, "lte": 4, "neq": 3}, "project_id": {"not": {"in": ["p9"]}}}
+    client = connect(relay, "alice")
+    client.subscribe("live", "thumbnails", filter=flt, ops=["INSERT"])
+    start = client.subscribe("all", "thumbnails", ops=["INSERT"])["cursor"]
+    for n in range(1, 7):
+        add_thumbnail(relay_db, "alice", "p9" if n == 4 else "p1", title=f"t{n}")
+    got = client.events(7)
+    assert ["t2"] == [e["row"]["title"] for e in got if e["sub"] == "live"]
+    again = connect(relay, "alice")
+    again.subscribe("replay", "thumbnails", filter=flt, ops=["INSERT"], since=start)
+    assert ["t2"] == [e["row"]["title"] for e in again.frames if e["type"] == "event"]
+    assert [] == again.quiet(0.5)
+
+
 def test_subscribe_then_write_never_misses_the_first_event(
     relay: RelayProcess, relay_db: str
 ) -> None:
