@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from relay.core.audience import audience_keys
 from relay.core.auth import Authenticator, Claims
 from relay.core.cursor import Cursor
 from relay.core.outqueue import OutQueue
@@ -239,7 +240,7 @@ class Session:
         self.claims = claims
         if first:
             self.state = SessionState.OPEN
-            self.router.add(self.target)
+            self.router.add(self.target, audience_keys(claims))
             self.queue.push_control(self.wire.ready(claims.sub, self.router.head))
         return []
 
