@@ -227,6 +227,9 @@ class PhoenixWire:
         )
         self.bindings[sub] = Binding(topic, binding_id, resume, head)
 
+    def cursor(self, pos: int) -> str:
+        return cursor_text(self.epoch, pos)
+
     def unbind(self, sub: str) -> None:
         self.bindings.pop(sub, None)
 
