@@ -296,11 +296,14 @@ class Connection:
 
     def check(self, now: float, monotonic: float) -> None:
         """The sweeper's visit: the session's timers and the slow-client rule."""
-        for action in self.session.tick(now):
+        actions = self.session.tick(now)
+        for action in actions:
             if isinstance(action, Abort):
                 self._abort(action.reason)
                 return
             self.close_soon(action.code, action.reason)
+        if not actions and self.closing is None and len(self.queue) and not self.writer_spawned:
+            self.flush()  # frames a timer queued (the Supabase dialect's expiry: system, close)
         started = self.send_started
         if started is not None and monotonic - started > self.hub.settings.slow_client_timeout:
             self._abort("not_draining")
