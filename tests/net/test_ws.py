@@ -117,6 +117,52 @@ def test_comparison_operators_select_live_and_replayed_events(
     assert [] == again.quiet(0.5)
 
 
+GALLERY = (
+    "CREATE TABLE gallery (id int PRIMARY KEY, owner text NOT NULL, public boolean NOT NULL)",
+    "CREATE FUNCTION gallery_audience(g gallery) RETURNS text[] LANGUAGE sql AS $$ SELECT CASE"
+    " WHEN g.public THEN ARRAY[g.owner, 'role:anon', 'role:authenticated'] ELSE ARRAY[g.owner]"
+    " END $$",
+    "SELECT relay.track('gallery', audience => 'gallery_audience')",
+)
+
+
+def test_role_audiences_reach_anonymous_and_role_holders_live_and_by_replay(
+    relay_db: str,
+) -> None:
+    """An anonymous token (role anon, no sub) gets exactly the rows naming role:anon, a token
+    with role authenticated those naming it and its own, live and by replay; a sub posing as a
+    role key is refused."""
+    write(relay_db, *GALLERY)
+    with relay_process(relay_db) as relay:
+        anon = Client(relay.url)
+        anon.send({"type": "auth", "token": jwt.encode(
+            {"role": "anon", "exp": time.time() + 60}, SECRET, "HS256")})  # fmt: skip
+        assert "" == anon.expect("ready")["user"]
+        carol = Client(relay.url)
+        carol.send({"type": "auth", "token": token("carol", role="authenticated")})
+        carol.expect("ready")
+        start = anon.subscribe("g", "gallery")["cursor"]
+        carol.subscribe("g", "gallery")
+        write(
+            relay_db,
+            "INSERT INTO gallery VALUES (1, 'dave', true), (2, 'dave', false), (3, 'carol', false)",
+        )
+        assert [1] == [e["pk"]["id"] for e in anon.events(1)]
+        assert [1, 3] == sorted(e["pk"]["id"] for e in carol.events(2))
+        replayed = Client(relay.url)
+        replayed.send({"type": "auth", "token": jwt.encode(
+            {"role": "anon", "exp": time.time() + 60}, SECRET, "HS256")})  # fmt: skip
+        replayed.expect("ready")
+        replayed.subscribe("g", "gallery", since=start)
+        assert [1] == [e["pk"]["id"] for e in replayed.frames if e["type"] == "event"]
+        assert [] == anon.quiet(0.5) + replayed.quiet(0.1)
+        posing = Client(relay.url)
+        posing.send({"type": "auth", "token": token("role:anon", role="anon")})
+        with pytest.raises(ConnectionClosed) as closed:
+            posing.recv()
+        assert (4001, "reserved_sub") == close_of(closed.value)
+
+
 def test_subscribe_then_write_never_misses_the_first_event(
     relay: RelayProcess, relay_db: str
 ) -> None:

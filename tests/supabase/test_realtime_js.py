@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from tests.support.databases import write
 from tests.support.paths import REPO
 from tests.support.processes import RelayProcess, relay_process
 from tests.support.tokens import SECRET
@@ -19,6 +20,16 @@ pytestmark = pytest.mark.pg
 
 SUITE = REPO / "tests" / "supabase"
 RELAY_ENV = {"RELAY_JWT_LEEWAY": "0s"}  # token expiry is tested in seconds
+# A public gallery: each row reaches its owner, and a public one every anonymous visitor and
+# every signed-in user too (role audiences, relay/core/audience.py).
+GALLERY = (
+    "CREATE TABLE public.gallery (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    " owner text NOT NULL, public boolean NOT NULL DEFAULT false, title text NOT NULL)",
+    "CREATE FUNCTION public.gallery_audience(g public.gallery) RETURNS text[] LANGUAGE sql"
+    " IMMUTABLE AS $$ SELECT CASE WHEN g.public"
+    " THEN ARRAY[g.owner, 'role:anon', 'role:authenticated'] ELSE ARRAY[g.owner] END $$",
+    "SELECT relay.track('public.gallery', audience => 'public.gallery_audience')",
+)
 
 
 def tool(name: str) -> str:
@@ -63,6 +74,7 @@ def test_realtime_js_suite_passes_against_a_real_relay(relay_db: str) -> None:
     unmodified, through pgrelay."""
     node = tool("node")
     npm_ci()
+    write(relay_db, *GALLERY)
     with relay_process(relay_db, RELAY_ENV) as relay:
         result = subprocess.run(
             [node, "--test", "test/"],
