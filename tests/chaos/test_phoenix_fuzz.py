@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import jwt
@@ -59,10 +60,16 @@ def error(reason: str) -> dict[str, Any]:
 JUNK: list[Any] = [None, True, 0, -1, 1.5, "", "x" * 70, [], [1], {}, {"a": 1}, "\u0000", "é"]
 
 
-def case(rng: random.Random, joined: str) -> tuple[str | bytes, list[Any]]:
-    """One hostile frame and the replies it promises (each as its full frame)."""
+KINDS = (
+    "invalid JSON", "JSON not an array", "wrong arity", "bad ref", "bad topic",
+    "bad event", "payload not an object", "unjoined topic", "unknown event on a joined channel",
+    "broadcast or presence push", "binary frame", "malformed join config",
+)  # fmt: skip
+
+
+def case(rng: random.Random, joined: str, kind: int) -> tuple[str | bytes, list[Any]]:
+    """One hostile frame of this kind and the replies it promises (each as its full frame)."""
     ref = str(rng.randrange(10**6))
-    kind = rng.randrange(12)
     if kind == 0:
         return rng.choice(["{", "[1,2", "nul", '"open', "[]]", "\x00"]), []
     if kind == 1:
@@ -169,6 +176,7 @@ def fuzz(relay: RelayProcess, relay_db: str) -> None:
     steady = Steady(relay)
     steady.start()
     written: list[str] = []
+    kinds: Counter[str] = Counter()
     sent = matched = sockets = 0
     with psycopg.connect(relay_db, autocommit=True) as db:
         while sent < FRAMES:
@@ -181,7 +189,9 @@ def fuzz(relay: RelayProcess, relay_db: str) -> None:
                 assert "ok" == json.loads(ws.recv(5))[4]["status"]
                 expected: list[Any] = []
                 for _ in range(min(PER_SOCKET, FRAMES - sent)):
-                    frame, promised = case(rng, joined)
+                    kind = rng.randrange(len(KINDS))
+                    kinds[KINDS[kind]] += 1
+                    frame, promised = case(rng, joined, kind)
                     ws.send(frame)
                     expected += promised
                     sent += 1
@@ -215,4 +225,5 @@ def fuzz(relay: RelayProcess, relay_db: str) -> None:
     steady.join()
     assert written == steady.titles
     print(f"phoenix fuzz: seed {SEED}, {sent} frames on {sockets} sockets, {matched} answers "
-          f"matched, {len(written)} of {len(written)} steady changes received in order")  # fmt: skip
+          f"matched, {len(written)} of {len(written)} steady changes received in order; "
+          f"by kind: {dict(sorted(kinds.items()))}")  # fmt: skip
