@@ -28,9 +28,9 @@ from relay.core.phoenix import ColumnTypes
 from relay.core.postgrest import parse_filter
 from relay.core.requests import Tracked, short
 from relay.core.subscription import ANY_TABLE, Subscription
-from relay.errors import CursorError, ProtocolError
+from relay.errors import AuthError, CursorError, ProtocolError
 
-__all__ = ["BindingSpec", "binding_id", "parse_binding"]
+__all__ = ["BindingSpec", "assign_ids", "auth_reason", "binding_id", "parse_binding"]
 
 _ID_BITS: Final = 0x7FFFFFF  # the range of Erlang's phash2, as Supabase's ids have
 _NO_PARAMS: Final = (
@@ -55,6 +55,33 @@ def binding_id(entry: Mapping[str, Any]) -> int:
     """A truthy, deterministic id for a binding, from its event, schema, table and filter."""
     key = dumps([entry.get(name) for name in ("event", "schema", "table", "filter")])
     return (zlib.crc32(key.encode("utf-8", "surrogatepass")) & _ID_BITS) or 1
+
+
+def assign_ids(entries: list[dict[str, Any]]) -> list[int]:
+    """Each entry's id: identical bindings share one (Supabase collapses them too), distinct
+    ones never do (a rare crc collision moves to the next free id)."""
+    given: dict[str, int] = {}
+    ids = []
+    for entry in entries:
+        key = dumps([entry.get(name) for name in ("event", "schema", "table", "filter")])
+        if key not in given:
+            chosen = binding_id(entry)
+            while chosen in given.values():
+                chosen = chosen % _ID_BITS + 1
+            given[key] = chosen
+        ids.append(given[key])
+    return ids
+
+
+def auth_reason(exc: AuthError) -> str:
+    """A refused join token as Supabase words the join error's reason."""
+    if exc.reason == "expired":
+        return "InvalidJWTToken: Token has expired"
+    if exc.reason in ("missing_exp", "missing_role"):
+        return "InvalidJWTToken: Fields `role` and `exp` are required in JWT"
+    if exc.reason == "malformed":
+        return "MalformedJWT: The token provided is not a valid JWT"
+    return f"Unauthorized: {exc}"
 
 
 def _name(value: object, what: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from relay.core.audience import audience_keys
 from relay.core.auth import Authenticator, Claims
-from relay.core.bindings import binding_id, parse_binding
+from relay.core.bindings import BindingSpec, assign_ids, auth_reason, parse_binding
 from relay.core.outqueue import OutQueue
 from relay.core.phoenix import ColumnTypes, FrameError, Message, PhoenixWire, decode, sub_id
 from relay.core.requests import Tracked
@@ -59,15 +59,12 @@ class Channel:
     pending: set[str] = field(default_factory=set)  # bindings still catching up (resume)
 
 
-def _auth_reason(exc: AuthError) -> str:
-    if exc.reason in ("expired", "missing_exp", "missing_role"):
-        text = "Token has expired" if exc.reason == "expired" else str(exc)
-        if exc.reason == "missing_exp":
-            text = "Fields `role` and `exp` are required in JWT"
-        return f"InvalidJWTToken: {text}"
-    if exc.reason == "malformed":
-        return "MalformedJWT: The token provided is not a valid JWT"
-    return f"Unauthorized: {exc}"
+def _id_of(sid: str) -> int:
+    return int(sid.rsplit("\x00", 1)[1])
+
+
+def _topic_of(sid: str) -> str:
+    return sid.rsplit("\x00", 1)[0]
 
 
 class PhoenixSession:
@@ -179,14 +176,11 @@ class PhoenixSession:
                 self._rekey(self.connect_claims)  # back to the connect token's identity
         return []
 
-    def next_deadline(self) -> float | None:
-        return None if self.claims is None else self.claims.exp + self.authenticator.settings.leeway
-
     # -- the end of a replay, driven by the shell ----------------------------------------------
 
     def went_live(self, sub: Subscription) -> None:
         self.queue.release_window(sub.id)
-        channel = self.channels.get(self._topic_of(sub.id))
+        channel = self.channels.get(_topic_of(sub.id))
         if channel is not None and sub.id in channel.pending:
             channel.pending.discard(sub.id)
             if not channel.pending:
@@ -230,7 +224,7 @@ class PhoenixSession:
             claims = self._verify(token, now)
         except AuthError as exc:
             self.on_auth_failure(exc.reason)
-            self._reply(message, "error", {"reason": _auth_reason(exc)})
+            self._reply(message, "error", {"reason": auth_reason(exc)})
             return []
         entries = config.get("postgres_changes", [])
         if entries is None:
@@ -246,20 +240,10 @@ class PhoenixSession:
 
     def _bind(self, message: Message, entries: list[dict[str, Any]]) -> list[Replay]:
         topic = message.topic
-        ids: dict[str, int] = {}  # the binding's params (as JSON) -> its id
-        echoed = []
-        for entry in entries:
-            params = (entry.get("event"), entry.get("schema"), entry.get("table"),
-                      entry.get("filter"))  # fmt: skip
-            key = repr(params)
-            if key not in ids:
-                chosen = binding_id(entry)
-                while chosen in ids.values():  # distinct bindings never share an id
-                    chosen = chosen % 0x7FFFFFF + 1
-                ids[key] = chosen
-            echoed.append({**entry, "id": ids[key]})
+        ids = assign_ids(entries)
         channel = Channel(topic, message.join_ref)
         self.channels[topic] = channel
+        echoed = [{**entry, "id": id_} for entry, id_ in zip(entries, ids, strict=True)]
         self._reply(message, "ok", {"postgres_changes": echoed})
         try:
             specs = self._specs(topic, entries, ids)
@@ -270,7 +254,7 @@ class PhoenixSession:
         for spec in specs:
             sub = spec.subscription
             self.router.subscribe(self.target, sub)
-            self.wire.bind(sub.id, topic, self._id_of(sub.id), resume=spec.resume)
+            self.wire.bind(sub.id, topic, _id_of(sub.id), resume=spec.resume)
             channel.subs.append(sub.id)
             if isinstance(spec.since, str):
                 channel.pending.add(sub.id)
@@ -285,14 +269,14 @@ class PhoenixSession:
             self._subscribed(channel)
         return actions
 
-    def _specs(self, topic: str, entries: list[dict[str, Any]], ids: dict[str, int]) -> list[Any]:
+    def _specs(
+        self, topic: str, entries: list[dict[str, Any]], ids: list[int]
+    ) -> list[BindingSpec]:
         """Every distinct binding validated, or ProtocolError for the first that is not."""
-        specs: dict[str, Any] = {}
+        specs: dict[str, BindingSpec] = {}
         tracked, types, head = self.tables(), self.types(), self.router.head
-        for entry in entries:
-            key = repr((entry.get("event"), entry.get("schema"), entry.get("table"),
-                        entry.get("filter")))  # fmt: skip
-            sid = sub_id(topic, ids[key])
+        for entry, id_ in zip(entries, ids, strict=True):
+            sid = sub_id(topic, id_)
             if sid not in specs:
                 specs[sid] = parse_binding(entry, sid, tracked=tracked, types=types, head=head,
                                            epoch=self.wire.epoch)  # fmt: skip
@@ -320,7 +304,7 @@ class PhoenixSession:
             claims = self.authenticator.verify(token, now, require_role=True)
         except AuthError as exc:
             self.on_auth_failure(exc.reason)
-            self._shutdown(message.topic, _auth_reason(exc))
+            self._shutdown(message.topic, auth_reason(exc))
             return
         self.token = token
         if audience_keys(claims) != self.keys:
@@ -355,12 +339,6 @@ class PhoenixSession:
             channel.pending.clear()
 
     # -- channels -----------------------------------------------------------------------------
-
-    def _id_of(self, sid: str) -> int:
-        return int(sid.rsplit("\x00", 1)[1])
-
-    def _topic_of(self, sid: str) -> str:
-        return sid.rsplit("\x00", 1)[0]
 
     def _drop_channel(self, topic: str) -> Channel | None:
         channel = self.channels.pop(topic, None)
@@ -407,7 +385,7 @@ class PhoenixSession:
     def _subscribed(self, channel: Channel) -> None:
         extra: dict[str, Any] = {"message": "Subscribed to PostgreSQL"}
         cursors = {
-            str(self._id_of(sid)): self.wire.cursor(self.router.head)
+            str(_id_of(sid)): self.wire.cursor(self.router.head)
             for sid in channel.subs if self.wire.bindings[sid].resume
         }  # fmt: skip
         if cursors:
