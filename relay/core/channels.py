@@ -216,6 +216,10 @@ class PhoenixSession:
         config = config if isinstance(config, dict) else {}
         if topic in self.channels:  # a duplicate join replaces the channel
             self._drop_channel(topic)
+        elif len(self.channels) >= self.limits.max_subscriptions:
+            self.on_limit("channels")
+            self._reply(message, "error", {"reason": "ChannelRateLimitReached: Too many channels"})
+            return []
         if config.get("private") is True:
             self._reply(message, "error", {"reason": PRIVATE_REFUSED})
             return []
@@ -265,7 +269,7 @@ class PhoenixSession:
                 actions.append(Replay(sub, spec.since))
             else:
                 self.router.go_live(self.target, sub.id, sub.after)
-        if not channel.pending:
+        if channel.subs and not channel.pending:
             self._subscribed(channel)
         return actions
 

@@ -161,3 +161,15 @@ def test_expiry_closes_every_channel() -> None:
     assert ["system", "phx_close"] == [f[3] for f in frames]
     assert "Token has expired" == frames[0][4]["message"]
     assert [Abort] != [type(a) for a in h.session.tick(NOW + 6)]
+
+
+def test_channels_are_bounded_and_empty_ones_say_nothing() -> None:
+    """A join past max_subscriptions channels is refused; a channel without bindings gets its
+    reply and no system message."""
+    h = Harness()
+    h.session.limits = type(h.session.limits)(max_subscriptions=2)
+    assert 1 == len(h.join("realtime:a", []))
+    assert 1 == len(h.join("realtime:b", [], ref="2"))
+    refused = h.join("realtime:c", [], ref="3")
+    assert "ChannelRateLimitReached: Too many channels" == refused[0][4]["response"]["reason"]
+    assert "ok" == h.join("realtime:a", [], ref="4")[0][4]["status"]  # a rejoin is no new channel
