@@ -25,7 +25,7 @@ from datetime import UTC
 from typing import Any, Final
 
 from relay.core.events import Event, dumps
-from relay.core.wire import cursor_text, text_frame
+from relay.core.wire import FRAME_CACHE_SIZE, cursor_text, text_frame
 
 __all__ = [
     "MAX_REF_BYTES",
@@ -248,7 +248,17 @@ class PhoenixWire:
         return binding.head + cursor + '"data":' + change_data(event, self.types()) + tail
 
     def event_frame(self, sub_id: str, event: Event) -> bytes:
-        return text_frame(self.event(sub_id, event).encode())
+        """Framed once per event for every socket whose binding has this id, serializer and
+        resume (a topic's sockets share it: the same join gives the same id), as V1 does."""
+        resume = self.bindings[sub_id].resume
+        key = (sub_id, f"phoenix/{self.vsn}/{'r' if resume else ''}/{self.epoch}")
+        frames = event.frames
+        data = frames.get(key)
+        if data is None:
+            data = text_frame(self.event(sub_id, event).encode())
+            if len(frames) < FRAME_CACHE_SIZE:
+                frames[key] = data
+        return data
 
     def event_size(self, sub_id: str, event: Event) -> int:
         binding = self.bindings.get(sub_id)

@@ -96,3 +96,16 @@ def test_push_frames_and_cursors(vsn: str) -> None:
     assert ("cursor" not in plain, "e" * 32 + ".5") == (True, resumed["cursor"])
     assert plain["data"] == resumed["data"] == json.loads(change_data(event, TYPES))
     assert len(wire.event("b", event)) <= wire.event_size("b", event)
+
+
+def test_a_framed_push_is_shared_by_sockets_of_the_same_binding() -> None:
+    """Two sockets whose bindings have the same id get the same framed bytes, built once; a
+    resumable binding's frame (with its cursor) is another."""
+    one, two = (PhoenixWire(VSN_2, "e" * 32, lambda: TYPES) for _ in range(2))
+    one.bind("room\x007", "realtime:room", 7, resume=False)
+    two.bind("room\x007", "realtime:room", 7, resume=False)
+    event = make_event(5, row={"id": 5, "title": "x"})
+    assert one.event_frame("room\x007", event) is two.event_frame("room\x007", event)
+    two.bind("room\x007", "realtime:room", 7, resume=True)
+    assert b'"cursor"' in two.event_frame("room\x007", event)
+    assert b'"cursor"' not in one.event_frame("room\x007", event)
