@@ -12,9 +12,11 @@ offered the event once per subscription (``after`` moves past it on the first of
 Per connection, subscriptions are indexed by id (for the protocol: the router's index is the one
 record of a connection's subscriptions) and by table name (for routing). A subscription gets an
 event when it is live, the event is past its ``after``, and it ``wants`` the event (schema, op and
-row filter). Delivering offers the event to the connection (``Target.offer``: it writes the frame
-at once or queues it on its bounded queue, never blocks) and advances ``after``, so each
-subscription sees each position at most once and in order. ``route`` returns what it delivered
+row filter); a subscription still catching up may hold the events it wants instead (bounded; see
+``Subscription.held``), handed over by the catch-up when it goes live. Delivering offers the
+event to the connection (``Target.offer``: it writes the frame at once or queues it on its
+bounded queue, never blocks) and advances ``after``, so each subscription sees each position at
+most once and in order. ``route`` returns what it delivered
 (``Routed``): the caller counts the frames written at once, the connection those it queued.
 
 Positions strictly increase: ``head`` is the last routed position and an event at or below it has
@@ -233,4 +235,14 @@ class Router:
                             written += 1
                         sub.after = pos
                         delivered += 1
+                    elif (held := sub.held) is not None and not sub.live and sub.wants(event):
+                        # Catching up: held for the catch-up, in order, up to its bound; past
+                        # it, holding stops and the catch-up reads these from the log. (Once:
+                        # a connection under two keys of the audience is visited twice.)
+                        if held and held[-1].pos == pos:
+                            continue
+                        if len(held) < sub.hold_max:
+                            held.append(event)
+                        else:
+                            sub.held = None
         return Routed(delivered, written) if delivered else NOTHING

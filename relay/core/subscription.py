@@ -27,7 +27,11 @@ class Subscription:
     live stream starts strictly after it: the seam between replay and live has no gap and no
     duplicate. ``live`` is False while the subscription is still being replayed from the log
     (relay/core/catchup.py holds the replay's progress and sets ``after`` when it goes live); the
-    router skips it until then.
+    router does not deliver to it until then, but while ``held`` is a list it appends there, in
+    order, the events it wants past ``held_from`` (the router's head when holding began), up to
+    the catch-up's bound, then gives up holding (``held`` None). The catch-up then needs the log
+    only up to ``held_from``: a replay reaches a fixed target however fast the log grows
+    (relay/core/catchup.py).
     ``coalesce_ms`` > 0 batches UPDATEs of one row within that window into one delivery.
     """
 
@@ -39,6 +43,9 @@ class Subscription:
     after: int
     live: bool = False
     coalesce_ms: int = 0
+    held: list[Event] | None = None
+    held_from: int = 0
+    hold_max: int = 0
 
     def wants(self, event: Event) -> bool:
         """Whether the event is of this subscription's table (in its schema, if it names one),

@@ -417,3 +417,14 @@ def test_any_table_subscription_gets_every_table() -> None:
     router.unsubscribe(alice, "all")
     router.route(make_event(4, table="other"), 0.0)
     assert 3 == len(alice.received)
+
+
+def test_a_catching_up_subscription_under_two_keys_holds_an_event_once() -> None:
+    """A connection indexed under two keys of an event's audience holds it once for its
+    catch-up, as it would deliver it once."""
+    router = Router()
+    sub = make_sub(live=False)
+    sub.held, sub.hold_max = [], 10
+    keyed(router, "alice", "c1", ["alice", "role:authenticated"], sub)
+    router.route(make_event(1, audience=["alice", "role:authenticated"]), 0.0)
+    assert [1] == [event.pos for event in sub.held]
