@@ -336,7 +336,7 @@ class PhoenixSession:
         self.router.add(self.target, audience_keys(claims))
         head = self.router.head
         for sub in held:
-            fresh = dataclasses.replace(sub, after=head, live=False)
+            fresh = dataclasses.replace(sub, after=head, live=False, held=None)
             self.router.subscribe(self.target, fresh)
             self.router.go_live(self.target, fresh.id, head)
         for channel in self.channels.values():
