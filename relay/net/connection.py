@@ -31,9 +31,17 @@ from relay.core.catchup import Catchup, Live, ReadPage, Reset
 from relay.core.events import Event
 from relay.core.log import LogSource
 from relay.core.outqueue import OutQueue
-from relay.core.session import CLOSE_POLICY, Abort, Close, Limits, Replay, Session
+from relay.core.session import (
+    CLOSE_POLICY,
+    Abort,
+    ClientSession,
+    Close,
+    Limits,
+    Replay,
+    Session,
+)
 from relay.core.subscription import Subscription
-from relay.core.wire import V1
+from relay.core.wire import V1, Encoder
 from relay.errors import LogUnavailable
 from relay.net.hub import Hub, Wakeup
 from relay.net.responses import bearer_token
@@ -75,25 +83,11 @@ class Connection:
         # The epoch and the router this connection lives in: a log discontinuity replaces the
         # hub's router and closes every connection (relay/net/hub.py).
         self.router = hub.router
-        self.wire = V1(hub.epoch or "")
+        self.wire: Encoder = self._wire(hub.epoch or "")
         self.queue = OutQueue(
             self.wire, max_messages=settings.queue_max_messages, max_bytes=settings.queue_max_bytes
         )
-        self.session = Session(
-            target=self,
-            router=self.router,
-            queue=self.queue,
-            wire=self.wire,
-            authenticator=authenticator,
-            tables=hub.tracked,
-            now=time.time(),
-            limits=Limits(
-                settings.max_subscriptions, settings.auth_timeout, settings.max_filter_bytes
-            ),
-            on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
-            on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
-            on_limit=lambda limit: hub.metrics.client_limits.labels(limit).inc(),
-        )
+        self.session: ClientSession = self._session(authenticator)
         self.send_started: float | None = None  # monotonic start of a write still pending
         self.writing = False  # the writer task holds popped frames not yet written
         self.writer_spawned = False  # a writer task is scheduled or running
@@ -108,6 +102,46 @@ class Connection:
             ws.on_limited = self._inbound_limited
             if ws.limited:  # before this handler ran
                 self._inbound_limited()
+
+    # -- the dialect: protocol v1 here, the Supabase one in relay/net/phoenix.py --------------
+
+    dialect = "v1"  # the metrics' label
+
+    def _wire(self, epoch: str) -> Encoder:
+        return V1(epoch)
+
+    def _session(self, authenticator: Authenticator) -> ClientSession:
+        hub = self.hub
+        assert isinstance(self.wire, V1)
+        return Session(
+            target=self,
+            router=self.router,
+            queue=self.queue,
+            wire=self.wire,
+            authenticator=authenticator,
+            tables=hub.tracked,
+            now=time.time(),
+            limits=self.limits(),
+            on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
+            on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
+            on_limit=lambda limit: hub.metrics.client_limits.labels(limit).inc(),
+        )
+
+    def limits(self) -> Limits:
+        settings = self.hub.settings
+        return Limits(settings.max_subscriptions, settings.auth_timeout, settings.max_filter_bytes)
+
+    async def _handshake(self) -> bool:
+        """Acts on the handshake's credentials (v1: an ``Authorization: Bearer`` token); True
+        when the connection is to end."""
+        header = self.ws.request.headers.get("Authorization") if self.ws.request else None
+        self._forget_handshake()
+        if (token := bearer_token(header)) is not None:
+            if await self._act(self.session.authenticate(token, time.time())):
+                return True
+            self.flush()  # ready
+            self._log_auth()
+        return False
 
     @property
     def user(self) -> str:
@@ -126,7 +160,7 @@ class Connection:
     async def run(self) -> None:
         hub = self.hub
         hub.connections[self.conn_id] = self
-        hub.metrics.connections.opened()
+        hub.metrics.connections.opened(self.dialect)
         try:
             await self._reader()
         finally:
@@ -135,7 +169,7 @@ class Connection:
             hub.heap.released(sum(sub.filter.cost for sub in self.session.subscriptions()))
             self.session.close()
             hub.connections.pop(self.conn_id, None)
-            hub.metrics.connections.closed()
+            hub.metrics.connections.closed(self.dialect)
             self._count_dropped()
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -178,13 +212,8 @@ class Connection:
     # -- reading ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        header = self.ws.request.headers.get("Authorization") if self.ws.request else None
-        self._forget_handshake()
-        if (token := bearer_token(header)) is not None:
-            if await self._act(self.session.authenticate(token, time.time())):
-                return
-            self.flush()  # ready
-            self._log_auth()
+        if await self._handshake():
+            return
         try:
             async for message in self.ws:
                 if self._limited():
@@ -193,7 +222,7 @@ class Connection:
                 if isinstance(message, str):
                     actions = self.session.receive_text(message, time.time())
                 else:
-                    actions = self.session.receive_binary()
+                    actions = self.session.receive_binary(message)
                 if await self._act(actions):
                     return
                 self.flush()  # the answers the session queued (pong, subscribed, errors)
@@ -267,11 +296,14 @@ class Connection:
 
     def check(self, now: float, monotonic: float) -> None:
         """The sweeper's visit: the session's timers and the slow-client rule."""
-        for action in self.session.tick(now):
+        actions = self.session.tick(now)
+        for action in actions:
             if isinstance(action, Abort):
                 self._abort(action.reason)
                 return
             self.close_soon(action.code, action.reason)
+        if not actions and self.closing is None and len(self.queue) and not self.writer_spawned:
+            self.flush()  # frames a timer queued (the Supabase dialect's expiry: system, close)
         started = self.send_started
         if started is not None and monotonic - started > self.hub.settings.slow_client_timeout:
             self._abort("not_draining")
@@ -383,7 +415,7 @@ class Connection:
         try:
             step = catchup.start(await source.state(), time.monotonic())
             while isinstance(step, ReadPage):
-                page = await source.page(self.user, sub, step.after, step.upto, step.limit)
+                page = await source.page(self.session.keys, sub, step.after, step.upto, step.limit)
                 for event in catchup.feed(page):
                     await self._room_for_replay()
                     if not catchup.pending():

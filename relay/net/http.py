@@ -3,9 +3,11 @@
 Every request is answered from ``process_request``, in this order: the operations routes
 (``/healthz``, ``/readyz``, ``/metrics``: never admitted nor refused), a request repeating a
 single-valued header (400), the routes handed in (the demo's), then the client endpoints,
-``/v1/ws`` and ``/v1/poll``, which pass the same checks (origin, method, the websockets switch,
+``/v1/ws``, ``/v1/poll`` and the Supabase dialect's ``/realtime/v1/websocket`` and
+``/socket/websocket``, which pass the same checks (origin, method, the websockets switch,
 readiness, ``max_connections``, per-address admission) before a websocket is opened
-(relay/net/connection.py) or a long-poll answered (relay/net/longpoll.py). Responses and request
+(relay/net/connection.py; the Supabase dialect's handshake checks its apikey first:
+relay/net/phoenix.py) or a long-poll answered (relay/net/longpoll.py). Responses and request
 parts come from relay/net/responses.py. The sockets themselves are bounded before any of this
 (relay/net/sockets.py).
 """
@@ -29,6 +31,7 @@ from relay.core.log import LogSource
 from relay.net.connection import Connection
 from relay.net.hub import Hub
 from relay.net.longpoll import handle_poll
+from relay.net.phoenix import PHOENIX_PATHS, Handshake, PhoenixConnection, phoenix_handshake
 from relay.net.responses import Handler, cors_headers, repeated_header, response, text
 from relay.net.sockets import LimitedServerConnection, SocketGuard
 from relay.ops.heap import malloc_trim
@@ -96,6 +99,7 @@ class WebsocketShell:
 
         self.connection_class: type[LimitedServerConnection] = _Limited  # for serve()
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
+        self.handshakes: dict[int, Handshake] = {}  # id(connection) -> a Supabase handshake
         self.task_group: anyio.abc.TaskGroup | None = None  # the server's; set before it serves
 
     @property
@@ -155,7 +159,8 @@ class WebsocketShell:
             return self._refuse(400, "bad_header", f"more than one {repeated} header\n")
         if self.extra is not None and (answer := await self.extra(request)) is not None:
             return answer
-        if path not in CLIENT_PATHS:
+        phoenix = path in PHOENIX_PATHS and hub.settings.supabase
+        if path not in CLIENT_PATHS and not phoenix:
             return text(404, "not found\n")
         origin = self.admission.check_origin(request.headers.get("Origin"))
         if not origin.admitted:
@@ -165,7 +170,7 @@ class WebsocketShell:
             return response(204, b"", "text/plain", cors)
         if request.method != "GET":
             return response(405, b"only GET\n", "text/plain", [("Allow", "GET"), *cors])
-        if path == WS_PATH and not hub.settings.websockets:
+        if (path == WS_PATH or phoenix) and not hub.settings.websockets:
             return self._refuse(
                 503, "websockets_off", "websockets are switched off: use /v1/poll\n"
             )
@@ -181,6 +186,14 @@ class WebsocketShell:
             return self._refuse(decision.status, decision.reason, "too many connections\n")
         if path == POLL_PATH:
             return await self._long_poll(request, address, cors)
+        if phoenix:
+            handshake = phoenix_handshake(request, self.authenticator, hub.settings, time.time())
+            if isinstance(handshake, tuple):
+                self.admission.release(address)
+                refusal, reason = handshake
+                self.hub.metrics.auth_failures.labels(reason).inc()
+                return refusal
+            self.handshakes[id(connection)] = handshake
         self.addresses[id(connection)] = address  # released when the connection ends
         return None
 
@@ -210,16 +223,24 @@ class WebsocketShell:
             self._release(connection)
 
     def _release(self, connection: ServerConnection) -> None:
+        self.handshakes.pop(id(connection), None)
         address = self.addresses.pop(id(connection), None)
         if address is not None:
             self.admission.release(address)
 
     async def handle(self, ws: ServerConnection) -> None:
         try:
-            connection = Connection(
-                self.hub, ws, authenticator=self.authenticator, source=self.source,
-                tasks=self.tasks,
-            )  # fmt: skip
+            handshake = self.handshakes.pop(id(ws), None)
+            if handshake is not None:
+                connection: Connection = PhoenixConnection(
+                    self.hub, ws, authenticator=self.authenticator, source=self.source,
+                    tasks=self.tasks, handshake=handshake,
+                )  # fmt: skip
+            else:
+                connection = Connection(
+                    self.hub, ws, authenticator=self.authenticator, source=self.source,
+                    tasks=self.tasks,
+                )  # fmt: skip
             await connection.run()
         finally:
             self._release(ws)

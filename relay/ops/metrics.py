@@ -35,13 +35,16 @@ class _Connections(Collector):
         self.open = 0
         self.accepted = 0
         self.polls: Callable[[], int] = lambda: 0
+        self.dialects: dict[str, int] = {"v1": 0, "supabase": 0}  # open websockets by dialect
 
-    def opened(self) -> None:
+    def opened(self, dialect: str = "v1") -> None:
         self.open += 1
         self.accepted += 1
+        self.dialects[dialect] = self.dialects.get(dialect, 0) + 1
 
-    def closed(self) -> None:
+    def closed(self, dialect: str = "v1") -> None:
         self.open -= 1
+        self.dialects[dialect] -= 1
 
     def collect(self) -> Iterator[Metric]:
         polls = self.polls()
@@ -51,6 +54,12 @@ class _Connections(Collector):
             value=self.open + polls,
         )
         yield GaugeMetricFamily("relay_long_polls", "Long-poll requests in flight", value=polls)
+        websockets = GaugeMetricFamily(
+            "relay_websockets", "Open websocket connections, by dialect", labels=["dialect"]
+        )
+        for dialect, count in sorted(self.dialects.items()):
+            websockets.add_metric([dialect], count)
+        yield websockets
         yield CounterMetricFamily(
             "relay_connections", "Websocket connections accepted", value=self.accepted
         )
