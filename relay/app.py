@@ -151,6 +151,7 @@ async def run_relay(
         query_timeout=settings.query_timeout,
         on_catalog=hub.catalog_loaded,
         on_head=hub.head_seen,
+        on_column_types=hub.types_loaded,
     )
     extra = extra_routes(AppServices(settings, hub, authenticator, pool)) if extra_routes else None
     # Replays wait their turn at the pool up to RELAY_REPLAY_WAIT; long-polls twice the query

@@ -273,3 +273,25 @@ export declare function createInvalidator(
 ): Invalidator;
 
 export declare function matches(rule: InvalidationRule, event: RelayEvent): boolean;
+
+// -- @supabase/realtime-js channels served by pgrelay (src/supabase.js) ------------------------
+
+/** The parts of a realtime-js RealtimeChannel the resume helper reads. */
+export interface ResumableChannel {
+  topic: string;
+  bindings: Record<string, Array<{ id?: number | string; filter: Record<string, unknown> }>>;
+  socket: { socketAdapter: { onMessage(callback: (message: any) => void): void } };
+}
+
+export interface ResumableOptions {
+  /** A binding's cursor could not be replayed from: refetch what it shows. */
+  onReset?(reason: ResetReason, info: { ids: Array<number | string>; message?: string }): void;
+  /** Cursors kept from an earlier page (channelCursors). */
+  cursors?: Record<string, string>;
+}
+
+/** Opts the channel's postgres_changes bindings in to pgrelay's resume; before subscribe(). */
+export declare function resumable<C extends ResumableChannel>(channel: C, options?: ResumableOptions): C;
+
+/** The bindings' cursors, to pass back as `resumable(channel, { cursors })` after a reload. */
+export declare function channelCursors(channel: ResumableChannel): Record<string, string>;

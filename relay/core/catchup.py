@@ -7,7 +7,7 @@ does the waiting. A connection's replay (relay/net/connection.py) and a long-pol
     catchup = Catchup(router, target, sub, since, limit=...)
     step = catchup.start(await source.state(), now)     # Reset, or the first step
     while isinstance(step, ReadPage):
-        page = await source.page(user, sub, step.after, step.upto, step.limit)
+        page = await source.page(keys, sub, step.after, step.upto, step.limit)
         for event in catchup.feed(page):                  # the events sub wants, in order
             ...                                           # hand them to the client
         step = catchup.next(now)

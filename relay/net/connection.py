@@ -32,9 +32,9 @@ from relay.core.catchup import Catchup, LiveTogether, Lockstep, ReadPages, Reset
 from relay.core.events import Event
 from relay.core.log import LogSource
 from relay.core.outqueue import OutQueue
-from relay.core.session import Abort, Close, Limits, Replay, Session
+from relay.core.session import Abort, ClientSession, Close, Limits, Replay, Session
 from relay.core.subscription import Subscription
-from relay.core.wire import V1
+from relay.core.wire import V1, Encoder
 from relay.errors import LogUnavailable
 from relay.net.hub import Hub, Wakeup
 from relay.ops.logs import user_label
@@ -56,9 +56,11 @@ class Connection:
 
     A transport subclass hands in the socket (``transport``) and provides whether it takes frames
     now (``_open``), the writes (``_write``, ``_write_event``, ``_send``), the end (``_end``), and
-    the rest of the connection's life (``_serve``)."""
+    the rest of the connection's life (``_serve``). A dialect provides its frames (``_wire``) and
+    its session (``_session``): protocol v1's here, the Supabase one in relay/net/phoenix.py."""
 
     kind: ClassVar[str]  # the transport, as metrics label it
+    dialect: ClassVar[str] = "v1"  # the dialect, as metrics label it
     _ids = itertools.count(1)
 
     def __init__(
@@ -66,7 +68,6 @@ class Connection:
         hub: Hub,
         transport: asyncio.Transport,
         *,
-        wire: V1,
         authenticator: Authenticator,
         source: LogSource,
         tasks: anyio.abc.TaskGroup,
@@ -80,25 +81,11 @@ class Connection:
         # The epoch and the router this connection lives in: a log discontinuity replaces the
         # hub's router and closes every connection (relay/net/hub.py).
         self.router = hub.router
-        self.wire = wire
+        self.wire: Encoder = self._wire(hub.epoch or "")
         self.queue = OutQueue(
-            wire, max_messages=settings.queue_max_messages, max_bytes=settings.queue_max_bytes
+            self.wire, max_messages=settings.queue_max_messages, max_bytes=settings.queue_max_bytes
         )
-        self.session = Session(
-            target=self,
-            router=self.router,
-            queue=self.queue,
-            wire=wire,
-            authenticator=authenticator,
-            tables=hub.tracked,
-            now=time.time(),
-            limits=Limits(
-                settings.max_subscriptions, settings.auth_timeout, settings.max_filter_bytes
-            ),
-            on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
-            on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
-            on_limit=lambda limit: hub.metrics.client_limits.labels(limit).inc(),
-        )
+        self.session: ClientSession = self._session(authenticator)
         self.send_started: float | None = None  # monotonic start of a write still pending
         self.writing = False  # the writer task holds popped frames not yet written
         self.writer_spawned = False  # a writer task is scheduled or running
@@ -107,6 +94,32 @@ class Connection:
         self.background: set[anyio.CancelScope] = set()
         self.closing: tuple[int, str] | None = None
         self.user_label: str | None = None
+
+    # -- the dialect: protocol v1 here, the Supabase one in relay/net/phoenix.py --------------
+
+    def _wire(self, epoch: str) -> Encoder:
+        return V1(epoch)
+
+    def _session(self, authenticator: Authenticator) -> ClientSession:
+        hub = self.hub
+        assert isinstance(self.wire, V1)
+        return Session(
+            target=self,
+            router=self.router,
+            queue=self.queue,
+            wire=self.wire,
+            authenticator=authenticator,
+            tables=hub.tracked,
+            now=time.time(),
+            limits=self.limits(),
+            on_auth_failure=lambda reason: hub.metrics.auth_failures.labels(reason).inc(),
+            on_reset=lambda reason: hub.metrics.resets.labels(reason).inc(),
+            on_limit=lambda limit: hub.metrics.client_limits.labels(limit).inc(),
+        )
+
+    def limits(self) -> Limits:
+        settings = self.hub.settings
+        return Limits(settings.max_subscriptions, settings.auth_timeout, settings.max_filter_bytes)
 
     # -- what a transport provides ------------------------------------------------------------
 
@@ -157,7 +170,7 @@ class Connection:
     async def run(self) -> None:
         hub = self.hub
         hub.connections[self.conn_id] = self
-        hub.metrics.connections.opened(self.kind)
+        hub.metrics.connections.opened(self.kind, self.dialect)
         try:
             await self._serve()
         finally:
@@ -166,7 +179,7 @@ class Connection:
             hub.heap.released(sum(sub.filter.cost for sub in self.session.subscriptions()))
             self.session.close()
             hub.connections.pop(self.conn_id, None)
-            hub.metrics.connections.closed(self.kind)
+            hub.metrics.connections.closed(self.kind, self.dialect)
             self._count_dropped()
 
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
@@ -243,11 +256,14 @@ class Connection:
 
     def check(self, now: float, monotonic: float) -> None:
         """The sweeper's visit: the session's timers and the slow-client rule."""
-        for action in self.session.tick(now):
+        actions = self.session.tick(now)
+        for action in actions:
             if isinstance(action, Abort):
                 self._abort(action.reason)
                 return
             self.close_soon(action.code, action.reason)
+        if not actions and self.closing is None and len(self.queue) and not self.writer_spawned:
+            self.flush()  # frames a timer queued (the Supabase dialect's expiry: system, close)
         started = self.send_started
         if started is not None and monotonic - started > self.hub.settings.slow_client_timeout:
             self._abort("not_draining")
@@ -352,7 +368,7 @@ class Connection:
             step = lockstep.start(await source.state(), time.monotonic())
             while isinstance(step, ReadPages):
                 pages = [
-                    await source.page(self.user, sub, read.after, read.upto, read.limit)
+                    await source.page(self.session.keys, sub, read.after, read.upto, read.limit)
                     for sub, read in step.reads
                 ]
                 for sub, event in lockstep.feed(pages):

@@ -3,11 +3,13 @@
 Every request is answered from ``process_request``, in this order: the operations routes
 (``/healthz``, ``/readyz``, ``/metrics``: never admitted nor refused), a request repeating a
 single-valued header (400), the routes handed in (the demo's), then the client endpoints,
-``/v1/ws``, ``/v1/poll``, ``/v1/sse`` and ``/v1/sse/ticket``, which pass the same checks (origin,
-method, the websockets switch, readiness, ``max_connections``, per-address admission) before a
-websocket is opened (relay/net/websocket.py), a long-poll answered (relay/net/longpoll.py), a
-stream streamed or a ticket issued (relay/net/sse.py). Responses and request parts come from
-relay/net/responses.py. The sockets themselves are bounded before any of this
+``/v1/ws``, ``/v1/poll``, ``/v1/sse`` and ``/v1/sse/ticket``, and the Supabase dialect's
+``/realtime/v1/websocket`` and ``/socket/websocket``, which pass the same checks (origin, method,
+the websockets switch, readiness, ``max_connections``, per-address admission) before a websocket
+is opened (relay/net/websocket.py; the Supabase dialect's handshake checks its apikey first:
+relay/net/phoenix.py), a long-poll answered (relay/net/longpoll.py), a stream streamed or a
+ticket issued (relay/net/sse.py). Responses and request parts come from relay/net/responses.py.
+The sockets themselves are bounded before any of this
 (relay/net/sockets.py).
 
 Deadlines: a request must be complete within ``request_timeout`` (the socket guard), and every
@@ -36,6 +38,7 @@ from relay.core.log import LogSource
 from relay.core.tickets import Tickets
 from relay.net.hub import Hub
 from relay.net.longpoll import MAX_WAIT, handle_poll
+from relay.net.phoenix import PHOENIX_PATHS, Handshake, PhoenixConnection, phoenix_handshake
 from relay.net.responses import Handler, cors_headers, repeated_header, response, text
 from relay.net.sockets import LimitedServerConnection, SocketGuard
 from relay.net.sse import Streams
@@ -120,6 +123,7 @@ class WebsocketShell:
 
         self.connection_class: type[LimitedServerConnection] = _Limited  # for serve()
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
+        self.handshakes: dict[int, Handshake] = {}  # id(connection) -> a Supabase handshake
         self.task_group: anyio.abc.TaskGroup | None = None  # the server's; set before it serves
 
     @property
@@ -182,7 +186,8 @@ class WebsocketShell:
             and (answer := await self._bounded(connection, self.extra(request))) is not None
         ):
             return answer
-        if path not in CLIENT_PATHS:
+        phoenix = path in PHOENIX_PATHS and hub.settings.supabase
+        if path not in CLIENT_PATHS and not phoenix:
             return text(404, "not found\n")
         origin = self.admission.check_origin(request.headers.get("Origin"))
         if not origin.admitted:
@@ -196,7 +201,7 @@ class WebsocketShell:
             return response(
                 405, f"only {method}\n".encode(), "text/plain", [("Allow", method), *cors]
             )
-        if path == WS_PATH and not hub.settings.websockets:
+        if (path == WS_PATH or phoenix) and not hub.settings.websockets:
             return self._refuse(
                 503, "websockets_off", "websockets are switched off: use /v1/poll\n"
             )
@@ -210,17 +215,25 @@ class WebsocketShell:
         decision = self.admission.admit(address, time.monotonic())
         if not decision.admitted:
             return self._refuse(decision.status, decision.reason, "too many connections\n")
-        if path == WS_PATH:
-            self.addresses[id(connection)] = address  # released when the connection ends
-            return None
-        try:
-            if path == POLL_PATH:
-                return await self._bounded(connection, self._long_poll(request, cors))
-            if path == TICKET_PATH:
-                return self.streams.ticket(request, address, cors)
-            return await self.streams.stream(connection, request, address, cors, self.tasks)
-        finally:
-            self.admission.release(address)
+        if path in (POLL_PATH, SSE_PATH, TICKET_PATH):
+            try:
+                if path == POLL_PATH:
+                    return await self._bounded(connection, self._long_poll(request, cors))
+                if path == TICKET_PATH:
+                    return self.streams.ticket(request, address, cors)
+                return await self.streams.stream(connection, request, address, cors, self.tasks)
+            finally:
+                self.admission.release(address)
+        if phoenix:
+            handshake = phoenix_handshake(request, self.authenticator, hub.settings, time.time())
+            if isinstance(handshake, tuple):
+                self.admission.release(address)
+                refusal, reason = handshake
+                self.hub.metrics.auth_failures.labels(reason).inc()
+                return refusal
+            self.handshakes[id(connection)] = handshake
+        self.addresses[id(connection)] = address  # released when the connection ends
+        return None
 
     async def _bounded(
         self, connection: ServerConnection, answer: Awaitable[Response | None]
@@ -258,16 +271,24 @@ class WebsocketShell:
             self._release(connection)
 
     def _release(self, connection: ServerConnection) -> None:
+        self.handshakes.pop(id(connection), None)
         address = self.addresses.pop(id(connection), None)
         if address is not None:
             self.admission.release(address)
 
     async def handle(self, ws: ServerConnection) -> None:
         try:
-            connection = WebsocketConnection(
-                self.hub, ws, authenticator=self.authenticator, source=self.source,
-                tasks=self.tasks,
-            )  # fmt: skip
+            handshake = self.handshakes.pop(id(ws), None)
+            if handshake is not None:
+                connection: WebsocketConnection = PhoenixConnection(
+                    self.hub, ws, authenticator=self.authenticator, source=self.source,
+                    tasks=self.tasks, handshake=handshake,
+                )  # fmt: skip
+            else:
+                connection = WebsocketConnection(
+                    self.hub, ws, authenticator=self.authenticator, source=self.source,
+                    tasks=self.tasks,
+                )  # fmt: skip
             await connection.run()
         finally:
             self._release(ws)

@@ -36,9 +36,10 @@ from relay.core.auth import Authenticator
 from relay.core.events import Event
 from relay.core.log import LogSource
 from relay.core.requests import stream_messages
-from relay.core.session import CLOSE_GOING_AWAY, Abort, Close, Replay
+from relay.core.session import CLOSE_GOING_AWAY, Abort, Close, Replay, Session
 from relay.core.sse import SSE
 from relay.core.tickets import Tickets
+from relay.core.wire import Encoder
 from relay.errors import AuthError, ProtocolError
 from relay.net.connection import Connection
 from relay.net.hub import Hub
@@ -74,15 +75,17 @@ class StreamConnection(Connection):
         source: LogSource,
         tasks: anyio.abc.TaskGroup,
     ) -> None:
-        self.sse = SSE(hub.epoch or "")
-        super().__init__(
-            hub, ws.transport, wire=self.sse, authenticator=authenticator, source=source,
-            tasks=tasks,
-        )  # fmt: skip
         self.ws = ws  # websockets' connection, for its socket, flow control and close
+        super().__init__(hub, ws.transport, authenticator=authenticator, source=source, tasks=tasks)
+        assert isinstance(self.wire, SSE) and isinstance(self.session, Session)
+        self.sse = self.wire
+        self.v1 = self.session  # a stream's subscriptions are v1 subscribe requests
         self.started = False  # the response head is written
         self.heartbeat = hub.settings.sse_heartbeat  # under the idle timeout of common proxies
         self.next_heartbeat = time.monotonic() + self.heartbeat
+
+    def _wire(self, epoch: str) -> Encoder:
+        return SSE(epoch)
 
     def _open(self) -> bool:
         return self.started and not self.transport.is_closing()
@@ -215,7 +218,7 @@ class Streams:
         cors: list[tuple[str, str]],
         replaced: object | None,
     ) -> Response:
-        session = connection.session
+        session = connection.v1
         actions = list(session.authenticate(token or "", time.time()))
         if (close := next((a for a in actions if isinstance(a, Close)), None)) is not None:
             return _json(401, SSE.poll_error("token refused", reason=close.reason), cors)

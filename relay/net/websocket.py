@@ -23,7 +23,6 @@ from relay.core.auth import Authenticator
 from relay.core.events import Event
 from relay.core.log import LogSource
 from relay.core.session import CLOSE_POLICY
-from relay.core.wire import V1
 from relay.net.connection import CLOSE_GRACE, Connection
 from relay.net.hub import Hub
 from relay.net.responses import bearer_token
@@ -48,11 +47,8 @@ class WebsocketConnection(Connection):
         source: LogSource,
         tasks: anyio.abc.TaskGroup,
     ) -> None:
-        super().__init__(
-            hub, ws.transport, wire=V1(hub.epoch or ""), authenticator=authenticator,
-            source=source, tasks=tasks,
-        )  # fmt: skip
         self.ws = ws
+        super().__init__(hub, ws.transport, authenticator=authenticator, source=source, tasks=tasks)
         # No extension (permessage-deflate) negotiated: frames are plain RFC 6455 text frames.
         self.plain_frames = not ws.protocol.extensions
         if isinstance(ws, LimitedServerConnection):
@@ -85,14 +81,21 @@ class WebsocketConnection(Connection):
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
+    async def _handshake(self) -> bool:
+        """Acts on the handshake's credentials (v1: an ``Authorization: Bearer`` token); True
+        when the connection is to end."""
         header = self.ws.request.headers.get("Authorization") if self.ws.request else None
         self._forget_handshake()
         if (token := bearer_token(header)) is not None:
             if await self._act(self.session.authenticate(token, time.time())):
-                return
+                return True
             self.flush()  # ready
             self._log_auth()
+        return False
+
+    async def _serve(self) -> None:
+        if await self._handshake():
+            return
         try:
             async for message in self.ws:
                 if self._limited():
@@ -101,7 +104,7 @@ class WebsocketConnection(Connection):
                 if isinstance(message, str):
                     actions = self.session.receive_text(message, time.time())
                 else:
-                    actions = self.session.receive_binary()
+                    actions = self.session.receive_binary(message)
                 if await self._act(actions):
                     return
                 self.flush()  # the answers the session queued (pong, subscribed, errors)

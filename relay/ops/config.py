@@ -125,6 +125,24 @@ class Settings:
     insecure_dev: bool = _setting(
         False, parse_bool, "allow starting without any JWT key (development only)"
     )
+    anonymous_roles: tuple[str, ...] = _setting(
+        ("anon",),
+        parse_list,
+        "token roles accepted without a sub: anonymous visitors, who get rows whose audience "
+        "names role:<role> (empty: every token needs a sub)",
+    )
+    supabase: bool = _setting(
+        True,
+        parse_bool,
+        "serve the Supabase Realtime dialect at /realtime/v1/websocket and /socket/websocket",
+    )
+    supabase_publishable_keys: tuple[str, ...] = _setting(
+        (),
+        parse_list,
+        "comma-separated sb_publishable_... keys accepted as an apikey for role anon "
+        "(Supabase's new API keys, without a gateway that swaps them for a JWT)",
+        secret=True,
+    )
     # Protocol limits
     max_message_bytes: int = _setting(65536, parse_size, "largest client frame accepted")
     max_subscriptions: int = _setting(100, positive_int, "subscriptions per connection")

@@ -25,7 +25,8 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 class _Connections(Collector):
     """relay_connections (gauge) beside relay_connections_total (counter), both by transport:
-    ``websocket``, ``sse`` (streams) and ``long_poll`` (requests in flight; ``polls``).
+    ``websocket``, ``sse`` (streams) and ``long_poll`` (requests in flight; ``polls``); and
+    relay_websockets, the open websockets by dialect (``v1``, ``supabase``).
 
     prometheus-client's own classes refuse that pair in one registry (the counter claims the
     bare name too), although the text exposition format has no conflict. The gauge's sum over
@@ -38,13 +39,18 @@ class _Connections(Collector):
         self.open = dict.fromkeys(self.TRANSPORTS, 0)
         self.accepted = dict.fromkeys(self.TRANSPORTS, 0)
         self.polls: Callable[[], int] = lambda: 0
+        self.dialects: dict[str, int] = {"v1": 0, "supabase": 0}  # open websockets by dialect
 
-    def opened(self, transport: str) -> None:
+    def opened(self, transport: str, dialect: str = "v1") -> None:
         self.open[transport] += 1
         self.accepted[transport] += 1
+        if transport == "websocket":
+            self.dialects[dialect] = self.dialects.get(dialect, 0) + 1
 
-    def closed(self, transport: str) -> None:
+    def closed(self, transport: str, dialect: str = "v1") -> None:
         self.open[transport] -= 1
+        if transport == "websocket":
+            self.dialects[dialect] -= 1
 
     def polled(self) -> None:
         """A long-poll request was admitted (those in flight are counted by ``polls``)."""
@@ -64,7 +70,13 @@ class _Connections(Collector):
             open_now = self.polls() if transport == "long_poll" else self.open[transport]
             gauge.add_metric([transport], open_now)
             counter.add_metric([transport], self.accepted[transport])
+        websockets = GaugeMetricFamily(
+            "relay_websockets", "Open websocket connections, by dialect", labels=["dialect"]
+        )
+        for dialect, count in sorted(self.dialects.items()):
+            websockets.add_metric([dialect], count)
         yield gauge
+        yield websockets
         yield counter
 
 

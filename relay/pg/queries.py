@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
@@ -22,6 +23,7 @@ from psycopg.rows import TupleRow
 
 from relay.core.filters import ColumnValues, RowFilter
 from relay.core.log import LogState, ReplayPage
+from relay.core.phoenix import ColumnTypes
 from relay.errors import DatabaseError
 from relay.pg.rows import event_from_row
 
@@ -42,6 +44,7 @@ __all__ = [
     "preflight",
     "prune",
     "read_catalog",
+    "read_column_types",
     "read_head",
     "read_log_after",
     "read_log_state",
@@ -130,6 +133,24 @@ async def read_catalog(conn: AsyncConn) -> Catalog:
         " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
     )
     return {(str(s), str(t)): frozenset(cols) for s, t, cols in await cur.fetchall()}
+
+
+async def read_column_types(conn: AsyncConn, catalog: Catalog) -> ColumnTypes:
+    """The carried columns of every tracked table (``catalog``) with their type names
+    (pg_type.typname: ``int8``, ``_text``...), in column order: what the Supabase dialect's
+    changes list in ``columns`` (relay/core/phoenix.py)."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname, a.attname::text, ty.typname::text FROM relay.tracked AS t"
+        " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute AS a ON a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped"
+        " JOIN pg_type AS ty ON ty.oid = a.atttypid"
+        " ORDER BY n.nspname, c.relname, a.attnum"
+    )
+    types: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for schema, table, column, type_name in await cur.fetchall():
+        if column in catalog.get((schema, table), ()):
+            types.setdefault((schema, table), []).append((column, type_name))
+    return {table: tuple(columns) for table, columns in types.items()}
 
 
 async def check_direct_connection(conn: AsyncConn) -> None:
@@ -326,7 +347,7 @@ def replay_filter_sql(
 
 def replay_query(
     *,
-    user: str,
+    keys: Sequence[str],
     table: str,
     schema: str | None,
     after: int,
@@ -346,14 +367,15 @@ def replay_query(
         f"SELECT keep, k, {LOG_COLUMNS} FROM ("  # noqa: S608
         f" SELECT s.*, ({condition}) AS keep, row_number() OVER (ORDER BY s.pos) AS k FROM ("
         f"  SELECT {LOG_STORED_COLUMNS} FROM relay.log"
-        "   WHERE pos > %(after)s AND pos <= %(upto)s AND table_name = %(table)s"
+        "   WHERE pos > %(after)s AND pos <= %(upto)s"
+        "   AND (%(table)s = '' OR table_name = %(table)s)"  # '': every table (ANY_TABLE)
         "   AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
-        "   AND audience @> ARRAY[%(user)s]::text[]"
+        "   AND audience && %(keys)s::text[]"
         "   ORDER BY pos LIMIT %(scan)s) AS s"
         ") AS w WHERE keep OR k = %(scan)s ORDER BY pos LIMIT %(limit)s"
     )
     params.update(
-        after=after, upto=upto, table=table, schema=schema, user=user,
+        after=after, upto=upto, table=table, schema=schema, keys=list(keys),
         scan=max(scan, limit), limit=limit,
     )  # fmt: skip
     return query, params
@@ -362,7 +384,7 @@ def replay_query(
 async def fetch_replay(
     conn: AsyncConn,
     *,
-    user: str,
+    keys: Sequence[str],
     table: str,
     schema: str | None,
     after: int,
@@ -372,17 +394,19 @@ async def fetch_replay(
     row_filter: RowFilter | None = None,
     scan: int = REPLAY_SCAN_ROWS,
 ) -> ReplayPage:
-    """One page of the log between two positions, for one user and table, in position order.
+    """One page of the log between two positions, for one reader and table (every table for
+    ANY_TABLE), in position order.
 
-    Audience and table are filtered in SQL (the GIN index on audience keeps one user's replay
-    from scanning everyone's events). The query examines at most ``scan`` of those rows (at least
-    ``limit``) and returns at most ``limit`` of them: the ones the subscription's ops and filter
-    can match (``replay_filter_sql``), which the caller still matches exactly. ``scanned_to``
-    says where the next page starts: after the last row returned when the page is full, after
-    the last row examined when the scan bound was hit, else ``upto``.
+    Audience and table are filtered in SQL: rows whose audience
+    holds one of the reader's ``keys`` (its user id and role key: relay/core/audience.py; the GIN
+    index on audience keeps one user's replay from scanning everyone's events). The query examines
+    at most ``scan`` of those rows (at least ``limit``) and returns at most ``limit`` of them: the
+    ones the subscription's ops and filter can match (``replay_filter_sql``), which the caller still
+    matches exactly. ``scanned_to`` says where the next page starts: after the last row returned
+    when the page is full, after the last row examined when the scan bound was hit, else ``upto``.
     """
     query, params = replay_query(
-        user=user, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
+        keys=keys, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
         ops=ops, row_filter=row_filter or RowFilter(), encoding=conn.info.encoding,
     )  # fmt: skip
     cur = await conn.execute(query, params)

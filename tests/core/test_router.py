@@ -360,3 +360,71 @@ def test_offer_may_change_the_router() -> None:
     assert 2 == router.route(make_event(1), 0.0).delivered
     assert ([("a", 1)], [("a", 1)]) == (closing.received, other.received)
     assert (1, 1) == (router.connection_count, router.user_count)
+
+
+# --- audience keys: role audiences ---------------------------------------------------------
+
+
+def keyed(
+    router: Router, user: str, conn_id: str, keys: list[str], *subs: Subscription
+) -> RecordingTarget:
+    target = RecordingTarget(user, conn_id)
+    router.add(target, keys)
+    for sub in subs:
+        router.subscribe(target, sub)
+    return target
+
+
+def test_role_keys_reach_every_holder_and_nobody_else() -> None:
+    """A row whose audience names role:anon reaches anonymous and only those connections; one
+    naming a user never reaches an anonymous connection, whatever its filters."""
+    router = Router()
+    anon = keyed(router, "", "c1", ["role:anon"], make_sub())
+    alice = keyed(router, "alice", "c2", ["alice", "role:authenticated"], make_sub())
+    bob = keyed(router, "bob", "c3", ["bob", "role:authenticated"], make_sub())
+    router.route(make_event(1, audience=["role:anon"]), 0.0)
+    router.route(make_event(2, audience=["alice"]), 0.0)
+    router.route(make_event(3, audience=["role:authenticated"]), 0.0)
+    router.route(make_event(4, audience=["alice", "role:anon", "role:authenticated"]), 0.0)
+    router.route(make_event(5, audience=[""]), 0.0)  # an empty owner value: nobody
+    assert [("s1", 1), ("s1", 4)] == anon.received
+    assert [("s1", 2), ("s1", 3), ("s1", 4)] == alice.received  # 4 once, under two keys
+    assert [("s1", 3), ("s1", 4)] == bob.received
+
+
+def test_a_connection_under_several_keys_is_removed_from_all() -> None:
+    """remove() drops the connection from every key it was indexed under."""
+    router = Router()
+    alice = keyed(router, "alice", "c1", ["alice", "role:authenticated"], make_sub())
+    assert (1, 2) == (router.connection_count, router.user_count)
+    router.remove(alice)
+    assert (0, 0) == (router.connection_count, router.user_count)
+    assert 0 == router.route(make_event(1, audience=["role:authenticated", "alice"]), 0.0).delivered
+
+
+def test_any_table_subscription_gets_every_table() -> None:
+    """A subscription to ANY_TABLE (Supabase's schema-only binding) matches every table of its
+    schema, beside the connection's table subscriptions."""
+    from relay.core.subscription import ANY_TABLE
+
+    router = Router()
+    alice = connect(router, "alice", "c1", make_sub("all", table=ANY_TABLE, schema="public"),
+                    make_sub("items"))  # fmt: skip
+    router.route(make_event(1, table="items"), 0.0)
+    router.route(make_event(2, table="other"), 0.0)
+    router.route(make_event(3, table="other", schema="private"), 0.0)
+    assert [("items", 1), ("all", 1), ("all", 2)] == alice.received
+    router.unsubscribe(alice, "all")
+    router.route(make_event(4, table="other"), 0.0)
+    assert 3 == len(alice.received)
+
+
+def test_a_catching_up_subscription_under_two_keys_holds_an_event_once() -> None:
+    """A connection indexed under two keys of an event's audience holds it once for its
+    catch-up, as it would deliver it once."""
+    router = Router()
+    sub = make_sub(live=False)
+    sub.held, sub.hold_max = [], 10
+    keyed(router, "alice", "c1", ["alice", "role:authenticated"], sub)
+    router.route(make_event(1, audience=["alice", "role:authenticated"]), 0.0)
+    assert [1] == [event.pos for event in sub.held]

@@ -48,7 +48,7 @@ def test_fetch_replay_pages_are_bounded_by_scan_and_limit(relay_db: str) -> None
         async with await psycopg.AsyncConnection.connect(relay_db, autocommit=True) as conn:
             while after < head:
                 page = await fetch_replay(
-                    conn, user="alice", table="generations", schema=None, after=after,
+                    conn, keys=["alice"], table="generations", schema=None, after=after,
                     upto=head, limit=1, scan=3, ops=OPS, row_filter=row_filter,
                 )  # fmt: skip
                 got.append(([e.pos for e in page.events], page.scanned_to))

@@ -3,7 +3,7 @@
  * carrying every subscription, shaped like a WebSocket so the client's connection logic (auth,
  * ready, backoff, long-poll fallback, keepalive) runs unchanged over it.
  *
- * The relay sends the websocket's frames as SSE blocks (docs/protocol.md, section 11). A stream's
+ * The relay sends the websocket's frames as SSE blocks (docs/protocol.md, section 12). A stream's
  * subscriptions are fixed by its request, so subscribing or unsubscribing opens the stream again,
  * from where it stands: the stream's last id (its position) says every subscription has
  * everything up to it, and each subscription's own position is kept across streams and
