@@ -3,7 +3,7 @@
 /** What a Live indicator shows. */
 export type ConnectionState =
   | 'connecting' // never connected yet: first attempts
-  | 'live' // websocket open and authenticated
+  | 'live' // websocket (or SSE stream) open and authenticated
   | 'reconnecting' // was connected (or polling); waiting out the backoff or trying again
   | 'offline' // the browser reports no network (navigator.onLine === false)
   | 'polling' // websockets do not get through: HTTP long-polling, same cursors
@@ -54,7 +54,8 @@ export interface ResetInfo {
 export interface SubscribeOptions {
   filter?: Filter;
   ops?: Op[];
-  /** Batch UPDATEs of one row within this many ms into one event (websockets only). */
+  /** Batch UPDATEs of one row within this many ms into one event (websockets only: ignored
+   * over SSE, whose stream has one order for all its subscriptions). */
   coalesceMs?: number;
   /** Schema of the table; by default the table name in any tracked schema. */
   schema?: string;
@@ -102,6 +103,9 @@ export interface ClientOptions {
   url: string;
   /** Returns a JWT for the current user; called again before it expires and after a 4001. */
   token: () => string | Promise<string>;
+  /** 'websocket' (default), or 'sse': Server-Sent Events over fetch (GET <url>/v1/sse), for
+   * networks that pass plain HTTP only. Either way the long-poll is the last fallback. */
+  transport?: 'websocket' | 'sse';
   /** Defaults to globalThis.WebSocket. Without any, the client long-polls only. */
   WebSocket?: WebSocketConstructor;
   /** Defaults to globalThis.fetch. Without it, there is no long-polling fallback. */
@@ -194,7 +198,10 @@ export declare class RelayError extends Error {
   readonly reason?: string;
 }
 
-export declare function endpoints(url: string, pollUrl?: string): { ws: string; poll: string };
+export declare function endpoints(
+  url: string,
+  pollUrl?: string,
+): { ws: string; poll: string; sse: string };
 
 // -- backoff and tokens ------------------------------------------------------------------------
 

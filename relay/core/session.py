@@ -14,7 +14,7 @@ States: AWAITING_AUTH (only ``auth`` is accepted, until ``auth_timeout``), OPEN,
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -169,7 +169,7 @@ class Session:
             if kind == "auth":
                 return self._auth(message.get("token"), now)
             if kind == "subscribe":
-                return self._subscribe(message)
+                return self.subscribe(message)
             if kind == "unsubscribe":
                 return self._unsubscribe(message)
             if kind == "ping":
@@ -233,8 +233,6 @@ class Session:
         self.state = SessionState.CLOSED
         self.router.remove(self.target)
 
-    # -- handlers -----------------------------------------------------------------------------
-
     def _auth(self, token: object, now: float) -> Sequence[Action]:
         try:
             if self.claims is None:
@@ -254,7 +252,11 @@ class Session:
             self.queue.push_control(self.wire.auth_ok(claims.sub, claims.exp))
         return []
 
-    def _subscribe(self, message: dict[str, Any]) -> Sequence[Action]:
+    # -- handlers -----------------------------------------------------------------------------
+
+    def subscribe(self, message: Mapping[str, Any]) -> Sequence[Action]:
+        """A subscribe request (a websocket frame's, or one of an SSE stream's): raises
+        ``ProtocolError`` (naming the id) for a request that breaks a rule."""
         sub_id = subscription_id(message.get("id"))
         subs = self.subscriptions()
         try:

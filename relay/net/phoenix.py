@@ -30,9 +30,9 @@ from relay.core.phoenix import VSN_1, VSNS, PhoenixWire
 from relay.core.session import ClientSession
 from relay.core.wire import Encoder
 from relay.errors import AuthError
-from relay.net.connection import Connection
 from relay.net.hub import Hub
 from relay.net.responses import query_params, response
+from relay.net.websocket import WebsocketConnection
 from relay.ops.config import Settings
 
 __all__ = ["PHOENIX_PATHS", "Handshake", "PhoenixConnection", "phoenix_handshake"]
@@ -93,7 +93,7 @@ def phoenix_handshake(
     return Handshake(vsn, claims, token)
 
 
-class PhoenixConnection(Connection):
+class PhoenixConnection(WebsocketConnection):
     """A Supabase-dialect socket: the connection machinery with the dialect's wire and session."""
 
     dialect = "supabase"

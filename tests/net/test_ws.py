@@ -504,7 +504,8 @@ def test_health_and_metrics_endpoints(relay: RelayProcess) -> None:
     assert 404 == relay.http("/metrics")[0]  # not on the client port by default
     status, body = relay.scrape()
     assert 200 == status
-    for name in ("relay_listener_up 1.0", "relay_connections 0.0", "relay_sequencer_leader 1.0"):
+    for name in ("relay_listener_up 1.0", 'relay_connections{transport="websocket"} 0.0',
+                 "relay_sequencer_leader 1.0"):  # fmt: skip
         assert name in body
     assert 404 == relay.http("/nope")[0]
 
