@@ -585,7 +585,16 @@ def test_capture_writes_the_same_rows_as_version_1(empty_db: str) -> None:
         renamed
     )
     key = {"k1": "b", "k2": 1}
-    handed_over = ("eq_multi", "UPDATE", key, key, {"v": 11, "k1": "b"}, [], ["u2"], False)
+    handed_over: tuple[Any, ...] = (
+        "eq_multi",
+        "UPDATE",
+        key,
+        key,
+        {"v": 11, "k1": "b"},
+        [],
+        ["u2"],
+        False,
+    )
     assert 1 == current.count(handed_over)
     as_version_1 = []
     for table, op, pk, old_key, row, changed, audience, truncated in current:
