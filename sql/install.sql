@@ -306,13 +306,18 @@ BEGIN
         END IF;
     END IF;
 
-    IF TG_OP = 'UPDATE' AND NOT key_only THEN
-        IF new_row = old_row THEN
+    IF TG_OP = 'UPDATE' THEN
+        -- An owner column's old value, when it changed: the old audience.
+        IF TG_ARGV[0] <> '' AND new_full ->> TG_ARGV[0] IS DISTINCT FROM old_full ->> TG_ARGV[0] THEN
+            old_who := CASE WHEN old_full ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
+                            ELSE ARRAY[old_full ->> TG_ARGV[0]] END;
+        END IF;
+        IF key_only THEN
+            NULL;  -- which columns changed, and from what, is unknown
+        ELSIF new_row = old_row THEN
             -- Nothing the events carry has changed: an event only if the audience has (an owner
             -- column the whitelist leaves out, or what the audience function reads).
-            IF (TG_ARGV[0] <> '' AND new_full ->> TG_ARGV[0] IS NOT DISTINCT FROM
-                                     old_full ->> TG_ARGV[0])
-               OR (TG_ARGV[0] = '' AND NEW *= OLD) THEN
+            IF old_who IS NULL AND (TG_ARGV[0] <> '' OR NEW *= OLD) THEN
                 handed := set_config('relay.captured', '', true);  -- no event: nothing to append
                 RETURN NULL;
             END IF;
@@ -348,24 +353,21 @@ BEGIN
     IF TG_ARGV[0] <> '' THEN
         who := CASE WHEN key_source ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
                     ELSE ARRAY[key_source ->> TG_ARGV[0]] END;
-        IF TG_OP = 'UPDATE' AND new_full ->> TG_ARGV[0] IS DISTINCT FROM old_full ->> TG_ARGV[0] THEN
-            old_who := CASE WHEN old_full ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
-                            ELSE ARRAY[old_full ->> TG_ARGV[0]] END;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Both answers in one statement: each EXECUTE is parsed and planned anew.
+        EXECUTE format('SELECT %1$s($1), %1$s($2)', TG_ARGV[1]::oid::regproc)
+           INTO who, old_who USING NEW, OLD;
+        IF coalesce(old_who, '{}') = coalesce(who, '{}') THEN
+            old_who := NULL;
+            IF old_values = '{}' THEN
+                handed := set_config('relay.captured', '', true);
+                RETURN NULL;  -- neither a carried column nor the audience has changed
+            END IF;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
         EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
     ELSE
         EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING NEW;
-        IF TG_OP = 'UPDATE' THEN
-            EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO old_who USING OLD;
-            IF coalesce(old_who, '{}') = coalesce(who, '{}') THEN
-                old_who := NULL;
-                IF old_values = '{}' THEN
-                    handed := set_config('relay.captured', '', true);
-                    RETURN NULL;  -- neither a carried column nor the audience has changed
-                END IF;
-            END IF;
-        END IF;
     END IF;
 
     -- The row's key, and its key before an UPDATE or DELETE: plain expressions, no query.
@@ -392,8 +394,8 @@ BEGIN
     -- old values of the changed ones), or one to_jsonb refused, travels as its key only,
     -- flagged truncated; its audiences travel all the same.
     SELECT s.notify, s.max_row_bytes INTO ring, max_row_bytes FROM relay.settings AS s;
-    cut := key_only OR coalesce(pg_column_size(new_row) > max_row_bytes, false)
-                    OR coalesce(pg_column_size(old_values) > max_row_bytes, false);
+    cut := key_only OR coalesce(greatest(pg_column_size(new_row), pg_column_size(old_values))
+                                > max_row_bytes, false);
     handed := set_config('relay.captured',
         ROW(row_key, old_row_key, CASE WHEN NOT cut THEN new_row END, changed_cols,
             coalesce(who, '{}'), cut, CASE WHEN NOT cut THEN old_values END, old_who
