@@ -192,11 +192,9 @@ def target_notes(results: Results) -> list[str]:
         f"against {fmt_n(1e6 / us_p if us_p else float('nan'))} for the peer. What would move it: "
         "(1) when every connection of a subscription group is idle and plain-framed, write the "
         "shared frame in one tight loop over their transports, as `broadcast()` does, instead "
-        "of `Router.route` → `Session.offer` → `Connection.write_direct` → "
-        "`Connection._can_write_now` → `Hub.written_directly` per delivery (profile below); "
-        f"(2) `Hub.written_directly` is a method call per delivery only to count it "
-        f"({fmt_pct(_share(results, 'fanout', 'Hub.written_directly'))} of the samples): "
-        "`Router.route` already returns the count. At 10,000 connections one event's fan-out "
+        "of `Router.route` → `Subscription.wants` → `Connection.offer` → "
+        "`Connection._can_write_now` per delivery (profile below). At 10,000 connections one "
+        "event's fan-out "
         "is one synchronous loop of 10,000 writes, every delivery on the direct path "
         f"({fmt_f(_fan(relay, 10_000, 'us'))} µs each): the relay's single event loop then needs "
         "a whole core for about "
@@ -336,7 +334,7 @@ def profile_findings(results: Results) -> list[str]:
     deliver_l = _share(results, "latency", "Hub.deliver")
     read_l = _share(results, "latency", "LogReader._read_all")
     seq_l = _share(results, "latency", "Sequencer._serve")
-    frame_l = _share(results, "latency", "Event.wire_frame")
+    frame_l = _share(results, "latency", "V1.event_frame")
     send_l = _share(results, "latency", "_SelectorSocketTransport.write")
     send_q = _self(results, "latency", "BaseCursor._send_query_prepared")
     register = _self(results, "latency", "_PollLikeSelector.register")
@@ -349,11 +347,10 @@ def profile_findings(results: Results) -> list[str]:
         f"samples and the kernel's `send()` inside `_SelectorSocketTransport.write` "
         f"{fmt_pct(send_f)}: one system call per socket per event, which on loopback also does the "
         "receiver's TCP work. The rest of the routing share is Python per delivery: the "
-        "subscription checks in `Router.route`, `Session.offer`, `Connection.write_direct`, "
+        "subscription checks in `Router.route` and `Subscription.wants`, `Connection.offer` and "
         "`Connection._can_write_now` (websockets' `Protocol.state` property and "
-        "`transport.get_write_buffer_size()` on every delivery) and `Hub.written_directly` (a "
-        "method call per delivery to count what `Router.route` already returns). The frame is "
-        "encoded once per event (`Event.wire_frame` is a dictionary hit).",
+        "`transport.get_write_buffer_size()` on every delivery). The frame is encoded once per "
+        "event (`V1.event_frame` is a dictionary hit).",
         f"* **Latency path** (1,000 events/s, one event per user): the log reader (reading "
         f"and decoding the rows, then routing) is {fmt_pct(read_l)}, of which delivering "
         f"{fmt_pct(deliver_l)}: encoding each event's frame {fmt_pct(frame_l)} (one connection per "

@@ -427,9 +427,10 @@ def history_section(results: Results) -> list[str]:
         "",
         "* **Fan-out: 40 µs → about 12 µs of relay CPU per delivery at 1,000 connections.** A "
         "connection with nothing queued gets its frame written straight to the transport "
-        "(`Connection.write_direct` in `relay/net/server.py`, as websockets' `broadcast()` does; "
+        "(`Connection.offer` in `relay/net/connection.py`, as websockets' `broadcast()` does; "
         "the queue and a writer task only while frames wait); each event is JSON-encoded and "
-        "RFC 6455-framed once per subscription id (`Event.wire_frame`), not once per "
+        "RFC 6455-framed once per subscription id (`V1.event_frame` in `relay/core/wire.py`), "
+        "not once per "
         "connection; the delivery-lag histogram takes one weighted observation per event "
         "(`WeightedHistogram`) instead of one per delivery. What remained was about 45 % the "
         "kernel's `send()` per socket: on loopback the receiver's TCP work is charged to the "

@@ -25,10 +25,11 @@ from websockets.asyncio.server import serve as ws_serve
 
 from relay.core.admission import Intake, socket_budget
 from relay.core.auth import Authenticator
+from relay.net.http import WebsocketShell
 from relay.net.hub import Hub
 from relay.net.longpoll import MAX_WAIT
 from relay.net.responses import Handler
-from relay.net.server import SocketGuard, WebsocketShell
+from relay.net.sockets import SocketGuard
 from relay.ops.config import Settings, redact_dsn
 from relay.ops.keys import build_authenticator
 from relay.ops.logs import flush_suppressed

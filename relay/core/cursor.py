@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from relay.core.wire import cursor_text
 from relay.errors import CursorError
 
 __all__ = ["Cursor"]
@@ -26,7 +27,7 @@ class Cursor:
     pos: int
 
     def encode(self) -> str:
-        return f"{self.epoch}.{self.pos}"
+        return cursor_text(self.epoch, self.pos)
 
     @classmethod
     def decode(cls, text: object) -> Cursor:

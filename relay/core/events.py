@@ -1,9 +1,9 @@
 """Row-change events as the relay sees them: one row of ``relay.log``.
 
 An ``Event`` is immutable and carries everything routing needs (table, op, audience, row) and
-everything a client is sent. Its wire form is encoded once, however many connections receive it:
-``Event.wire_tail`` is the JSON object minus its opening ``{"type":"event","sub":...,`` part,
-which is the only part that differs between subscriptions.
+everything a client is sent. Its JSON (``Event.encoded``) is encoded once, however many
+connections receive it; relay/core/wire.py builds the frames around it and caches them on the
+event.
 
 Values arrive from the log as JSON text and are decoded here (``decode_json``, ``decode_key``) so
 that no value a writer can store stops the stream. Numbers travel exactly where a JSON number
@@ -47,17 +47,7 @@ Op: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "HEARTBEAT"]
 OPS: frozenset[str] = frozenset({"INSERT", "UPDATE", "DELETE"})  # what clients subscribe to
 JSONValue: TypeAlias = Any  # what json.loads returns; rows are arbitrary JSON objects
 
-FRAME_CACHE_SIZE = 16  # encoded frames kept per event (per distinct subscription id)
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _text_frame_header(length: int) -> bytes:
-    """FIN + text opcode, no mask (server to client), then the payload length."""
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 1 << 16:
-        return bytes((0x81, 126)) + length.to_bytes(2, "big")
-    return bytes((0x81, 127)) + length.to_bytes(8, "big")
 
 
 def dumps(value: object) -> str:
@@ -248,11 +238,12 @@ class Event:
     audience: frozenset[str]
     committed_at: datetime
     truncated: bool = False
-    # The encoded wire tail per epoch, and the epoch-independent part of it; not constructor
+    # The encoding caches: the JSON (``encoded``), and what relay/core/wire.py builds around it,
+    # the frame's tail per epoch and whole frames per (subscription id, epoch). Not constructor
     # arguments, so dataclasses.replace() never carries another event's encoding over.
-    _tail: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
     _body: str | None = field(default=None, init=False, repr=False, compare=False)
-    _frames: dict[tuple[str, str], bytes] = field(
+    tails: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    frames: dict[tuple[str, str], bytes] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -261,18 +252,10 @@ class Event:
         """Identifies the row across events: schema, table and the primary key as JSON."""
         return (self.schema, self.table, dumps(self.pk))
 
-    def wire_tail(self, epoch: str) -> str:
-        """The encoded frame after its ``"sub"`` member, cached per epoch."""
-        tail = self._tail.get(epoch)
-        if tail is None:
-            tail = '"cursor":' + dumps(f"{epoch}.{self.pos}") + "," + self.encoded()
-            self._tail[epoch] = tail
-        return tail
-
     def encoded(self) -> str:
-        """The wire form after its ``"cursor"`` member, encoded once (the log reader encodes it
-        when it reads the row, so a value that cannot be encoded is found there, not while
-        routing). Raises what encoding raises (ValueError, RecursionError)."""
+        """The event's JSON members, the frame's part after its ``"cursor"``, encoded once (the
+        log reader encodes it when it reads the row, so a value that cannot be encoded is found
+        there, not while routing). Raises what encoding raises (ValueError, RecursionError)."""
         body = self._body
         if body is None:
             members: dict[str, object] = {
@@ -291,23 +274,6 @@ class Event:
             body = dumps(members)[1:]  # drop the "{": the cursor goes before
             object.__setattr__(self, "_body", body)
         return body
-
-    def frame(self, sub_id: str, epoch: str) -> str:
-        """The complete ``event`` frame for one subscription."""
-        return '{"type":"event","sub":' + dumps(sub_id) + "," + self.wire_tail(epoch)
-
-    def wire_frame(self, sub_id: str, epoch: str) -> bytes:
-        """The frame as an unmasked, unfragmented websocket text frame (RFC 6455 section 5.2),
-        cached for the first few subscription ids: fanning one event out to many connections
-        (which often share an id) encodes and frames it once, not once per connection."""
-        key = (sub_id, epoch)
-        data = self._frames.get(key)
-        if data is None:
-            payload = self.frame(sub_id, epoch).encode()
-            data = _text_frame_header(len(payload)) + payload
-            if len(self._frames) < FRAME_CACHE_SIZE:
-                self._frames[key] = data
-        return data
 
     def merged_with(self, newer: Event) -> Event:
         """This UPDATE followed by a newer UPDATE of the same row, as one event.

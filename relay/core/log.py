@@ -15,7 +15,7 @@ from relay.core.cursor import Cursor
 from relay.core.events import Event
 from relay.core.subscription import Subscription
 
-__all__ = ["LogSource", "LogState", "ReplayPage", "resume_problem"]
+__all__ = ["LogSource", "LogState", "ReplayPage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +36,6 @@ class LogState:
         return None
 
 
-def resume_problem(since: Cursor, state: LogState) -> str | None:
-    """Why the log cannot resume after this cursor, as a reset reason, or None."""
-    return state.problem(since)
-
-
 @dataclass(frozen=True, slots=True)
 class ReplayPage:
     """One page of a replay: the events a source pre-selected, and where the next page starts."""
@@ -50,7 +45,8 @@ class ReplayPage:
 
 
 class LogSource(Protocol):
-    """Where replays and long-polls read the log from (relay/pg/replay.py for PostgreSQL).
+    """Where catch-ups (relay/core/catchup.py) read the log from (relay/pg/replay.py for
+    PostgreSQL).
 
     Both methods raise ``relay.errors.LogUnavailable`` when the log cannot be read now (the
     client may retry with the same cursor); no other error of the store escapes.

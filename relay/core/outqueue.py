@@ -1,7 +1,9 @@
 """A connection's bounded outbound buffer: the slow-consumer policy.
 
-Routing never waits on a socket: it calls ``OutQueue.offer``, which never blocks and never raises,
-and the connection's I/O shell calls ``pop_ready`` and writes what it gets, in order.
+Routing never waits on a socket: a connection that cannot write an event at once calls
+``OutQueue.offer``, which never blocks and never raises, and later calls ``pop_ready`` and writes
+what it gets, in order. Frames are built by the encoder the queue is given (relay/core/wire.py),
+so the queue knows no wire format and holds no epoch.
 
 The policy, in plain words:
 
@@ -38,6 +40,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from relay.core.events import Event, dumps
+from relay.core.wire import Encoder
 
 if TYPE_CHECKING:
     from relay.core.subscription import Subscription
@@ -46,9 +49,6 @@ __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_MESSAGES", "OutQueue"]
 
 DEFAULT_MAX_MESSAGES: Final = 1000
 DEFAULT_MAX_BYTES: Final = 1_048_576
-
-# '{"type":"event","sub":' + the id's two quotes + ',': exact for ids that need no escaping.
-_FRAME_OVERHEAD: Final = len('{"type":"event","sub":"",')
 
 # A row as one subscription sees it: the subscription id, then Event.row_key.
 _RowId: TypeAlias = tuple[str, str, str, str]
@@ -97,14 +97,14 @@ class OutQueue:
 
     def __init__(
         self,
+        wire: Encoder,
         *,
-        epoch: str,
         max_messages: int = DEFAULT_MAX_MESSAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if max_messages < 1 or max_bytes < 1:
             raise ValueError("max_messages and max_bytes must be at least 1")
-        self.epoch = epoch
+        self.wire = wire
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.conflated = 0
@@ -191,7 +191,7 @@ class OutQueue:
             else:
                 self._unindex(entry)
                 event = entry.event
-                frames.append((event.frame(entry.sub_id, self.epoch), event.committed_at))
+                frames.append((self.wire.event(entry.sub_id, event), event.committed_at))
         return frames
 
     def discard(self, sub_id: str) -> int:
@@ -213,7 +213,7 @@ class OutQueue:
     # -- internals ---------------------------------------------------------------------------
 
     def _size(self, sub_id: str, event: Event) -> int:
-        return len(event.wire_tail(self.epoch)) + len(sub_id) + _FRAME_OVERHEAD
+        return self.wire.event_size(sub_id, event)
 
     @staticmethod
     def _row_ids(sub_id: str, event: Event) -> tuple[_RowId, ...]:
@@ -337,9 +337,7 @@ class OutQueue:
             self._queue_reset(sub_id, pos)
 
     def _queue_reset(self, sub_id: str, pos: int) -> None:
-        frame = dumps(
-            {"type": "reset", "sub": sub_id, "reason": "overflow", "cursor": f"{self.epoch}.{pos}"}
-        )
+        frame = self.wire.overflow_reset(sub_id, pos)
         self.resets += 1
         pending = self._pending_resets.get(sub_id)
         if pending is None:

@@ -6,11 +6,13 @@ whichever of the two sets is smaller is iterated, and the cost per event is
 ``O(min(audience, connected users))`` plus the deliveries, never a pass over every connection and
 never a database call. A user outside the audience is never looked at, whatever their filters.
 
-Per connection, subscriptions are indexed by id (for the protocol) and by table name (for
-routing). A subscription gets an event when it is live, the event is past its ``after``, and the
-schema, op and row filter match. Delivering hands the event to the connection's bounded queue
-(``Target.offer``, which never blocks) and advances ``after``, so each subscription sees each
-position at most once and in order.
+Per connection, subscriptions are indexed by id (for the protocol: the router's index is the one
+record of a connection's subscriptions) and by table name (for routing). A subscription gets an
+event when it is live, the event is past its ``after``, and it ``wants`` the event (schema, op and
+row filter). Delivering offers the event to the connection (``Target.offer``: it writes the frame
+at once or queues it on its bounded queue, never blocks) and advances ``after``, so each
+subscription sees each position at most once and in order. ``route`` returns what it delivered
+(``Routed``): the caller counts the frames written at once, the connection those it queued.
 
 Positions strictly increase: ``head`` is the last routed position and an event at or below it has
 already been routed (a poll and a doorbell can both fetch it) and is ignored.
@@ -19,12 +21,12 @@ already been routed (a poll and a doorbell can both fetch it) and is ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from relay.core.events import Event
 from relay.core.subscription import Subscription
 
-__all__ = ["Router", "Target"]
+__all__ = ["Routed", "Router", "Target"]
 
 
 class Target(Protocol):
@@ -40,9 +42,20 @@ class Target(Protocol):
         """Unique per connection on this replica."""
         ...
 
-    def offer(self, sub: Subscription, event: Event, now: float) -> None:
-        """Queues the event for the subscription on the connection's bounded queue; never blocks."""
+    def offer(self, sub: Subscription, event: Event, now: float) -> bool:
+        """Hands the event to the connection for the subscription; never blocks. True when its
+        frame was written to the socket at once, False when it was queued (or held)."""
         ...
+
+
+class Routed(NamedTuple):
+    """What routing one event did: ``delivered`` offers made, ``written`` of them at once."""
+
+    delivered: int
+    written: int
+
+
+NOTHING: Routed = Routed(0, 0)
 
 
 @dataclass(slots=True, eq=False)
@@ -142,6 +155,11 @@ class Router:
             del conn.by_table[sub.table]
         return True
 
+    def subscription(self, target: Target, sub_id: str) -> Subscription | None:
+        """The connection's subscription with that id; None if there is none."""
+        conn = self._conn(target)
+        return None if conn is None else conn.by_id.get(sub_id)
+
     def subscriptions(self, target: Target) -> list[Subscription]:
         """The connection's subscriptions in the order they were made; empty if not registered."""
         conn = self._conn(target)
@@ -163,14 +181,15 @@ class Router:
         sub.live = True
         return True
 
-    def route(self, event: Event, now: float) -> int:
-        """Offers the event to every matching live subscription; returns the deliveries made.
+    def route(self, event: Event, now: float) -> Routed:
+        """Offers the event to every matching live subscription; returns the deliveries made and
+        how many of them were written at once.
 
-        An event at or below ``head`` was already routed and is ignored (returns 0).
+        An event at or below ``head`` was already routed and is ignored (delivers nothing).
         """
         pos = event.pos
         if pos <= self._head:
-            return 0
+            return NOTHING
         self._head = pos
 
         users = self._users
@@ -181,7 +200,7 @@ class Router:
             matched = [conns for user, conns in users.items() if user in audience]
 
         table = event.table
-        delivered = 0
+        delivered = written = 0
         for conns in matched:
             # Snapshots: an offer may close a connection or drop a subscription (an overflow
             # reset, say), and a dict must not change size while it is iterated.
@@ -193,12 +212,11 @@ class Router:
                     if (
                         sub.live
                         and pos > sub.after
-                        and (sub.schema is None or sub.schema == event.schema)
-                        and event.op in sub.ops
-                        and sub.filter.matches(event)
+                        and sub.wants(event)
                         and conn.by_id.get(sub.id) is sub  # not dropped by an earlier offer
                     ):
-                        conn.target.offer(sub, event, now)
+                        if conn.target.offer(sub, event, now):
+                            written += 1
                         sub.after = pos
                         delivered += 1
-        return delivered
+        return Routed(delivered, written) if delivered else NOTHING

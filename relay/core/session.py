@@ -1,8 +1,11 @@
 """Protocol v1, sans I/O: the state machine of one client connection.
 
-The shell (relay/net/server.py) feeds a ``Session`` the client's frames and the time, and carries
-out what it asks for: a ``Close``, or a ``Replay`` of a subscription from the log. Everything the
-relay sends goes through the session's bounded ``OutQueue``, which the shell drains to the socket.
+The shell (relay/net/connection.py) feeds a ``Session`` the client's frames and the time, and
+carries out what it asks for: a ``Close``, an ``Abort``, or a ``Replay`` of a subscription from
+the log (run by relay/core/catchup.py). The session queues its answers (control frames, built by
+relay/core/wire.py) on the connection's bounded ``OutQueue``, which the shell drains to the
+socket, and registers the connection (the ``target``) and its subscriptions with the router,
+whose index is the one record of them. Client input is validated by relay/core/requests.py.
 docs/protocol.md is the public description of the same rules.
 
 States: AWAITING_AUTH (only ``auth`` is accepted, until ``auth_timeout``), OPEN, CLOSED.
@@ -11,19 +14,18 @@ States: AWAITING_AUTH (only ``auth`` is accepted, until ``auth_timeout``), OPEN,
 from __future__ import annotations
 
 import enum
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from relay.core.auth import Authenticator, Claims
 from relay.core.cursor import Cursor
-from relay.core.events import OPS, Event, dumps
-from relay.core.filters import RowFilter
 from relay.core.outqueue import OutQueue
-from relay.core.router import Router
+from relay.core.requests import Tracked, parse_object, parse_subscription, short, subscription_id
+from relay.core.router import Router, Target
 from relay.core.subscription import Subscription
-from relay.errors import AuthError, CursorError, ProtocolError
+from relay.core.wire import V1
+from relay.errors import AuthError, ProtocolError
 
 __all__ = [
     "CLOSE_AUTH",
@@ -35,16 +37,12 @@ __all__ = [
     "Replay",
     "Session",
     "SessionState",
-    "Tracked",
-    "parse_subscription",
 ]
 
 CLOSE_GOING_AWAY: Final = 1001  # the relay is shutting down
 CLOSE_POLICY: Final = 1008  # too many bad frames
 CLOSE_AUTH: Final = 4001  # missing, invalid or expired token
 
-MAX_ID_LENGTH: Final = 64
-MAX_COALESCE_MS: Final = 60_000
 MAX_BAD_FRAMES: Final = 100  # errors answered before the connection is closed
 
 
@@ -72,15 +70,14 @@ class Abort:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """Read the subscription's missed events from the log, then call ``Session.finish_replay``."""
+    """Catch the subscription up from the log (relay/core/catchup.py); once it is live, call
+    ``Session.went_live`` (or ``Session.reset_subscription`` when the log says reset)."""
 
     sub: Subscription
     since: Cursor
 
 
 Action = Close | Abort | Replay
-# (schema, table) -> the columns its events carry (the whitelist, or every column) and its key.
-Tracked = Mapping[tuple[str, str], frozenset[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,64 +91,51 @@ class Limits:
 
 
 class Session:
-    """One connection's protocol state; also the router's ``Target`` for that connection.
+    """One connection's protocol state.
 
-    ``tables`` answers which (schema, table) pairs are tracked; ``epoch`` the log's current epoch.
+    ``target`` is the connection as the router sees it (its ``user`` is this session's ``user``
+    once authenticated); the router delivers events to it, not to the session. ``wire`` encodes
+    in the epoch the connection lives in; ``tables`` answers which (schema, table) pairs are
+    tracked.
     """
 
     def __init__(
         self,
         *,
-        conn_id: str,
+        target: Target,
         router: Router,
         queue: OutQueue,
+        wire: V1,
         authenticator: Authenticator,
         tables: Callable[[], Tracked],
-        epoch: Callable[[], str],
         now: float,
         limits: Limits = Limits(),
         on_auth_failure: Callable[[str], None] = lambda reason: None,
         on_reset: Callable[[str], None] = lambda reason: None,
-        on_offer: Callable[[], None] = lambda: None,
-        direct: Callable[[Subscription, Event], bool] | None = None,
         on_limit: Callable[[str], None] = lambda limit: None,
     ) -> None:
-        self.conn_id = conn_id
+        self.target = target
         self.router = router
         self.queue = queue
+        self.wire = wire
         self.authenticator = authenticator
         self.tables = tables
-        self.epoch = epoch
         self.limits = limits
         self.on_auth_failure = on_auth_failure
-        self.on_offer = on_offer
-        self.direct = direct
         self.on_reset = on_reset
         self.on_limit = on_limit
         self.state = SessionState.AWAITING_AUTH
         self.claims: Claims | None = None
         self.auth_deadline = now + limits.auth_timeout
-        self.subs: dict[str, Subscription] = {}
         self.bad_frames = 0
-
-    # -- the router's Target ----------------------------------------------------------------
 
     @property
     def user(self) -> str:
         return self.claims.sub if self.claims is not None else ""
 
-    def offer(self, sub: Subscription, event: Event, now: float) -> None:
-        # The shell may write at once when nothing waits before this event (an empty queue, no
-        # coalescing window) and its socket takes it; otherwise the bounded queue decides.
-        if (
-            self.direct is not None
-            and sub.coalesce_ms == 0
-            and not len(self.queue)
-            and self.direct(sub, event)
-        ):
-            return
-        self.queue.offer(sub, event, now)
-        self.on_offer()
+    def subscriptions(self) -> list[Subscription]:
+        """The connection's subscriptions, as the router holds them."""
+        return self.router.subscriptions(self.target)
 
     # -- input --------------------------------------------------------------------------------
 
@@ -164,7 +148,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return []
         try:
-            message = _parse_object(text)
+            message = parse_object(text)
         except ProtocolError as exc:
             if self.state is SessionState.AWAITING_AUTH:
                 return self._close(CLOSE_AUTH, "auth_required")
@@ -180,9 +164,9 @@ class Session:
             if kind == "unsubscribe":
                 return self._unsubscribe(message)
             if kind == "ping":
-                self.queue.push_control('{"type":"pong"}')
+                self.queue.push_control(self.wire.pong())
                 return []
-            raise ProtocolError("bad_message", f"unknown message type {_short(kind)}")
+            raise ProtocolError("bad_message", f"unknown message type {short(kind)}")
         except ProtocolError as exc:
             return self._error(exc)
 
@@ -215,58 +199,30 @@ class Session:
             return self.claims.exp + self.authenticator.settings.leeway
         return None
 
-    # -- replay, driven by the shell --------------------------------------------------------
+    # -- the end of a replay, driven by the shell ----------------------------------------------
 
-    def replaying(self, sub: Subscription) -> bool:
-        """Whether this very subscription (not a newer one reusing its id) still awaits replay."""
-        return self.subs.get(sub.id) is sub and not sub.live
-
-    def replay_events(
-        self, sub: Subscription, events: list[Event], scanned_to: int, now: float
-    ) -> bool:
-        """Queues replayed events; False when the subscription is gone or already live."""
-        if not self.replaying(sub):
-            return False
-        for event in events:
-            if event.pos > sub.after and event.op in sub.ops and sub.filter.matches(event):
-                self.queue.offer(sub, event, now)
-                sub.after = event.pos
-        sub.after = max(sub.after, scanned_to)
-        return True
-
-    def finish_replay(self, sub: Subscription) -> bool:
-        """Makes the subscription live if the replay reached the router's head.
-
-        Returns True when it went live (and ``subscribed`` was queued after every replayed
-        event, coalescing window included), False when the head moved on meanwhile (replay
-        more) or the subscription is gone (``replaying`` says which). The shell calls this with
-        no await between its last replay page and this call.
-        """
-        if not self.replaying(sub) or sub.after < self.router.head:
-            return False
-        self.router.go_live(self, sub.id, sub.after)
+    def went_live(self, sub: Subscription) -> None:
+        """The subscription's catch-up went live (``catchup.Live``): ``subscribed`` is queued after
+        every replayed event, those held in a coalescing window included. The shell calls this in
+        the step that went live, with no await in between."""
         self.queue.release_window(sub.id)
         self._subscribed(sub)
-        return True
 
     def reset_subscription(self, sub_id: str, reason: str) -> None:
         """The subscription's history cannot be replayed: the client refetches; live from now."""
-        sub = self.subs.get(sub_id)
+        sub = self.router.subscription(self.target, sub_id)
         if sub is None:
             return
         self.on_reset(reason)
         head = self.router.head
-        self.queue.push_control(
-            dumps({"type": "reset", "sub": sub_id, "reason": reason, "cursor": self._cursor(head)})
-        )
-        self.router.go_live(self, sub_id, head)
+        self.queue.push_control(self.wire.reset(sub_id, reason, head))
+        self.router.go_live(self.target, sub_id, head)
         self._subscribed(sub)
 
     def close(self) -> None:
-        """The connection is gone: forget it in the router."""
+        """The connection is gone: forget it and its subscriptions in the router."""
         self.state = SessionState.CLOSED
-        self.router.remove(self)
-        self.subs.clear()
+        self.router.remove(self.target)
 
     # -- handlers -----------------------------------------------------------------------------
 
@@ -283,46 +239,42 @@ class Session:
         self.claims = claims
         if first:
             self.state = SessionState.OPEN
-            self.router.add(self)
-            self.queue.push_control(
-                dumps(
-                    {"type": "ready", "user": claims.sub, "cursor": self._cursor(self.router.head)}
-                )
-            )
+            self.router.add(self.target)
+            self.queue.push_control(self.wire.ready(claims.sub, self.router.head))
         return []
 
     def _subscribe(self, message: dict[str, Any]) -> Sequence[Action]:
-        sub_id = _sub_id(message.get("id"))
+        sub_id = subscription_id(message.get("id"))
+        subs = self.subscriptions()
         try:
-            if sub_id in self.subs:
+            if self.router.subscription(self.target, sub_id) is not None:
                 raise ProtocolError("bad_message", "subscription id already in use")
-            if len(self.subs) >= self.limits.max_subscriptions:
+            if len(subs) >= self.limits.max_subscriptions:
                 raise ProtocolError(
                     "too_many_subscriptions",
                     f"at most {self.limits.max_subscriptions} subscriptions per connection",
                 )
             sub, since = parse_subscription(
-                message, sub_id, tracked=self.tables(), head=self.router.head, epoch=self.epoch()
+                message, sub_id, tracked=self.tables(), head=self.router.head, epoch=self.wire.epoch
             )
-            self._check_filter_budget(sub)
+            self._check_filter_budget(sub, subs)
         except ProtocolError as exc:
             exc.sub_id = sub_id
             raise
-        self.subs[sub_id] = sub
-        self.router.subscribe(self, sub)
+        self.router.subscribe(self.target, sub)
         if isinstance(since, str):  # a cursor of another epoch: nothing to replay from
             self.reset_subscription(sub_id, since)
             return []
         if since is None:
-            self.router.go_live(self, sub_id, sub.after)
+            self.router.go_live(self.target, sub_id, sub.after)
             self._subscribed(sub)
             return []
         sub.after = since.pos
         return [Replay(sub, since)]
 
-    def _check_filter_budget(self, sub: Subscription) -> None:
+    def _check_filter_budget(self, sub: Subscription, subs: list[Subscription]) -> None:
         budget = self.limits.max_filter_bytes
-        held = sum(other.filter.cost for other in self.subs.values())
+        held = sum(other.filter.cost for other in subs)
         if held + sub.filter.cost > budget:
             self.on_limit("filter_bytes")
             raise ProtocolError(
@@ -332,162 +284,23 @@ class Session:
             )
 
     def _unsubscribe(self, message: dict[str, Any]) -> Sequence[Action]:
-        sub_id = _sub_id(message.get("id"))
-        if self.subs.pop(sub_id, None) is None:
+        sub_id = subscription_id(message.get("id"))
+        if not self.router.unsubscribe(self.target, sub_id):
             raise ProtocolError("bad_message", "no subscription with that id", sub_id=sub_id)
-        self.router.unsubscribe(self, sub_id)
         self.queue.discard(sub_id)
-        self.queue.push_control(dumps({"type": "unsubscribed", "id": sub_id}))
+        self.queue.push_control(self.wire.unsubscribed(sub_id))
         return []
 
     def _subscribed(self, sub: Subscription) -> None:
-        self.queue.push_control(
-            dumps({"type": "subscribed", "id": sub.id, "cursor": self._cursor(sub.after)})
-        )
-
-    def _cursor(self, pos: int) -> str:
-        return Cursor(self.epoch(), pos).encode()
+        self.queue.push_control(self.wire.subscribed(sub.id, sub.after))
 
     def _error(self, exc: ProtocolError) -> Sequence[Action]:
         self.bad_frames += 1
         if self.bad_frames > MAX_BAD_FRAMES:
             return self._close(CLOSE_POLICY, "too_many_errors")
-        frame: dict[str, object] = {"type": "error", "code": exc.code, "message": exc.message}
-        if exc.sub_id is not None:
-            frame["id"] = exc.sub_id
-        self.queue.push_control(dumps(frame))
+        self.queue.push_control(self.wire.error(exc.code, exc.message, exc.sub_id))
         return []
 
     def _close(self, code: int, reason: str) -> list[Close]:
         self.close()
         return [Close(code, reason)]
-
-
-# -- validation of client input: every rule raises ProtocolError with a one-line message ------
-
-
-def parse_subscription(
-    message: Mapping[str, Any],
-    sub_id: str,
-    *,
-    tracked: Tracked,
-    head: int,
-    epoch: str,
-) -> tuple[Subscription, Cursor | str | None]:
-    """Validates a subscribe request (websocket message or long-poll query) into a not-yet-live
-    Subscription standing at ``head``, and where to resume: None (from now), a Cursor (replay
-    after it), or a reset reason for a cursor of another epoch."""
-    table, schema = _table(message.get("table")), _schema(message.get("schema"))
-    if schema == "relay":
-        raise ProtocolError("forbidden", "the relay's own tables cannot be subscribed to")
-    carried = [cols for (s, t), cols in tracked.items() if t == table and schema in (None, s)]
-    if not carried:
-        raise ProtocolError("unknown_table", f"table {_short(table)} is not tracked")
-    row_filter = RowFilter.parse(message.get("filter"))
-    for column in row_filter.columns:
-        if not any(column in cols for cols in carried):
-            raise ProtocolError(
-                "bad_message", f"filter column {_short(column)} is not carried by {_short(table)}"
-            )
-    sub = Subscription(
-        id=sub_id,
-        table=table,
-        schema=schema,
-        ops=_ops(message.get("ops")),
-        filter=row_filter,
-        after=head,
-        coalesce_ms=_coalesce(message.get("coalesce_ms")),
-    )
-    return sub, _since(message.get("since"), epoch)
-
-
-def _parse_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("bad_message", "not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ProtocolError("bad_message", "a message is a JSON object")
-    return value
-
-
-def _short(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)[:40] if _jsonable(value) else "?"
-    return repr(text[:40])
-
-
-def _jsonable(value: object) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return True
-
-
-def _utf8_length(value: object) -> int:
-    """The UTF-8 length of a client string, or -1 when it is not one (a lone surrogate, which
-    JSON's escapes allow, could not be echoed back in a frame)."""
-    if not isinstance(value, str):
-        return -1
-    try:
-        return len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        return -1
-
-
-def _sub_id(value: object) -> str:
-    if not 0 < _utf8_length(value) <= MAX_ID_LENGTH:
-        raise ProtocolError("bad_message", f"id must be a string of 1 to {MAX_ID_LENGTH} bytes")
-    assert isinstance(value, str)
-    return value
-
-
-def _table(value: object) -> str:
-    if not 0 < _utf8_length(value) <= 63:
-        raise ProtocolError("bad_message", "table must be a table name")
-    assert isinstance(value, str)
-    return value
-
-
-def _schema(value: object) -> str | None:
-    if value is None:
-        return None
-    if not 0 < _utf8_length(value) <= 63:
-        raise ProtocolError("bad_message", "schema must be a schema name")
-    assert isinstance(value, str)
-    return value
-
-
-def _ops(value: object) -> frozenset[str]:
-    if value is None:
-        return OPS
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(op, str) and op in OPS for op in value)
-    ):
-        raise ProtocolError("bad_message", "ops must be a non-empty list of INSERT, UPDATE, DELETE")
-    return frozenset(value)
-
-
-def _coalesce(value: object) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COALESCE_MS:
-        raise ProtocolError(
-            "bad_message", f"coalesce_ms must be an integer from 0 to {MAX_COALESCE_MS}"
-        )
-    return value
-
-
-def _since(value: object, epoch: str) -> Cursor | str | None:
-    """None: from now. A Cursor: replay after it. A str: the reset reason for a foreign epoch."""
-    if value is None:
-        return None
-    try:
-        cursor = Cursor.decode(value)
-    except CursorError as exc:
-        raise ProtocolError("bad_cursor", str(exc)) from None
-    if cursor.epoch != epoch:
-        return "epoch_changed"
-    return cursor

@@ -1,5 +1,6 @@
 """The network shell: the hub every connection shares, the websocket connection (the router's
-target), the long-poll, and the HTTP routes of the relay's port with their public helpers.
+target), the long-poll, the sockets' bounds from accept on, and the HTTP routes of the relay's
+port with their public helpers.
 
 May import ``relay.errors``, ``relay.core`` and ``relay.ops``; never ``relay.pg``: it reads the
 log through what ``relay.app`` hands it.

@@ -1,14 +1,17 @@
 """What the connections of one process share: the router, the log's state, readiness, metrics.
 
 The log reader feeds the hub (``deliver``, ``on_log_state``, ``caught_up``); the hub routes each
-event through the router into the connections (their ``offer`` writes or queues; routing never
-awaits). The hub never reaches into a connection beyond ``close_soon`` on a log discontinuity.
+event through the router into the connections (relay/net/connection.py: their ``offer`` writes or
+queues; routing never awaits) and counts, from what the router returns, the deliveries written at
+once (a connection counts those it writes later: ``delivered``). The hub never reaches into a
+connection beyond ``close_soon`` on a log discontinuity.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+from datetime import datetime
 from typing import Final, Protocol
 
 import anyio
@@ -16,8 +19,8 @@ import structlog
 
 from relay.core.events import Event
 from relay.core.log import LogState
+from relay.core.requests import Tracked
 from relay.core.router import Router
-from relay.core.session import Tracked
 from relay.ops.config import Settings
 from relay.ops.heap import HeapTrim
 from relay.ops.metrics import Metrics
@@ -76,7 +79,6 @@ class Hub:
         self.polls = 0  # long-polls in flight; they count against max_connections too
         self.accepting = True
         self.heap = HeapTrim()  # gives closed connections' filter memory back to the system
-        self._direct_writes = 0  # deliveries of the event being routed, written at once
         metrics.last_event_age.set_function(self._last_event_age)
         metrics.log_backlog.set_function(lambda: max(0, self.db_head - self.router.head))
         metrics.connections.polls = lambda: self.polls
@@ -134,9 +136,9 @@ class Hub:
                 metrics.events.labels(event.table, event.op).inc()
                 if (event.schema, event.table) not in self.tables:  # tracked since last refresh
                     self.tables = {**self.tables, (event.schema, event.table): _columns_of(event)}
-                self.router.route(event, now)
-                if self._direct_writes:
-                    self._count_direct(event)
+                written = self.router.route(event, now).written
+                if written:
+                    self.delivered(event.committed_at, time.time(), written)
             except Exception as exc:
                 self._event_failed(event, exc)
         self.last_event_at = time.monotonic()
@@ -145,7 +147,6 @@ class Hub:
     def _event_failed(self, event: Event, exc: Exception) -> None:
         """Counts and logs a routing failure: where it happened, never the message (which may
         quote a value)."""
-        self._direct_writes = 0
         self.metrics.drops.labels("error").inc()
         frames = traceback.extract_tb(exc.__traceback__)
         where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
@@ -158,15 +159,11 @@ class Hub:
             where=where,
         )
 
-    def written_directly(self) -> None:
-        """A connection wrote the event being routed straight to its socket."""
-        self._direct_writes += 1
-
-    def _count_direct(self, event: Event) -> None:
-        count, self._direct_writes = self._direct_writes, 0
+    def delivered(self, committed_at: datetime, now: float, count: int = 1) -> None:
+        """``count`` frames of an event committed at ``committed_at`` reached sockets at ``now``
+        (Unix time): the deliveries and their commit-to-socket lag, observed once."""
         self.metrics.deliveries.inc(count)
-        lag = max(0.0, time.time() - event.committed_at.timestamp())
-        self.metrics.delivery_lag.observe(lag, count)
+        self.metrics.delivery_lag.observe(max(0.0, now - committed_at.timestamp()), count)
 
     def read_up_to_head(self) -> None:
         self.caught_up_at = time.monotonic()

@@ -3,28 +3,29 @@
 ``GET /v1/poll?table=T[&schema=S][&since=C][&filter=JSON][&ops=INSERT,UPDATE][&wait=25]`` with
 ``Authorization: Bearer``. The same per-user rules as websockets: the log is read for the
 user's audience only, narrowed in SQL by the ops and filter, which the relay then applies
-exactly. A request first catches up from the log, one pool connection per query and at most
-``MAX_PAGES`` queries; if nothing matched it registers with the router like a websocket
-subscription and waits, up to ``wait`` seconds, for the next matching event: waiting holds no
-database connection and costs no query per event.
+exactly. A request first catches up from the log with the catch-up a websocket replay runs
+(relay/core/catchup.py), one pool connection per query and at most ``MAX_PAGES`` queries; if
+nothing matched, its subscription goes live with the router like a websocket's and it waits, up
+to ``wait`` seconds, for the next matching event: waiting holds no database connection and costs
+no query per event. Answers are encoded by relay/core/wire.py.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from typing import Any, Final
+from typing import Final
 
 import anyio
 
 from relay.core.auth import Authenticator
-from relay.core.cursor import Cursor
-from relay.core.events import Event, dumps
-from relay.core.log import LogSource, resume_problem
+from relay.core.catchup import Catchup, Live, ReadPage, Reset
+from relay.core.events import Event
+from relay.core.log import LogSource
+from relay.core.requests import parse_subscription, query_message
 from relay.core.router import Router
-from relay.core.session import parse_subscription
 from relay.core.subscription import Subscription
+from relay.core.wire import V1
 from relay.errors import AuthError, LogUnavailable, ProtocolError
 from relay.net.hub import Hub
 from relay.net.responses import bearer_token, query_params
@@ -44,10 +45,12 @@ _ids = itertools.count(1)
 
 
 class PollError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("error", ""))
+    """A request answered with an HTTP error status and a JSON body (relay/core/wire.py)."""
+
+    def __init__(self, status: int, error: str, **members: str) -> None:
+        super().__init__(error)
         self.status = status
-        self.body = body
+        self.body = V1.poll_error(error, **members)
 
 
 class _PollTarget:
@@ -58,32 +61,12 @@ class _PollTarget:
         self.conn_id = f"poll-{next(_ids)}"
         self.events: list[Event] = []
         self.arrived = anyio.Event()
-        self.router: Router | None = None  # the router it is registered with
 
-    def offer(self, sub: Subscription, event: Event, now: float) -> None:
+    def offer(self, sub: Subscription, event: Event, now: float) -> bool:
         if len(self.events) < MAX_EVENTS:
             self.events.append(event)
             self.arrived.set()
-
-
-def _message(query: dict[str, str]) -> dict[str, Any]:
-    """The query string as a subscribe message, so both transports validate alike."""
-    message: dict[str, Any] = {"table": query.get("table"), "schema": query.get("schema")}
-    if query.get("since"):
-        message["since"] = query["since"]
-    if query.get("filter"):
-        try:
-            message["filter"] = json.loads(query["filter"])
-        except (ValueError, RecursionError):
-            raise ProtocolError("bad_message", "filter is not valid JSON") from None
-    if query.get("ops"):
-        message["ops"] = [op.strip() for op in query["ops"].split(",")]
-    return message
-
-
-def _body(events: list[Event], cursor: str, epoch: str) -> str:
-    frames = ",".join('{"type":"event",' + event.wire_tail(epoch) for event in events)
-    return '{"events":[' + frames + '],"cursor":' + dumps(cursor) + "}"
+        return False  # nothing written: the request answers when it wakes
 
 
 async def handle_poll(
@@ -97,7 +80,7 @@ async def handle_poll(
     try:
         return 200, await _poll(hub, authenticator, source, request_target, authorization)
     except PollError as exc:
-        return exc.status, dumps(exc.body)
+        return exc.status, exc.body
 
 
 async def _poll(
@@ -107,96 +90,75 @@ async def _poll(
     request_target: str,
     authorization: str | None,
 ) -> str:
-
     epoch = hub.epoch
     if epoch is None or not hub.ready():
-        raise PollError(503, {"error": "not ready"})
+        raise PollError(503, "not ready")
     try:
         claims = authenticator.verify(bearer_token(authorization) or "", time.time())
     except AuthError as exc:
         hub.metrics.auth_failures.labels(exc.reason).inc()
-        raise PollError(401, {"error": "token refused", "reason": exc.reason}) from None
+        raise PollError(401, "token refused", reason=exc.reason) from None
 
     try:
         query = query_params(request_target)
     except ValueError:
-        raise PollError(
-            400, {"error": "too many query parameters", "code": "bad_message"}
-        ) from None
+        raise PollError(400, "too many query parameters", code="bad_message") from None
+    router, wire = hub.router, V1(epoch)  # the epoch and router this request lives in
     try:
         wait = min(MAX_WAIT, max(0.0, float(query.get("wait", MAX_WAIT))))
         sub, since = parse_subscription(
-            _message(query), SUB_ID, tracked=hub.tracked(), head=hub.router.head, epoch=epoch
+            query_message(query), SUB_ID, tracked=hub.tracked(), head=router.head, epoch=epoch
         )
     except ProtocolError as exc:
-        raise PollError(400, {"error": exc.message, "code": exc.code}) from None
+        raise PollError(400, exc.message, code=exc.code) from None
     except ValueError:
-        raise PollError(400, {"error": "wait must be a number", "code": "bad_message"}) from None
-
-    def head_cursor() -> str:
-        return Cursor(epoch, hub.router.head).encode()
+        raise PollError(400, "wait must be a number", code="bad_message") from None
 
     if since is None:
-        return _body([], head_cursor(), epoch)
+        return wire.poll([], router.head)
     if isinstance(since, str):
         hub.metrics.resets.labels(since).inc()
-        return dumps({"reset": {"reason": since}, "cursor": head_cursor()})
+        return wire.poll_reset(since, router.head)
 
     deadline = anyio.current_time() + wait
-    target: _PollTarget | None = None
-    # The source holds a pool connection for one query at a time, never across pages nor
-    # while waiting for live events (relay/pg/replay.py).
-    try:
-        state = await source.state()
-        if (reason := resume_problem(since, state)) is not None:
-            hub.metrics.resets.labels(reason).inc()
-            return dumps({"reset": {"reason": reason}, "cursor": head_cursor()})
-        after = since.pos
-        # Catch up from the log until the router's head, as a websocket replay does: at least
-        # one page (so even wait=0 moves on), at most MAX_PAGES, then answer where it stopped.
-        pages = 0
-        while True:
-            if after >= hub.router.head:
-                # No await between that check and going live: no event can slip between.
-                target = _go_live(hub, claims.sub, sub, after)
-                break
-            if pages >= MAX_PAGES or (pages and anyio.current_time() >= deadline):
-                break
-            page = await source.page(claims.sub, sub, after, hub.router.head, MAX_EVENTS)
-            pages += 1
-            found = [e for e in page.events if e.op in sub.ops and sub.filter.matches(e)]
-            after = page.scanned_to
-            if found:
-                return _body(found, Cursor(epoch, after).encode(), epoch)
-    except LogUnavailable:
-        if target is not None and target.router is not None:
-            target.router.remove(target)
-        raise PollError(503, {"error": "the log is unreachable, retry"}) from None
-    if target is None:  # the page budget or the wait ran out while catching up
-        return _body([], Cursor(epoch, after).encode(), epoch)
-    return await _wait_live(hub, target, after, deadline, epoch)
-
-
-def _go_live(hub: Hub, user: str, sub: Subscription, after: int) -> _PollTarget:
-    target = _PollTarget(user)
-    target.router = router = hub.router
+    # Registered, not live, for the catch-up: the router skips it until it goes live.
+    target = _PollTarget(claims.sub)
     router.add(target)
     router.subscribe(target, sub)
-    router.go_live(target, sub.id, after)
-    return target
-
-
-async def _wait_live(hub: Hub, target: _PollTarget, after: int, deadline: float, epoch: str) -> str:
-    router = target.router
-    assert router is not None
+    # Catch up from the log as a websocket replay does: at least one page (so even wait=0 moves
+    # on), at most MAX_PAGES, answering with the first events found or where it stopped. The
+    # source holds a pool connection for one query at a time, never across pages nor while
+    # waiting for live events (relay/pg/replay.py).
+    catchup = Catchup(
+        router, target, sub, since, limit=MAX_EVENTS, max_pages=MAX_PAGES, deadline=deadline
+    )
     try:
-        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-            await target.arrived.wait()
-            await anyio.sleep(LINGER)
-        events = target.events
-        # Every event up to the head was routed to the target, so the head is where the next
-        # request goes on; unless the response is full: then after the last event it carries.
-        pos = events[-1].pos if len(events) >= MAX_EVENTS else max(after, router.head)
-        return _body(events, Cursor(epoch, pos).encode(), epoch)
+        step = catchup.start(await source.state(), anyio.current_time())
+        while isinstance(step, ReadPage):
+            page = await source.page(claims.sub, sub, step.after, step.upto, step.limit)
+            if found := catchup.feed(page):
+                return wire.poll(found, catchup.after)
+            step = catchup.next(anyio.current_time())
+        if isinstance(step, Reset):
+            hub.metrics.resets.labels(step.reason).inc()
+            return wire.poll_reset(step.reason, router.head)
+        if isinstance(step, Live):
+            return await _wait_live(router, target, step.after, deadline, wire)
+        return wire.poll([], catchup.after)  # the page budget or the wait ran out
+    except LogUnavailable:
+        raise PollError(503, "the log is unreachable, retry") from None
     finally:
         router.remove(target)
+
+
+async def _wait_live(
+    router: Router, target: _PollTarget, after: int, deadline: float, wire: V1
+) -> str:
+    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+        await target.arrived.wait()
+        await anyio.sleep(LINGER)
+    events = target.events
+    # Every event up to the head was routed to the target, so the head is where the next
+    # request goes on; unless the response is full: then after the last event it carries.
+    pos = events[-1].pos if len(events) >= MAX_EVENTS else max(after, router.head)
+    return wire.poll(events, pos)

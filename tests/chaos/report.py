@@ -94,7 +94,7 @@ by hand in `tests/chaos/report.py`):
    and 2 above were re-run with it.
 2. **Reconnect storms time out on the replay pool** (scenario 7, in 3 of 5 full runs on this
    machine). `relay/app.py` `run_relay` gives replays an `AsyncConnectionPool(max_size=4)`;
-   `relay/net/server.py` `Connection._replay` takes a connection from it for `read_log_state`, then
+   `relay/net/connection.py` `Connection._replay` takes a connection from it for `read_log_state`, then
    again for every `fetch_replay` page, each time waiting at most `2 x RELAY_QUERY_TIMEOUT` (4 s
    here), and on `PoolTimeout` closes the client with 1011 `replay_unavailable`. When 2,000
    clients resume at once, 4,000 or more acquisitions queue on 4 connections: 1,993 and 2,809
@@ -102,7 +102,7 @@ by hand in `tests/chaos/report.py`):
    clients with 1011, its log lines not kept), those clients went through another backoff round,
    and recovery took 15 to 27 s, against 10 to 14 s in the two runs without pool timeouts.
    Nothing was lost: the clients resumed with the same cursors. Suggested: take the epoch, head
-   and horizon `resume_problem` needs from the state the log reader already holds rather than a
+   and horizon `LogState.problem` needs from the state the log reader already holds rather than a
    query per replay; make the pool size a setting; let a replay wait for a pool connection as
    long as its client waits for `subscribed` instead of closing it.
    **Status: mitigated** in commit 0d75c75: `RELAY_REPLAY_POOL_SIZE` (default 8), and a replay

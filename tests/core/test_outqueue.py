@@ -15,6 +15,7 @@ from relay.core.events import Event, JSONValue, Op
 from relay.core.filters import RowFilter
 from relay.core.outqueue import OutQueue
 from relay.core.subscription import Subscription
+from relay.core.wire import V1
 
 EPOCH = "0123456789abcdef0123456789abcdef"
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -62,7 +63,7 @@ def sub(sub_id: str = "s1", coalesce_ms: int = 0) -> Subscription:
 
 
 def frame_size(s: Subscription, e: Event) -> int:
-    return len(e.frame(s.id, EPOCH))
+    return len(V1(EPOCH).event(s.id, e))
 
 
 def parsed(frames: list[str]) -> list[dict[str, Any]]:
@@ -88,17 +89,17 @@ def control(name: str) -> str:
 
 
 def test_offered_event_pops_as_its_frame() -> None:
-    """An offered event comes out as exactly event.frame(sub.id, epoch)."""
-    q, s, e = OutQueue(epoch=EPOCH), sub(), ev(7, "INSERT")
+    """An offered event comes out as exactly its encoder's frame, V1(epoch).event(sub.id, event)."""
+    q, s, e = OutQueue(V1(EPOCH)), sub(), ev(7, "INSERT")
     q.offer(s, e, now=0.0)
     assert 1 == len(q)
-    assert [e.frame("s1", EPOCH)] == q.pop_ready(now=0.0)
+    assert [V1(EPOCH).event("s1", e)] == q.pop_ready(now=0.0)
     assert 0 == len(q)
 
 
 def test_pending_bytes_is_the_size_of_the_queued_frames() -> None:
     """pending_bytes counts every queued frame (events and controls) and returns to 0 on pop."""
-    q, s = OutQueue(epoch=EPOCH), sub()
+    q, s = OutQueue(V1(EPOCH)), sub()
     events = [ev(1, "INSERT"), ev(2, pk=2)]
     for e in events:
         q.offer(s, e, now=0.0)
@@ -111,7 +112,7 @@ def test_pending_bytes_is_the_size_of_the_queued_frames() -> None:
 
 def test_control_frames_keep_their_place_among_events() -> None:
     """Control frames come out in push order relative to events."""
-    q, s = OutQueue(epoch=EPOCH), sub()
+    q, s = OutQueue(V1(EPOCH)), sub()
     q.push_control('{"type":"subscribed","sub":"s1"}')
     q.offer(s, ev(1, "INSERT"), now=0.0)
     q.push_control(control("pong"))
@@ -126,7 +127,7 @@ def test_control_frames_keep_their_place_among_events() -> None:
 
 def test_pop_ready_honours_max_frames() -> None:
     """pop_ready returns at most max_frames frames and leaves the rest queued, in order."""
-    q, s = OutQueue(epoch=EPOCH), sub()
+    q, s = OutQueue(V1(EPOCH)), sub()
     for pos in range(1, 6):
         q.offer(s, ev(pos, "INSERT", pk=pos), now=0.0)
     assert ["1", "2"] == [c for _, _, c in summary(q.pop_ready(now=0.0, max_frames=2))]
@@ -136,7 +137,7 @@ def test_pop_ready_honours_max_frames() -> None:
 
 def test_no_conflation_below_the_bounds() -> None:
     """Without pressure and without a window, every UPDATE of a row is delivered."""
-    q, s = OutQueue(epoch=EPOCH), sub()
+    q, s = OutQueue(V1(EPOCH)), sub()
     for pos in (1, 2, 3):
         q.offer(s, ev(pos), now=0.0)
     assert ["1", "2", "3"] == [c for _, _, c in summary(q.pop_ready(now=0.0))]
@@ -146,9 +147,9 @@ def test_no_conflation_below_the_bounds() -> None:
 def test_rejects_non_positive_bounds() -> None:
     """A queue with a zero bound is a configuration error."""
     with pytest.raises(ValueError):
-        OutQueue(epoch=EPOCH, max_messages=0)
+        OutQueue(V1(EPOCH), max_messages=0)
     with pytest.raises(ValueError):
-        OutQueue(epoch=EPOCH, max_bytes=0)
+        OutQueue(V1(EPOCH), max_bytes=0)
 
 
 # -- conflation under pressure --------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_rejects_non_positive_bounds() -> None:
 
 def test_conflation_at_the_message_bound_merges_into_the_newer_place() -> None:
     """At max_messages, UPDATEs of one row merge at the newer position, in the newer's place."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=2), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=2), sub()
     q.offer(s, ev(1, pk=1, changed=("a",)), now=0.0)
     q.offer(s, ev(2, pk=2), now=0.0)
     q.offer(s, ev(3, pk=1, changed=("b",)), now=0.0)
@@ -170,7 +171,7 @@ def test_conflation_at_the_message_bound_merges_into_the_newer_place() -> None:
 
 def test_conflation_merges_a_whole_backlog_chain() -> None:
     """A push at the bound conflates every chain in the backlog, not only the offered row."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=4), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=4), sub()
     for pos, pk in ((1, 1), (2, 2), (3, 1), (4, 2)):
         q.offer(s, ev(pos, pk=pk), now=0.0)
     q.offer(s, ev(5, pk=3), now=0.0)
@@ -182,7 +183,7 @@ def test_conflation_at_the_byte_bound() -> None:
     """Passing max_bytes conflates like passing max_messages."""
     s = sub()
     one = frame_size(s, ev(1))
-    q = OutQueue(epoch=EPOCH, max_bytes=one * 2 + one // 2)
+    q = OutQueue(V1(EPOCH), max_bytes=one * 2 + one // 2)
     for pos in (1, 2, 3):
         q.offer(s, ev(pos), now=0.0)
     assert ["3"] == [c for _, _, c in summary(q.pop_ready(now=0.0))]
@@ -192,7 +193,7 @@ def test_conflation_at_the_byte_bound() -> None:
 
 def test_no_conflation_across_delete_or_insert_of_the_row() -> None:
     """An UPDATE is never merged across a DELETE or INSERT of the same row."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=4), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=4), sub()
     q.offer(s, ev(1), now=0.0)
     q.offer(s, ev(2, "DELETE"), now=0.0)
     q.offer(s, ev(3, "INSERT"), now=0.0)
@@ -204,7 +205,7 @@ def test_no_conflation_across_delete_or_insert_of_the_row() -> None:
 
 def test_no_conflation_of_a_key_changing_update() -> None:
     """An UPDATE that changed the primary key is never merged, on either of its keys."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=3), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=3), sub()
     q.offer(s, ev(1, pk=1), now=0.0)
     q.offer(s, ev(2, pk=2, old_pk=1), now=0.0)  # row 1 became row 2
     q.offer(s, ev(3, pk=2), now=0.0)  # not merged into the key change
@@ -216,7 +217,7 @@ def test_no_conflation_of_a_key_changing_update() -> None:
 
 def test_conflation_stays_within_one_subscription() -> None:
     """The same row queued for two subscriptions is never merged across them."""
-    q, a, b = OutQueue(epoch=EPOCH, max_messages=2), sub("a"), sub("b")
+    q, a, b = OutQueue(V1(EPOCH), max_messages=2), sub("a"), sub("b")
     q.offer(a, ev(1), now=0.0)
     q.offer(b, ev(1), now=0.0)
     q.offer(a, ev(2), now=0.0)
@@ -228,7 +229,7 @@ def test_conflation_stays_within_one_subscription() -> None:
 
 def test_overflow_drops_events_keeps_controls_and_resets_each_subscription() -> None:
     """Still over after conflation: all events go, controls stay, one reset per losing sub."""
-    q, a, b = OutQueue(epoch=EPOCH, max_messages=4), sub("a"), sub("b")
+    q, a, b = OutQueue(V1(EPOCH), max_messages=4), sub("a"), sub("b")
     q.push_control(control("pong"))
     q.offer(a, ev(1, "INSERT", pk=1), now=0.0)
     q.offer(b, ev(2, "INSERT", pk=2), now=0.0)
@@ -243,7 +244,7 @@ def test_overflow_drops_events_keeps_controls_and_resets_each_subscription() -> 
 
 def test_reset_frame_text() -> None:
     """The overflow reset frame is exactly the protocol's reset object."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=1), sub("s\u00e9")
+    q, s = OutQueue(V1(EPOCH), max_messages=1), sub("s\u00e9")
     q.offer(s, ev(1, "INSERT"), now=0.0)
     q.offer(s, ev(2, "INSERT", pk=2), now=0.0)
     expected = '{"type":"reset","sub":"s\u00e9","reason":"overflow","cursor":"' + EPOCH + '.2"}'
@@ -252,7 +253,7 @@ def test_reset_frame_text() -> None:
 
 def test_events_after_a_reset_keep_flowing() -> None:
     """After an overflow reset at C, the subscription's later events follow the reset."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=2), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=2), sub()
     for pos in (1, 2, 3):
         q.offer(s, ev(pos, "INSERT", pk=pos), now=0.0)
     q.offer(s, ev(4, "INSERT", pk=4), now=0.0)
@@ -261,7 +262,7 @@ def test_events_after_a_reset_keep_flowing() -> None:
 
 def test_a_pending_reset_moves_forward_instead_of_repeating() -> None:
     """A second overflow before the first reset is sent updates that reset's cursor."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=2), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=2), sub()
     for pos in range(1, 7):
         q.offer(s, ev(pos, "INSERT", pk=pos), now=0.0)
     assert [("reset", "s1", "5"), ("event", "s1", "6")] == summary(q.pop_ready(now=0.0))
@@ -272,7 +273,7 @@ def test_a_pending_reset_moves_forward_instead_of_repeating() -> None:
 
 def test_an_event_larger_than_max_bytes_becomes_a_reset() -> None:
     """An event that can never fit is dropped and replaced by a reset at its position."""
-    q, s = OutQueue(epoch=EPOCH, max_bytes=150), sub()
+    q, s = OutQueue(V1(EPOCH), max_bytes=150), sub()
     big = Event(
         pos=9,
         schema="public",
@@ -291,7 +292,7 @@ def test_an_event_larger_than_max_bytes_becomes_a_reset() -> None:
 
 def test_control_flood_sets_overflowed() -> None:
     """Control frames alone passing a bound mark the connection for abort; nothing is accepted."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=3), sub()
+    q, s = OutQueue(V1(EPOCH), max_messages=3), sub()
     q.offer(s, ev(1, "INSERT"), now=0.0)
     q.push_control(control("pong"))
     q.push_control(control("pong"))
@@ -307,7 +308,7 @@ def test_control_flood_sets_overflowed() -> None:
 
 def test_control_bytes_alone_set_overflowed() -> None:
     """max_bytes applies to control frames too."""
-    q = OutQueue(epoch=EPOCH, max_bytes=40)
+    q = OutQueue(V1(EPOCH), max_bytes=40)
     q.push_control(control("pong"))
     q.push_control(control("pong"))
     assert not q.overflowed
@@ -320,7 +321,7 @@ def test_control_bytes_alone_set_overflowed() -> None:
 
 def test_first_update_opens_a_window_and_is_held() -> None:
     """An UPDATE with coalesce_ms > 0 is held until its window closes, then delivered."""
-    q, s = OutQueue(epoch=EPOCH), sub(coalesce_ms=100)
+    q, s = OutQueue(V1(EPOCH)), sub(coalesce_ms=100)
     q.offer(s, ev(1), now=10.0)
     deadline = q.next_deadline()
     assert deadline is not None
@@ -333,7 +334,7 @@ def test_first_update_opens_a_window_and_is_held() -> None:
 
 def test_window_merges_updates_of_a_row_without_pressure() -> None:
     """Inside a window, UPDATEs of one row merge into one delivery at the newest position."""
-    q, s = OutQueue(epoch=EPOCH), sub(coalesce_ms=50)
+    q, s = OutQueue(V1(EPOCH)), sub(coalesce_ms=50)
     q.offer(s, ev(1, changed=("a",)), now=0.0)
     q.offer(s, ev(2, changed=("b",)), now=0.01)
     q.offer(s, ev(3, changed=("a",)), now=0.02)
@@ -345,7 +346,7 @@ def test_window_merges_updates_of_a_row_without_pressure() -> None:
 
 def test_window_holds_every_event_of_the_subscription_in_order() -> None:
     """Non-UPDATEs and other rows queue behind an open window, keeping cursor order."""
-    q, s = OutQueue(epoch=EPOCH), sub(coalesce_ms=50)
+    q, s = OutQueue(V1(EPOCH)), sub(coalesce_ms=50)
     q.offer(s, ev(1, pk=1), now=0.0)
     q.offer(s, ev(2, "INSERT", pk=2), now=0.0)
     q.offer(s, ev(3, pk=1), now=0.0)  # merges with 1, in 3's place: after 2
@@ -357,7 +358,7 @@ def test_window_holds_every_event_of_the_subscription_in_order() -> None:
 
 def test_first_non_update_is_not_held() -> None:
     """With no window open, an INSERT or DELETE of a coalescing subscription is ready at once."""
-    q, s = OutQueue(epoch=EPOCH), sub(coalesce_ms=50)
+    q, s = OutQueue(V1(EPOCH)), sub(coalesce_ms=50)
     q.offer(s, ev(1, "INSERT"), now=0.0)
     q.offer(s, ev(2, "DELETE", pk=2), now=0.0)
     assert ["1", "2"] == [c for _, _, c in summary(q.pop_ready(now=0.0))]
@@ -366,7 +367,7 @@ def test_first_non_update_is_not_held() -> None:
 
 def test_window_blocks_neither_other_subscriptions_nor_controls() -> None:
     """Another subscription's events and control frames pass an open window."""
-    q, slow, fast = OutQueue(epoch=EPOCH), sub("slow", coalesce_ms=100), sub("fast")
+    q, slow, fast = OutQueue(V1(EPOCH)), sub("slow", coalesce_ms=100), sub("fast")
     q.offer(slow, ev(1), now=0.0)
     q.offer(fast, ev(2), now=0.0)
     q.push_control(control("pong"))
@@ -376,7 +377,7 @@ def test_window_blocks_neither_other_subscriptions_nor_controls() -> None:
 
 def test_an_expired_window_closes_before_the_next_offer() -> None:
     """An offer after the deadline releases the old window and opens a fresh one."""
-    q, s = OutQueue(epoch=EPOCH), sub(coalesce_ms=100)
+    q, s = OutQueue(V1(EPOCH)), sub(coalesce_ms=100)
     q.offer(s, ev(1), now=0.0)
     q.offer(s, ev(2), now=0.2)  # window 1 is over: not merged, opens window 2
     deadline = q.next_deadline()
@@ -389,7 +390,7 @@ def test_an_expired_window_closes_before_the_next_offer() -> None:
 
 def test_windows_close_in_deadline_order() -> None:
     """Windows due at the same pop are released earliest deadline first."""
-    q, a, b = OutQueue(epoch=EPOCH), sub("a", coalesce_ms=200), sub("b", coalesce_ms=50)
+    q, a, b = OutQueue(V1(EPOCH)), sub("a", coalesce_ms=200), sub("b", coalesce_ms=50)
     q.offer(a, ev(1), now=0.0)
     q.offer(b, ev(2), now=0.0)
     assert 0.05 == q.next_deadline()
@@ -398,7 +399,7 @@ def test_windows_close_in_deadline_order() -> None:
 
 def test_held_frames_count_toward_the_bounds() -> None:
     """Held frames fill the queue; an overflow drops them and closes the window."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=2), sub(coalesce_ms=100)
+    q, s = OutQueue(V1(EPOCH), max_messages=2), sub(coalesce_ms=100)
     q.offer(s, ev(1, pk=1), now=0.0)
     q.offer(s, ev(2, pk=2), now=0.0)
     assert 2 == len(q)
@@ -409,7 +410,7 @@ def test_held_frames_count_toward_the_bounds() -> None:
 
 def test_window_does_not_pull_back_a_ready_update() -> None:
     """A new window's UPDATE is not merged into an already-ready (unsent) UPDATE of the row."""
-    q, s = OutQueue(epoch=EPOCH), sub(coalesce_ms=100)
+    q, s = OutQueue(V1(EPOCH)), sub(coalesce_ms=100)
     q.offer(s, ev(1), now=0.0)
     q.offer(s, ev(2), now=0.15)  # 1 became ready at 0.1 but was never popped
     assert ["1"] == [c for _, _, c in summary(q.pop_ready(now=0.15))]
@@ -418,7 +419,7 @@ def test_window_does_not_pull_back_a_ready_update() -> None:
 
 def test_pressure_merges_a_ready_update_into_a_held_one() -> None:
     """Under pressure, a ready UPDATE merges into the held newer one of the same row."""
-    q, s = OutQueue(epoch=EPOCH, max_messages=2), sub(coalesce_ms=100)
+    q, s = OutQueue(V1(EPOCH), max_messages=2), sub(coalesce_ms=100)
     q.offer(s, ev(1), now=0.0)
     q.offer(s, ev(2, pk=2), now=0.0)
     q.offer(s, ev(3), now=0.15)  # window 1 released (1, 2 ready); 3 opens window 2
@@ -429,7 +430,7 @@ def test_pressure_merges_a_ready_update_into_a_held_one() -> None:
 
 def test_discard_forgets_a_subscription() -> None:
     """discard removes a subscription's queued and held events and its pending reset."""
-    q, a, b = OutQueue(epoch=EPOCH, max_messages=2), sub("a", coalesce_ms=100), sub("b")
+    q, a, b = OutQueue(V1(EPOCH), max_messages=2), sub("a", coalesce_ms=100), sub("b")
     q.offer(b, ev(1, "INSERT"), now=0.0)
     q.offer(b, ev(2, "INSERT", pk=2), now=0.0)
     q.offer(b, ev(3, "INSERT", pk=3), now=0.0)  # overflow: a reset for b is pending
@@ -476,7 +477,7 @@ def test_random_workloads_lose_nothing_and_keep_order(
 ) -> None:
     """Per sub, positions only rise, and every offered event is delivered, merged or reset."""
     subs = {"a": sub("a"), "b": sub("b", coalesce_ms=30), "c": sub("c", coalesce_ms=70)}
-    q = OutQueue(epoch=EPOCH, max_messages=max_messages, max_bytes=max_bytes)
+    q = OutQueue(V1(EPOCH), max_messages=max_messages, max_bytes=max_bytes)
     now, pos = 0.0, 0
     offered: list[tuple[str, Event]] = []
     delivered: list[dict[str, Any]] = []

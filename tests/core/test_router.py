@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from relay.core.events import Event
-from relay.core.router import Router
+from relay.core.router import Routed, Router
 from relay.core.subscription import Subscription
 from tests.support.factories import RecordingTarget, make_event, make_sub
 
@@ -29,10 +29,10 @@ def test_users_are_isolated() -> None:
     router = Router()
     alice = connect(router, "alice", "c1", make_sub())
     bob = connect(router, "bob", "c2", make_sub())
-    assert 1 == router.route(make_event(1, audience=["alice"]), 0.0)
-    assert 1 == router.route(make_event(2, audience=["bob"]), 0.0)
-    assert 0 == router.route(make_event(3, audience=["carol"]), 0.0)
-    assert 0 == router.route(make_event(4, audience=[]), 0.0)
+    assert 1 == router.route(make_event(1, audience=["alice"]), 0.0).delivered
+    assert 1 == router.route(make_event(2, audience=["bob"]), 0.0).delivered
+    assert 0 == router.route(make_event(3, audience=["carol"]), 0.0).delivered
+    assert 0 == router.route(make_event(4, audience=[]), 0.0).delivered
     assert [("s1", 1)] == alice.received
     assert [("s1", 2)] == bob.received
 
@@ -43,7 +43,7 @@ def test_shared_audience_reaches_every_member() -> None:
     alice = connect(router, "alice", "c1", make_sub())
     bob = connect(router, "bob", "c2", make_sub())
     carol = connect(router, "carol", "c3", make_sub())
-    assert 2 == router.route(make_event(1, audience=["alice", "bob", "dave"]), 5.0)
+    assert 2 == router.route(make_event(1, audience=["alice", "bob", "dave"]), 5.0).delivered
     assert ([("s1", 1)], [("s1", 1)], []) == (alice.received, bob.received, carol.received)
     assert [5.0] == alice.times
 
@@ -53,7 +53,7 @@ def test_every_connection_of_a_user_gets_the_event() -> None:
     router = Router()
     tab1 = connect(router, "alice", "c1", make_sub("a"), make_sub("b"))
     tab2 = connect(router, "alice", "c2", make_sub("a"))
-    assert 3 == router.route(make_event(1), 0.0)
+    assert 3 == router.route(make_event(1), 0.0).delivered
     assert [("a", 1), ("b", 1)] == sorted(tab1.received)
     assert [("a", 1)] == tab2.received
     assert (2, 1) == (router.connection_count, router.user_count)
@@ -65,7 +65,7 @@ def test_audience_larger_than_index() -> None:
     targets = [connect(router, f"u{i}", f"c{i}", make_sub()) for i in (5, 50_000, 99_999)]
     outsider = connect(router, "nobody", "cx", make_sub())
     audience = [f"u{i}" for i in range(100_000)]
-    assert 3 == router.route(make_event(1, audience=audience), 0.0)
+    assert 3 == router.route(make_event(1, audience=audience), 0.0).delivered
     assert [[("s1", 1)]] * 3 == [t.received for t in targets]
     assert [] == outsider.received
 
@@ -74,7 +74,7 @@ def test_index_larger_than_audience() -> None:
     """With many connected users and a one-user audience, only that user gets the event."""
     router = Router()
     targets = [connect(router, f"u{i}", f"c{i}", make_sub()) for i in range(20_000)]
-    assert 1 == router.route(make_event(1, audience=["u123"]), 0.0)
+    assert 1 == router.route(make_event(1, audience=["u123"]), 0.0).delivered
     assert [1 if i == 123 else 0 for i in range(20_000)] == [len(t.received) for t in targets]
 
 
@@ -101,14 +101,14 @@ def test_routing_walks_the_smaller_side() -> None:
     CountingAudience.iterated = CountingAudience.probed = 0
     big = CountingAudience(f"u{i}" for i in range(1_000))
     event = replace(make_event(1), audience=big)
-    assert 3 == router.route(event, 0.0)
+    assert 3 == router.route(event, 0.0).delivered
     assert (0, 3) == (CountingAudience.iterated, CountingAudience.probed)
 
     for i in range(3, 1_000):
         connect(router, f"u{i}", f"c{i}", make_sub())
     CountingAudience.iterated = CountingAudience.probed = 0
     small = CountingAudience({"u7", "nobody"})
-    assert 1 == router.route(replace(make_event(2), audience=small), 0.0)
+    assert 1 == router.route(replace(make_event(2), audience=small), 0.0).delivered
     assert (1, 0) == (CountingAudience.iterated, CountingAudience.probed)
 
 
@@ -165,7 +165,7 @@ def test_filter_never_widens_the_audience() -> None:
     router = Router()
     alice = connect(router, "alice", "c1", make_sub(filter={"status": "open"}))
     bob = connect(router, "bob", "c2", make_sub(filter={"status": "open"}))
-    assert 1 == router.route(make_event(1, audience=["alice"], truncated=True), 0.0)
+    assert 1 == router.route(make_event(1, audience=["alice"], truncated=True), 0.0).delivered
     assert ([("s1", 1)], []) == (alice.received, bob.received)
 
 
@@ -197,7 +197,7 @@ def test_not_live_subscriptions_are_skipped() -> None:
     router = Router()
     sub = make_sub(live=False)
     target = connect(router, "alice", "c1", sub)
-    assert 0 == router.route(make_event(1), 0.0)
+    assert 0 == router.route(make_event(1), 0.0).delivered
     assert ([], 0) == (target.received, sub.after)
 
 
@@ -228,7 +228,7 @@ def test_head_starts_at_the_constructor_argument() -> None:
     """head starts where it is told and follows the last routed position."""
     router = Router(head=41)
     assert 41 == router.head
-    assert 0 == router.route(make_event(41), 0.0)
+    assert 0 == router.route(make_event(41), 0.0).delivered
     router.route(make_event(45, audience=[]), 0.0)
     assert 45 == router.head
 
@@ -238,10 +238,10 @@ def test_duplicate_and_old_positions_are_ignored() -> None:
     router = Router()
     sub = make_sub()
     target = connect(router, "alice", "c1", sub)
-    assert 1 == router.route(make_event(5), 0.0)
+    assert 1 == router.route(make_event(5), 0.0).delivered
     sub.after = 0  # even a subscription that would accept it does not get it again
-    assert 0 == router.route(make_event(5), 0.0)
-    assert 0 == router.route(make_event(4), 0.0)
+    assert 0 == router.route(make_event(5), 0.0).delivered
+    assert 0 == router.route(make_event(4), 0.0).delivered
     assert ([("s1", 5)], 5) == (target.received, router.head)
 
 
@@ -258,7 +258,7 @@ def test_remove_cleans_the_index() -> None:
     router.remove(second)
     assert (0, 0) == (router.connection_count, router.user_count)
     assert [] == router.subscriptions(second)
-    assert 0 == router.route(make_event(1), 0.0)
+    assert 0 == router.route(make_event(1), 0.0).delivered
     assert ([], []) == (first.received, second.received)
     router.remove(second)  # idempotent
     assert (0, 0) == (router.connection_count, router.user_count)
@@ -284,6 +284,28 @@ def test_an_impostor_with_the_same_ids_cannot_touch_the_connection() -> None:
     assert not router.unsubscribe(impostor, "s1")
     assert [] == router.subscriptions(impostor)
     assert (1, ["s1"]) == (router.connection_count, [s.id for s in router.subscriptions(target)])
+
+
+def test_route_returns_the_deliveries_and_those_written_at_once() -> None:
+    """Routed counts every offer made and, apart, the offers the targets wrote at once."""
+    router = Router()
+    connect(router, "alice", "c1", make_sub("a"), make_sub("b"))
+    writer = connect(router, "bob", "c2", make_sub("a"))
+    writer.writes = True
+    assert Routed(3, 1) == router.route(make_event(1, audience=["alice", "bob"]), 0.0)
+    assert Routed(0, 0) == router.route(make_event(1, audience=["alice", "bob"]), 0.0)
+
+
+def test_subscription_looks_up_by_id_for_this_connection_only() -> None:
+    """subscription(target, id) is the registered object; None for another or unknown target."""
+    router = Router()
+    sub = make_sub("a")
+    target = connect(router, "alice", "c1", sub)
+    assert (sub, None, None) == (
+        router.subscription(target, "a"),
+        router.subscription(target, "b"),
+        router.subscription(RecordingTarget("alice", "c1"), "a"),
+    )
 
 
 def test_subscribe_replaces_by_id_and_unsubscribe_removes() -> None:
@@ -325,15 +347,16 @@ def test_offer_may_change_the_router() -> None:
     router = Router()
 
     class Closing(RecordingTarget):
-        def offer(self, sub: Subscription, event: Event, now: float) -> None:
+        def offer(self, sub: Subscription, event: Event, now: float) -> bool:
             super().offer(sub, event, now)
             router.remove(self)
+            return False
 
     closing = Closing("alice", "c1")
     router.add(closing)
     router.subscribe(closing, make_sub("a"))
     router.subscribe(closing, make_sub("b"))
     other = connect(router, "alice", "c2", make_sub("a"))
-    assert 2 == router.route(make_event(1), 0.0)
+    assert 2 == router.route(make_event(1), 0.0).delivered
     assert ([("a", 1)], [("a", 1)]) == (closing.received, other.received)
     assert (1, 1) == (router.connection_count, router.user_count)

@@ -19,7 +19,7 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -173,11 +173,15 @@ class Recorder:
     user: str
     conn_id: str
     got: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    writes: ClassVar[int] = 0  # offers any Recorder said it wrote at once: every other one
 
-    def offer(self, sub: Subscription, event: Event, now: float) -> None:
+    def offer(self, sub: Subscription, event: Event, now: float) -> bool:
         assert self.user in event.audience, "delivered to a user outside the audience"
         assert float(event.pos) == now
         self.got[sub.id].append(event.pos)
+        wrote = len(self.got[sub.id]) % 2 == 0
+        Recorder.writes += wrote
+        return wrote
 
 
 def run_scenario(scenario: Scenario) -> int:
@@ -207,7 +211,9 @@ def run_scenario(scenario: Scenario) -> int:
     for action in scenario.actions:
         if isinstance(action, Route):
             event = action.event
-            delivered = router.route(event, float(event.pos))
+            writes_before = Recorder.writes
+            delivered, written = router.route(event, float(event.pos))
+            assert Recorder.writes - writes_before == written
             if event.pos <= head:
                 assert 0 == delivered
                 continue
@@ -529,6 +535,6 @@ def test_oracle_is_not_vacuous() -> None:
             for spec in action.subs:
                 router.subscribe(targets[-1], spec.build())
         elif isinstance(action, Route):
-            router_deliveries += router.route(action.event, float(action.event.pos))
+            router_deliveries += router.route(action.event, float(action.event.pos)).delivered
     routes = sum(isinstance(a, Route) for a in scenario.actions)
     assert 200 < router_deliveries < routes * 10

@@ -1,4 +1,5 @@
-"""The protocol v1 session, sans I/O: frames in, frames and actions out, time passed in."""
+"""The protocol v1 session, sans I/O: frames in, frames and actions out, time passed in; its
+replays run through the catch-up stepper as the websocket connection runs them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import jwt
 import pytest
 
 from relay.core.auth import Authenticator, AuthSettings
+from relay.core.catchup import Catchup, Gone, Live, ReadPage
 from relay.core.cursor import Cursor
 from relay.core.events import Event
+from relay.core.log import LogState, ReplayPage
 from relay.core.outqueue import OutQueue
 from relay.core.router import Router
 from relay.core.session import (
@@ -23,6 +26,8 @@ from relay.core.session import (
     Replay,
     Session,
 )
+from relay.core.subscription import Subscription
+from relay.core.wire import V1
 
 SECRET = "protocol-test-secret-0123456789abcdef"
 EPOCH = "ab" * 16
@@ -52,16 +57,53 @@ def event(pos: int, op: str = "UPDATE", row_id: int = 1, user: str = "alice", **
     )
 
 
+class QueueTarget:
+    """A connection with no socket: the router's offers go to its queue (a connection that
+    cannot write at once does the same)."""
+
+    conn_id = "c1"
+
+    def __init__(self, queue: OutQueue) -> None:
+        self.queue = queue
+        self.session: Session | None = None
+
+    @property
+    def user(self) -> str:
+        return self.session.user if self.session is not None else ""
+
+    def offer(self, sub: Subscription, event: Event, now: float) -> bool:
+        self.queue.offer(sub, event, now)
+        return False
+
+
 def make(router: Router | None = None, max_messages: int = 100) -> Session:
-    return Session(
-        conn_id="c1",
+    queue = OutQueue(V1(EPOCH), max_messages=max_messages)
+    target = QueueTarget(queue)
+    target.session = Session(
+        target=target,
         router=router or Router(head=10),
-        queue=OutQueue(epoch=EPOCH, max_messages=max_messages),
+        queue=queue,
+        wire=V1(EPOCH),
         authenticator=Authenticator(AuthSettings(hs256_secret=SECRET)),
         tables=lambda: TABLES,
-        epoch=lambda: EPOCH,
         now=NOW,
     )
+    return target.session
+
+
+def catchup(session: Session, replay: Replay) -> Catchup:
+    """The catch-up a connection runs for a Replay action."""
+    return Catchup(session.router, session.target, replay.sub, replay.since, limit=100)
+
+
+def state(head: int) -> LogState:
+    return LogState(epoch=EPOCH, head=head, pruned_through=0, notify=True)
+
+
+def queue_replayed(session: Session, sub: Subscription, events: list[Event]) -> None:
+    """What the connection does with the events a catch-up hands over."""
+    for replayed in events:
+        session.queue.offer(sub, replayed, NOW)
 
 
 def frames(session: Session) -> list[dict[str, Any]]:
@@ -141,12 +183,14 @@ def test_subscribe_since_replays_then_goes_live_with_no_gap() -> None:
     actions = send(session, {"type": "subscribe", "id": "s", "table": "thumbnails",
                              "since": f"{EPOCH}.7"})  # fmt: skip
     assert [Replay] == [type(a) for a in actions]
-    sub = actions[0].sub
+    sub, replay = actions[0].sub, catchup(session, actions[0])
+    assert ReadPage(7, 10, 100) == replay.start(state(10), NOW)
     router.route(event(11), NOW)  # live while replaying: not delivered yet
-    assert session.replay_events(sub, [event(8), event(9, user="alice")], 10, NOW)
-    assert not session.finish_replay(sub)  # the head moved to 11
-    assert session.replay_events(sub, [event(11)], 11, NOW)
-    assert session.finish_replay(sub)
+    queue_replayed(session, sub, replay.feed(ReplayPage([event(8), event(9)], 10)))
+    assert ReadPage(10, 11, 100) == replay.next(NOW)  # the head moved to 11
+    queue_replayed(session, sub, replay.feed(ReplayPage([event(11)], 11)))
+    assert Live(11) == replay.next(NOW)
+    session.went_live(sub)
     router.route(event(12), NOW)
     assert [("event", 8), ("event", 9), ("event", 11), ("subscribed", 11), ("event", 12)] == [
         (f["type"], Cursor.decode(f["cursor"]).pos) for f in frames(session)
@@ -156,16 +200,12 @@ def test_subscribe_since_replays_then_goes_live_with_no_gap() -> None:
 def test_a_stale_replay_cannot_touch_a_new_subscription_with_the_same_id() -> None:
     """After unsubscribe and resubscribe under the same id, the old replay's calls are refused."""
     session = authed()
-    old = send(session, {"type": "subscribe", "id": "s", "table": "thumbnails",
-                         "since": f"{EPOCH}.5"})[0].sub  # fmt: skip
+    old = catchup(session, send(session, {"type": "subscribe", "id": "s", "table": "thumbnails",
+                                          "since": f"{EPOCH}.5"})[0])  # fmt: skip
     send(session, {"type": "unsubscribe", "id": "s"})
     send(session, {"type": "subscribe", "id": "s", "table": "thumbnails"})
     frames(session)
-    assert (False, False, False) == (
-        session.replaying(old),
-        session.replay_events(old, [event(6)], 10, NOW),
-        session.finish_replay(old),
-    )
+    assert (False, Gone(), Gone()) == (old.pending(), old.start(state(10), NOW), old.next(NOW))
     assert [] == frames(session)
 
 
@@ -173,10 +213,13 @@ def test_subscribed_follows_replayed_events_held_in_a_coalescing_window() -> Non
     """With coalesce_ms and since, held replayed UPDATEs are released before subscribed."""
     router = Router(head=10)
     session = authed(router)
-    sub = send(session, {"type": "subscribe", "id": "s", "table": "thumbnails",
-                         "since": f"{EPOCH}.7", "coalesce_ms": 5000})[0].sub  # fmt: skip
-    session.replay_events(sub, [event(8), event(9)], 10, NOW)
-    assert session.finish_replay(sub)
+    action = send(session, {"type": "subscribe", "id": "s", "table": "thumbnails",
+                            "since": f"{EPOCH}.7", "coalesce_ms": 5000})[0]  # fmt: skip
+    sub, replay = action.sub, catchup(session, action)
+    replay.start(state(10), NOW)
+    queue_replayed(session, sub, replay.feed(ReplayPage([event(8), event(9)], 10)))
+    assert Live(10) == replay.next(NOW)
+    session.went_live(sub)
     assert [("event", 9), ("subscribed", 10)] == [
         (f["type"], Cursor.decode(f["cursor"]).pos) for f in frames(session)
     ]

@@ -22,6 +22,7 @@ from relay.core.events import (
 )
 from relay.core.filters import RowFilter
 from relay.core.log import LogState
+from relay.core.wire import V1
 from relay.net.hub import Hub
 from relay.ops.config import Settings
 from relay.ops.metrics import Metrics
@@ -42,7 +43,7 @@ def row(pos: int, pk: str, data: str | None, old: str | None = None) -> tuple[An
 
 
 def frame(event: Event) -> dict[str, Any]:
-    decoded: dict[str, Any] = json.loads(event.frame("s", EPOCH))
+    decoded: dict[str, Any] = json.loads(V1(EPOCH).event("s", event))
     return decoded
 
 
@@ -217,10 +218,10 @@ def test_filters_compare_big_numbers_by_value_as_jsonb_does() -> None:
 class FailingTarget(RecordingTarget):
     """A connection whose queue fails on one position (a bug, say): the rest must still flow."""
 
-    def offer(self, sub: Any, event: Event, now: float) -> None:
+    def offer(self, sub: Any, event: Event, now: float) -> bool:
         if event.pos == 101:
             raise RuntimeError("boom")
-        super().offer(sub, event, now)
+        return super().offer(sub, event, now)
 
 
 def test_one_failing_event_does_not_stop_the_batch() -> None:

@@ -12,6 +12,7 @@ from relay.core.log import LogState
 from relay.net.hub import CLOSE_EPOCH_CHANGED, Hub
 from relay.ops.config import Settings
 from relay.ops.metrics import Metrics
+from tests.support.factories import RecordingTarget, make_event, make_sub
 
 EPOCH, OTHER = "a" * 32, "b" * 32
 
@@ -74,3 +75,20 @@ def test_heartbeats_advance_the_head_and_count_no_row_event() -> None:
     hub.deliver([heartbeat(101)])
     assert 101 == hub.router.head
     assert b"relay_events_total{" not in hub.metrics.render()
+
+
+def test_deliveries_written_at_once_are_counted_from_what_the_router_returns() -> None:
+    """Frames the connections wrote at once count as deliveries with their lag; queued ones not."""
+    hub, _ = running_hub()
+    writer, queuer = RecordingTarget("alice", "w", writes=True), RecordingTarget("alice", "q")
+    for target in (writer, queuer):
+        hub.router.add(target)
+        hub.router.subscribe(target, make_sub("s", after=100))
+    hub.deliver([make_event(101), make_event(102)])
+    metrics = hub.metrics.render()
+    assert ([("s", 101), ("s", 102)], [("s", 101), ("s", 102)]) == (
+        writer.received,
+        queuer.received,
+    )
+    assert b"relay_deliveries_total 2.0" in metrics
+    assert b"relay_delivery_lag_seconds_count 2.0" in metrics

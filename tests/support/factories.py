@@ -68,13 +68,16 @@ def make_sub(
 
 @dataclass(eq=False)
 class RecordingTarget:
-    """A connection that records every offer as (sub id, event position)."""
+    """A connection that records every offer as (sub id, event position); with ``writes`` it
+    says each was written at once, else that it was queued."""
 
     user: str
     conn_id: str
     received: list[tuple[str, int]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    writes: bool = False
 
-    def offer(self, sub: Subscription, event: Event, now: float) -> None:
+    def offer(self, sub: Subscription, event: Event, now: float) -> bool:
         self.received.append((sub.id, event.pos))
         self.times.append(now)
+        return self.writes

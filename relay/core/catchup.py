@@ -1,0 +1,142 @@
+"""Catching a subscription up from a cursor, then going live: one stepper for every transport.
+
+In the style of psycopg's generators: the stepper decides and never waits; the shell that runs it
+does the waiting. A websocket replay (relay/net/connection.py) and a long-poll
+(relay/net/longpoll.py) both run it:
+
+    catchup = Catchup(router, target, sub, since, limit=...)
+    step = catchup.start(await source.state(), now)     # Reset, or the first step
+    while isinstance(step, ReadPage):
+        page = await source.page(user, sub, step.after, step.upto, step.limit)
+        for event in catchup.feed(page):                  # the events sub wants, in order
+            ...                                           # hand them to the client
+        step = catchup.next(now)
+    # Live (the router now delivers to sub), Reset, Paused or Gone
+
+The subscription is registered with the router, not live, before the catch-up starts (the router
+skips it). ``next`` reads the router's head and, when the catch-up has reached it, makes the
+subscription live in the same call: no await separates the head check from going live, so no
+event can be routed in between and the seam between replay and live has no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.core.cursor import Cursor
+from relay.core.events import Event
+from relay.core.log import LogState, ReplayPage
+from relay.core.router import Router, Target
+from relay.core.subscription import Subscription
+
+__all__ = ["Catchup", "Gone", "Live", "Paused", "ReadPage", "Reset", "Step"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPage:
+    """Read the events of the subscription's table in (after, upto], at most ``limit``."""
+
+    after: int
+    upto: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """Caught up: the subscription is live, its stream standing at ``after``."""
+
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The log cannot resume from the cursor: the client refetches (``reason`` says why)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """The page or time budget ran out before the head: answer, resuming later from ``after``."""
+
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The subscription is no longer this catch-up's to finish (unsubscribed, its id reused, or
+    its connection closed): stop without a word."""
+
+
+Step = ReadPage | Live | Reset | Paused | Gone
+
+
+class Catchup:
+    """Replays one subscription from ``since`` in pages of ``limit``, then makes it live.
+
+    ``max_pages`` and ``deadline`` (in the clock ``now`` is given in) bound a catch-up that must
+    answer in time (a long-poll): past ``max_pages`` pages, or past the deadline after at least
+    one page (so even a zero wait moves on), ``next`` says ``Paused``.
+    ``after`` is the position the client has been given everything up to.
+    """
+
+    __slots__ = ("after", "deadline", "limit", "max_pages", "pages", "router", "since", "sub",
+                 "target")  # fmt: skip
+
+    def __init__(
+        self,
+        router: Router,
+        target: Target,
+        sub: Subscription,
+        since: Cursor,
+        *,
+        limit: int,
+        max_pages: int | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.router = router
+        self.target = target
+        self.sub = sub
+        self.since = since
+        self.limit = limit
+        self.max_pages = max_pages
+        self.deadline = deadline
+        self.after = since.pos
+        self.pages = 0
+
+    def pending(self) -> bool:
+        """Whether this very subscription (not a newer one reusing its id) still awaits it."""
+        sub = self.sub
+        return self.router.subscription(self.target, sub.id) is sub and not sub.live
+
+    def start(self, state: LogState, now: float) -> Step:
+        """The first step, given the log's state as read after the subscription was registered."""
+        if not self.pending():
+            return Gone()
+        reason = state.problem(self.since)
+        if reason is not None:
+            return Reset(reason)
+        return self.next(now)
+
+    def next(self, now: float) -> Step:
+        """Goes live if the catch-up has reached the router's head (in this call), else asks for
+        the next page, or pauses when a budget ran out."""
+        if not self.pending():
+            return Gone()
+        head = self.router.head
+        if self.after >= head:
+            self.router.go_live(self.target, self.sub.id, self.after)
+            return Live(self.after)
+        if (self.max_pages is not None and self.pages >= self.max_pages) or (
+            self.pages and self.deadline is not None and now >= self.deadline
+        ):
+            return Paused(self.after)
+        return ReadPage(self.after, head, self.limit)
+
+    def feed(self, page: ReplayPage) -> list[Event]:
+        """The page's events the subscription wants, in order; the catch-up moves past the page."""
+        after, sub = self.after, self.sub
+        events = [event for event in page.events if event.pos > after and sub.wants(event)]
+        self.after = max(after, page.scanned_to)
+        self.pages += 1
+        return events

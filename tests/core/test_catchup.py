@@ -1,0 +1,114 @@
+"""The catch-up stepper: replay from a cursor in pages, then go live with no gap and no duplicate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from relay.core.catchup import Catchup, Gone, Live, Paused, ReadPage, Reset
+from relay.core.cursor import Cursor
+from relay.core.events import OPS
+from relay.core.log import LogState, ReplayPage
+from relay.core.router import Router
+from relay.core.subscription import Subscription
+from tests.support.factories import RecordingTarget, make_event, make_sub
+
+EPOCH = "c" * 32
+
+
+def registered(head: int, ops: Iterable[str] = OPS) -> tuple[Router, RecordingTarget, Subscription]:
+    """A router at ``head`` with one connection and one subscription awaiting its catch-up."""
+    router = Router(head=head)
+    target = RecordingTarget("alice", "c1")
+    router.add(target)
+    sub = make_sub("s", live=False, ops=ops)
+    router.subscribe(target, sub)
+    return router, target, sub
+
+
+def state(head: int, pruned_through: int = 0, epoch: str = EPOCH) -> LogState:
+    return LogState(epoch=epoch, head=head, pruned_through=pruned_through, notify=True)
+
+
+@pytest.mark.parametrize(
+    ("log", "reason"),
+    [
+        (state(20, pruned_through=8), "cursor_expired"),
+        (state(20, epoch="d" * 32), "epoch_changed"),
+        (state(4), "epoch_changed"),  # the log went back in time: a restore
+    ],
+)
+def test_a_cursor_the_log_cannot_resume_from_is_a_reset(log: LogState, reason: str) -> None:
+    """Pruned past the cursor, another epoch, or a head behind the cursor: Reset with the reason."""
+    router, target, sub = registered(20)
+    assert Reset(reason) == Catchup(router, target, sub, Cursor(EPOCH, 5), limit=10).start(log, 0)
+
+
+def test_a_cursor_at_the_head_goes_live_at_once() -> None:
+    """Nothing to replay: the first step is Live, and the router delivers what comes next."""
+    router, target, sub = registered(20)
+    assert Live(20) == Catchup(router, target, sub, Cursor(EPOCH, 20), limit=10).start(state(20), 0)
+    assert (True, 20) == (sub.live, sub.after)
+    router.route(make_event(21), 0.0)
+    assert [("s", 21)] == target.received
+
+
+def test_pages_run_to_the_head_then_live_with_no_gap_and_no_duplicate() -> None:
+    """Each page reads after the last one up to the head as it is then; live starts after it."""
+    router, target, sub = registered(10, ops=["INSERT"])
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2)
+    assert ReadPage(5, 10, 2) == catchup.start(state(10), 0)
+    page = ReplayPage([make_event(6), make_event(7, op="UPDATE"), make_event(9)], scanned_to=9)
+    assert [6, 9] == [event.pos for event in catchup.feed(page)]  # the op it does not want: out
+    router.route(make_event(11), 0.0)  # routed while replaying: not delivered, read by a page
+    assert ReadPage(9, 11, 2) == catchup.next(0)
+    assert [11] == [event.pos for event in catchup.feed(ReplayPage([make_event(11)], 11))]
+    assert Live(11) == catchup.next(0)
+    router.route(make_event(12), 0.0)
+    assert ([("s", 12)], 12) == (target.received, sub.after)
+
+
+def test_events_at_or_before_the_cursor_are_not_handed_over() -> None:
+    """A page that repeats positions the client has is filtered by position."""
+    router, target, sub = registered(10)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=10)
+    catchup.start(state(10), 0)
+    assert [6] == [e.pos for e in catchup.feed(ReplayPage([make_event(5), make_event(6)], 10))]
+
+
+def test_the_page_budget_pauses_where_the_catch_up_stopped() -> None:
+    """Past max_pages pages the step is Paused at the last position scanned."""
+    router, target, sub = registered(100)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 0), limit=10, max_pages=2)
+    catchup.start(state(100), 0)
+    catchup.feed(ReplayPage([], scanned_to=30))
+    assert ReadPage(30, 100, 10) == catchup.next(0)
+    catchup.feed(ReplayPage([], scanned_to=60))
+    assert (Paused(60), False) == (catchup.next(0), sub.live)
+
+
+def test_the_deadline_pauses_only_after_one_page() -> None:
+    """A deadline already past still reads one page, so even a zero wait moves on."""
+    router, target, sub = registered(100)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 0), limit=10, deadline=5.0)
+    assert ReadPage(0, 100, 10) == catchup.start(state(100), 9.0)
+    catchup.feed(ReplayPage([], scanned_to=40))
+    assert Paused(40) == catchup.next(9.0)
+
+
+@pytest.mark.parametrize("how", ["unsubscribed", "id_reused", "connection_closed"])
+def test_a_subscription_that_is_no_longer_pending_is_gone(how: str) -> None:
+    """Unsubscribed, its id taken by a new subscription, or its connection closed: Gone."""
+    router, target, sub = registered(10)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=10)
+    assert catchup.pending()
+    if how == "unsubscribed":
+        router.unsubscribe(target, "s")
+    elif how == "id_reused":
+        router.subscribe(target, make_sub("s", live=False))
+    else:
+        router.remove(target)
+    assert (False, Gone(), Gone()) == (catchup.pending(), catchup.start(state(10), 0),
+                                       catchup.next(0))  # fmt: skip
+    assert not sub.live
