@@ -8,7 +8,7 @@ does the waiting. A websocket replay (relay/net/connection.py) and a long-poll
     step = catchup.start(await source.state(), now)     # Reset, or the first step
     while isinstance(step, ReadPage):
         page = await source.page(user, sub, step.after, step.upto, step.limit)
-        for event in catchup.feed(page):                  # the events sub wants, in order
+        for event in catchup.feed(page):                  # what sub is sent, in order
             ...                                           # hand them to the client
         step = catchup.next(now)
     # Live (the router now delivers to sub), Reset, Paused or Gone
@@ -134,9 +134,14 @@ class Catchup:
         return ReadPage(self.after, head, self.limit)
 
     def feed(self, page: ReplayPage) -> list[Event]:
-        """The page's events the subscription wants, in order; the catch-up moves past the page."""
-        after, sub = self.after, self.sub
-        events = [event for event in page.events if event.pos > after and sub.wants(event)]
+        """What the subscription is sent of the page's events (``Subscription.delivery``: the
+        events, or an UPDATE's move-out or entry), in order; the catch-up moves past the page."""
+        after, sub, user = self.after, self.sub, self.target.user
+        events = [
+            form
+            for event in page.events
+            if event.pos > after and (form := sub.delivery(event, user)) is not None
+        ]
         self.after = max(after, page.scanned_to)
         self.pages += 1
         return events

@@ -334,18 +334,41 @@ class RowFilter:
         matching. That fails open deliberately: a filter is a client's
         narrowing, not access control; the router's audience check is what protects users.
         """
-        row: Mapping[str, JSONValue] | None = event.row
+        return self._holds(event.row, None, event.pk)
+
+    def matched_before(self, event: Event) -> bool:
+        """Whether the row as it was before an UPDATE met every condition, as ``matches`` says:
+        ``row`` with the old values of the columns the UPDATE changed (``old_values``) in place
+        of the new ones, and the key before the change (``old_key``). A truncated UPDATE is
+        checked on its old key only; one whose old values are unknown (logged before the
+        database recorded them) as ``matches`` checks it."""
+        key = event.pk if event.old_key is None else event.old_key
+        if event.row is None:
+            return self._holds(None, None, key)
+        if event.old_values is None:
+            return self._holds(event.row, None, event.pk)
+        return self._holds(event.row, event.old_values, key)
+
+    def _holds(
+        self,
+        row: Mapping[str, JSONValue] | None,
+        over: Mapping[str, JSONValue] | None,
+        pk: Mapping[str, JSONValue],
+    ) -> bool:
+        """Every condition against ``over``, else ``row``, else ``pk``; with no row, key columns
+        only."""
         if row is None:
-            pk = event.pk
             for column, keys in self.clauses:
                 if column in pk and _key(pk[column]) not in keys:
                     return False
             return True
         for column, keys in self.clauses:
-            if column in row:
+            if over is not None and column in over:
+                value = over[column]
+            elif column in row:
                 value = row[column]
-            elif column in event.pk:
-                value = event.pk[column]
+            elif column in pk:
+                value = pk[column]
             else:
                 return False
             if _key(value) not in keys:

@@ -1,16 +1,19 @@
 """The router: which of this replica's connections get an event, and for which subscriptions.
 
 Connections are indexed by authenticated user id. An event names its audience (every user allowed
-to see the row), so routing walks the users that are both in the audience and connected here:
-whichever of the two sets is smaller is iterated, and the cost per event is
-``O(min(audience, connected users))`` plus the deliveries, never a pass over every connection and
-never a database call. A user outside the audience is never looked at, whatever their filters.
+to see the row; an UPDATE that changed it, the old audience too), so routing walks the users that
+are both in the audience and connected here: whichever of the two sets is smaller is iterated,
+and the cost per event is ``O(min(audience, connected users))`` plus the deliveries, never a pass
+over every connection and never a database call. A user outside the audience is never looked at,
+whatever their filters; one only in the old audience is sent at most the move-out, which carries
+the row's old key and nothing else (relay/core/moves.py).
 
 Per connection, subscriptions are indexed by id (for the protocol: the router's index is the one
 record of a connection's subscriptions) and by table name (for routing). A subscription gets an
-event when it is live, the event is past its ``after``, and it ``wants`` the event (schema, op and
-row filter). Delivering offers the event to the connection (``Target.offer``: it writes the frame
-at once or queues it on its bounded queue, never blocks) and advances ``after``, so each
+event when it is live, the event is past its ``after``, and its ``delivery`` of the event for the
+connection's user is not None (schema, audience, row filter, op: the event itself, or an UPDATE's
+move-out or entry). Delivering offers that form to the connection (``Target.offer``: it writes the
+frame at once or queues it on its bounded queue, never blocks) and advances ``after``, so each
 subscription sees each position at most once and in order. ``route`` returns what it delivered
 (``Routed``): the caller counts the frames written at once, the connection those it queued.
 
@@ -194,6 +197,8 @@ class Router:
 
         users = self._users
         audience = event.audience
+        if event.old_audience is not None:  # the old audience is sent its move-outs
+            audience = audience | event.old_audience
         if len(audience) <= len(users):
             matched = [conns for user in audience if (conns := users.get(user)) is not None]
         else:
@@ -212,10 +217,10 @@ class Router:
                     if (
                         sub.live
                         and pos > sub.after
-                        and sub.wants(event)
+                        and (form := sub.delivery(event, conn.user)) is not None
                         and conn.by_id.get(sub.id) is sub  # not dropped by an earlier offer
                     ):
-                        if conn.target.offer(sub, event, now):
+                        if conn.target.offer(sub, form, now):
                             written += 1
                         sub.after = pos
                         delivered += 1

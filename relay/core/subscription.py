@@ -1,8 +1,9 @@
 """What a client subscribed to: a table, the ops, a filter, and where its stream stands.
 
 A plain value shared by the router (which decides who gets an event), the catch-up (which replays
-it) and the outbound queue (which applies the subscription's coalescing window). ``wants`` is the
-one match: the router, the catch-up and the long-poll all ask it.
+it) and the outbound queue (which applies the subscription's coalescing window). ``delivery`` is
+the one match: the router, the catch-up and the long-poll all ask it, so a replay gives the
+answers live delivery gives, move-outs and entries included (relay/core/moves.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from relay.core.events import Event
 from relay.core.filters import RowFilter
+from relay.core.moves import seen_as
 
 __all__ = ["Subscription"]
 
@@ -36,12 +38,12 @@ class Subscription:
     live: bool = False
     coalesce_ms: int = 0
 
-    def wants(self, event: Event) -> bool:
-        """Whether the event is of this subscription's table (in its schema, if it names one),
-        of one of its ops, and its row passes the filter. Positions are the caller's concern."""
-        return (
-            event.table == self.table
-            and (self.schema is None or self.schema == event.schema)
-            and event.op in self.ops
-            and self.filter.matches(event)
-        )
+    def delivery(self, event: Event, user: str) -> Event | None:
+        """What this subscription of ``user`` is sent for the event, or None: the event of its
+        table (in its schema, if it names one) as the user sees it through the filter (itself,
+        its move-out or its entry: relay/core/moves.py), if that form's op is one of its ops.
+        Positions are the caller's concern."""
+        if event.table != self.table or (self.schema is not None and self.schema != event.schema):
+            return None
+        form = seen_as(event, user, self.filter)
+        return form if form is not None and form.op in self.ops else None
