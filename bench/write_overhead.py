@@ -8,7 +8,7 @@ It costs far less client CPU than Python writers, so on a small machine the data
 decides the result; ``--client python`` runs the earlier Python writer processes instead.
 
 The modes compare the untracked table with the same table under ``relay.capture``, NOTIFY on
-and off. While a tracked mode runs, the relay's own sequencer (``relay.pg.db.Sequencer``, with the
+and off. While a tracked mode runs, the relay's own sequencer (``relay.pg.sequencer``, with the
 relay's default settings, in a process of its own) moves the inbox into the log exactly as in
 production: with notify on it runs a batch on each ``relay_inbox`` doorbell; with notify off it
 polls every ``RELAY_POLL_INTERVAL`` (50 ms); either way it loops while a batch is full. "bare
@@ -68,7 +68,7 @@ from bench.write_plan import (
 from bench.write_report import render
 from relay.demo.pgserver import PgServer
 from relay.ops.datafiles import install_script
-from relay.pg.db import Sequencer
+from relay.pg.sequencer import Sequencer
 
 __all__ = ["main", "run_all", "run_cell"]
 

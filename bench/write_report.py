@@ -73,7 +73,7 @@ def render(cells: Sequence[Cell], setup: Setup) -> str:
         f"- {setup.seconds:g} s per run, {setup.repeats} repeat(s) per cell, interleaved; each "
         f"run on a fresh table: {ROWS:,} rows, VACUUM ANALYZE, CHECKPOINT",
         workload,
-        "- Tracked modes and the bare trigger: the relay's sequencer (`relay.pg.db.Sequencer`, "
+        "- Tracked modes and the bare trigger: the relay's sequencer (`relay.pg.sequencer`, "
         f"batches of {RELAY.sequencer_batch}, looping while a batch is full) in a process of "
         "its own: with notify on, a batch per `relay_inbox` doorbell; with notify off and for "
         f"the bare trigger, a poll every {RELAY.poll_interval * 1000:g} ms",

@@ -17,7 +17,6 @@ from typing import Any, Final
 
 import anyio
 import prometheus_client
-import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import ServerConnection
@@ -34,17 +33,11 @@ from relay.ops.config import Settings, redact_dsn
 from relay.ops.keys import build_authenticator
 from relay.ops.logs import flush_suppressed
 from relay.ops.metrics import Metrics
-from relay.pg.db import (
-    AsyncConn,
-    LogReader,
-    Sequencer,
-    check_listen_works,
-    connect,
-    read_catalog,
-    read_log_state,
-    write_heartbeat,
-)
-from relay.pg.replay import PoolLogSource
+from relay.pg.maintenance import Maintenance
+from relay.pg.queries import preflight
+from relay.pg.reader import LogReader
+from relay.pg.replay import PoolLogSource, replay_pool
+from relay.pg.sequencer import Sequencer
 
 __all__ = ["AppServices", "RouteFactory", "run_relay"]
 
@@ -99,40 +92,6 @@ class AppServices:
 RouteFactory = Callable[[AppServices], Handler]
 
 
-async def preflight(settings: Settings, hub: Hub) -> None:
-    """Fails at start, with one line, on a database the relay cannot work with; loads the
-    tracked-table catalog so the first subscriptions after start are answered correctly."""
-    async with await connect(settings.dsn, "pgrelay-preflight", settings.query_timeout) as conn:
-        await read_log_state(conn)
-        await _load_catalog(conn, hub)
-    await check_listen_works(settings.dsn, settings.query_timeout)
-
-
-async def _load_catalog(conn: AsyncConn, hub: Hub) -> None:
-    hub.tables = await read_catalog(conn)
-
-
-async def _maintenance(settings: Settings, hub: Hub) -> None:
-    """Heartbeats through the log, the tracked-table catalog, and the log's head for the backlog."""
-    interval = settings.heartbeat_interval or 5.0
-    while True:
-        try:
-            async with await connect(
-                settings.dsn, "pgrelay-maintenance", settings.query_timeout
-            ) as conn:
-                while True:
-                    with anyio.fail_after(settings.query_timeout):
-                        await _load_catalog(conn, hub)
-                        head = await (await conn.execute("SELECT pos FROM relay.head")).fetchone()
-                        hub.db_head = max(hub.db_head, int(head[0])) if head else hub.db_head
-                    if settings.heartbeat_interval:
-                        await write_heartbeat(conn, settings.replica_id, settings.query_timeout)
-                    await anyio.sleep(interval)
-        except (psycopg.Error, TimeoutError, OSError) as exc:
-            log.warning("maintenance_failed", error=type(exc).__name__)
-            await anyio.sleep(interval)
-
-
 def _tls(settings: Settings) -> dict[str, Any]:
     """serve()'s TLS arguments: none without a certificate. The TLS handshake must end within
     RELAY_REQUEST_TIMEOUT too (asyncio hands the socket to the guard only after it)."""
@@ -152,29 +111,26 @@ async def run_relay(
     """Runs until SIGTERM/SIGINT (or cancellation); reports the bound port via task_status."""
     metrics = Metrics()
     hub = Hub(settings, metrics)
-    await preflight(settings, hub)
+    # Fails at start, with one line, on a database the relay cannot work with; the catalog
+    # loaded now answers the first subscriptions after start correctly.
+    hub.catalog_loaded(await preflight(settings.dsn, settings.query_timeout))
     authenticator = build_authenticator(settings)
     if not settings.allowed_origins:
         log.warning("origins_unrestricted", hint="set RELAY_ALLOWED_ORIGINS for browser clients")
     if settings.insecure_dev and not (settings.jwt_secret or settings.jwks_file):
         log.warning("insecure_dev", hint="no JWT key configured: every token is refused")
 
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.dsn,
-        min_size=1,
-        max_size=settings.replay_pool_size,
-        # A reconnect storm queues its replays (bounded) instead of failing them at once.
-        max_waiting=settings.max_connections,
-        open=False,
-        kwargs={"autocommit": True, "application_name": "pgrelay-replay"},
+    # A reconnect storm queues its replays (bounded) instead of failing them at once.
+    pool = replay_pool(
+        settings.dsn, size=settings.replay_pool_size, max_waiting=settings.max_connections
     )
     reader = LogReader(
         settings.dsn,
         start_after=None,
         deliver=hub.deliver,
-        on_state=hub.on_listener_state,
+        on_state=hub.on_log_state,
         on_reconnect=metrics.listener_reconnects.inc,
-        on_caught_up=hub.read_up_to_head,
+        on_caught_up=hub.caught_up,
         on_uncarriable=hub.on_uncarriable,
         listen_window=settings.listen_window,
         query_timeout=settings.query_timeout,
@@ -188,6 +144,14 @@ async def run_relay(
         batch=settings.sequencer_batch,
         retention=settings.retention,
         prune_interval=settings.prune_interval,
+    )
+    maintenance = Maintenance(
+        settings.dsn,
+        replica_id=settings.replica_id,
+        heartbeat_interval=settings.heartbeat_interval,
+        query_timeout=settings.query_timeout,
+        on_catalog=hub.catalog_loaded,
+        on_head=hub.head_seen,
     )
     extra = extra_routes(AppServices(settings, hub, authenticator, pool)) if extra_routes else None
     # Replays wait their turn at the pool up to RELAY_REPLAY_WAIT; long-polls twice the query
@@ -209,7 +173,7 @@ async def run_relay(
         async with anyio.create_task_group() as tasks:
             await tasks.start(reader.run)
             tasks.start_soon(sequencer.run)
-            tasks.start_soon(_maintenance, settings, hub)
+            tasks.start_soon(maintenance.run)
             shell.task_group = tasks
             tasks.start_soon(shell.sweep)
             tasks.start_soon(_flush_suppressed_logs)

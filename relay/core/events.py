@@ -10,7 +10,7 @@ that no value a writer can store stops the stream. Numbers travel exactly where 
 can: integers up to ``MAX_INT_DIGITS`` digits as numbers, and a number Python's float cannot hold
 (an integer past that, a fraction or exponent overflowing to infinity or rounding a non-zero value
 to zero) as a ``BigNumber``, a JSON string of its exact text. A value nested deeper than
-``MAX_DEPTH`` cannot be carried: its event travels truncated (see relay/pg/db.py
+``MAX_DEPTH`` cannot be carried: its event travels truncated (see relay/pg/rows.py
 ``event_from_row``).
 """
 

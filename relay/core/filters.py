@@ -178,7 +178,7 @@ class ColumnValues:
     ``numbers`` holds each number as its nearest double, leaving out those beyond the double
     range (``beyond_doubles`` says some were): a query that compares numbers as doubles below
     that range and lets every larger number through accepts every number ``RowFilter.matches``
-    accepts, and perhaps a few more (relay/pg/db.py). A narrowing, never a drop: the exact match
+    accepts, and perhaps a few more (relay/pg/queries.py). A narrowing, never a drop: the exact match
     is still ``matches``.
     """
 

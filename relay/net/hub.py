@@ -1,7 +1,8 @@
 """What the connections of one process share: the router, the log's state, readiness, metrics.
 
-The log reader feeds the hub (``deliver``, ``on_log_state``, ``caught_up``); the hub routes each
-event through the router into the connections (relay/net/connection.py: their ``offer`` writes or
+The log reader feeds the hub (``deliver``, ``on_log_state``, ``caught_up``) and maintenance tells
+it the catalog and the log's head (``catalog_loaded``, ``head_seen``); the hub routes each event
+through the router into the connections (relay/net/connection.py: their ``offer`` writes or
 queues; routing never awaits) and counts, from what the router returns, the deliveries written at
 once (a connection counts those it writes later: ``delivered``). The hub never reaches into a
 connection beyond ``close_soon`` on a log discontinuity.
@@ -90,7 +91,8 @@ class Hub:
 
     # -- fed by the log reader ------------------------------------------------------------------
 
-    def on_listener_state(self, state: LogState | None) -> None:
+    def on_log_state(self, state: LogState | None) -> None:
+        """The log reader connected (the log's state) or lost its connection (None)."""
         self.listener_up = state is not None
         self.metrics.listener_up.set(1 if state else 0)
         if state is None:
@@ -165,8 +167,19 @@ class Hub:
         self.metrics.deliveries.inc(count)
         self.metrics.delivery_lag.observe(max(0.0, now - committed_at.timestamp()), count)
 
-    def read_up_to_head(self) -> None:
+    def caught_up(self) -> None:
+        """The log reader read the log up to its head: recorded for readiness."""
         self.caught_up_at = time.monotonic()
+
+    # -- fed by maintenance -----------------------------------------------------------------------
+
+    def catalog_loaded(self, tables: Tracked) -> None:
+        """The tracked tables and their carried columns, as the database lists them now."""
+        self.tables = tables
+
+    def head_seen(self, pos: int) -> None:
+        """The log's head as the database reported it (for the backlog gauge); never goes back."""
+        self.db_head = max(self.db_head, pos)
 
     def ready(self) -> bool:
         return (

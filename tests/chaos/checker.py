@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.support.stats import percentile
 
-__all__ = ["RSS_LIMIT_MIB", "Fault", "bar_violations", "check"]
+__all__ = ["RSS_LIMIT_MIB", "Fault", "bar_violations", "check", "resume_outcomes"]
 
 # The memory bound every scenario is held to: the relay's container limit in deploy/k8s.
 RSS_LIMIT_MIB = 512
@@ -207,3 +207,34 @@ def bar_violations(figures: dict[str, Any]) -> list[str]:
     if figures.get("peak_rss_mib", 0) > RSS_LIMIT_MIB:
         problems.append(f"peak RSS {figures['peak_rss_mib']} MiB > {RSS_LIMIT_MIB} MiB")
     return problems
+
+
+def resume_outcomes(
+    swarm: dict[str, Any], faults: Sequence[Fault], down: Sequence[tuple[float, float]]
+) -> dict[str, Any]:
+    """How the normal clients' resumes ended, given the faults and the windows (wall clock, start
+    and end) when the database did not answer: resumes answered (`subscribed`); refused with
+    1011 `replay_unavailable` while it was down, and while it answered (which no resume may be);
+    handshakes answered 503 while it answered (the relay not ready: its log reader reconnecting),
+    with the latest such refusal in seconds after the fault or the database's return before it."""
+    sessions = [s for c in swarm["clients"] if c["kind"] == "normal" for s in c["sessions"]]
+
+    def is_down(t: float) -> bool:
+        return any(start <= t <= end for start, end in down)
+
+    refused = [
+        s["end"] for s in sessions if s["code"] == 1011 and s["reason"] == "replay_unavailable"
+    ]
+    anchors = [f.t0 for f in faults] + [end for _, end in down]
+    not_ready = [
+        s["end"] - max((a for a in anchors if a <= s["end"]), default=s["end"])
+        for s in sessions
+        if s["error"] == "http 503" and not is_down(s["end"])
+    ]
+    return {
+        "resumes": sum(1 for s in sessions if s["subscribed"]),
+        "refused_resumes_db_down": sum(1 for t in refused if is_down(t)),
+        "refused_resumes_db_up": sum(1 for t in refused if not is_down(t)),
+        "not_ready_db_up": len(not_ready),
+        "not_ready_db_up_max_s": round(max(not_ready), 3) if not_ready else None,
+    }

@@ -2,7 +2,8 @@
 
 One asyncio websocket client per user, behaving as the real client does: it subscribes to
 ``generations`` with ``since``, keeps its last cursor, and on any disconnect reconnects with capped,
-jittered backoff and resumes. Slow clients subscribe and never read. It writes a status file
+jittered backoff and resumes; with ``churn`` it also leaves on its own every so often and resumes at
+once, as a tab that reloads does. Slow clients subscribe and never read. It writes a status file
 every 0.25 s (clients live, ever subscribed, distinct rows received), stops at its deadline or
 when its stop file appears, and writes every client's events and sessions to its result file.
 """
@@ -41,6 +42,9 @@ class ClientSpec:
     kind: str = "normal"  # "slow": subscribes, then never reads
     policy: str = "sticky"  # "roam": after a disconnect, try the next URL of the list
     group: str = ""  # latencies are also reported per group
+    # Seconds a normal client stays after `subscribed` (drawn from 0.5x to 1.5x) before it closes
+    # and resumes at once from its cursor; 0: it stays until cut.
+    churn: float = 0.0
 
 
 @dataclass
@@ -92,6 +96,13 @@ def _handshake_error(exc: BaseException) -> str:
     return f"http {status}" if status is not None else type(exc).__name__
 
 
+async def _close_after(ws: Any, session: dict[str, Any], seconds: float) -> None:
+    """Closes the socket after `seconds`, marking the session as ended by the client."""
+    await asyncio.sleep(seconds)
+    session["churned"] = True
+    await ws.close()
+
+
 async def _run_normal(
     client: _ClientState, cfg: SwarmConfig, stopping: asyncio.Event, rng: random.Random
 ) -> None:
@@ -105,6 +116,7 @@ async def _run_normal(
         url = spec.urls[index % len(spec.urls)]
         session = _session(url)
         client.sessions.append(session)
+        churn: asyncio.Task[None] | None = None
         try:
             async with connect(
                 url, additional_headers=headers, open_timeout=10, compression=None, proxy=None,
@@ -140,6 +152,9 @@ async def _run_normal(
                             client.cursor = frame["cursor"]
                             client.live = True
                             backoff.succeeded(time.monotonic())
+                            if spec.churn and churn is None:
+                                seconds = spec.churn * rng.uniform(0.5, 1.5)
+                                churn = asyncio.create_task(_close_after(ws, session, seconds))
                         elif kind == "reset":
                             client.resets.append([now, frame["reason"], position(frame["cursor"])])
                             client.cursor = frame["cursor"]
@@ -154,8 +169,12 @@ async def _run_normal(
         finally:
             session["end"] = time.time()
             client.live = False
+            if churn is not None:
+                churn.cancel()
         if stopping.is_set():
             break
+        if session.get("churned"):
+            continue  # it left on its own: resume at once
         if spec.policy == "roam":
             index += 1
         backoff.failed(time.monotonic())

@@ -1,4 +1,4 @@
-"""Prove it survives: seven fault scenarios under sustained load, checked exactly.
+"""Prove it survives: eight fault scenarios under sustained load, checked exactly.
 
 Each scenario runs in two sizes: ``short`` (in ``make test``: a few users, seconds of load, one or
 two faults) and ``full`` (marked slow, ``make chaos``: 200 users, 500 rows/s, every fault the
@@ -10,6 +10,7 @@ RELIABILITY.md. The harness is described in tests/chaos/cluster.py and the modul
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ import psycopg
 import pytest
 
 from relay.demo.pgserver import PgServer, StopMode
-from tests.chaos.checker import bar_violations
+from tests.chaos.checker import bar_violations, resume_outcomes
 from tests.chaos.cluster import ChaosRun, Replica, users
 from tests.chaos.results import machine_info, record
 from tests.chaos.swarm import ClientSpec
@@ -348,3 +349,66 @@ def test_connect_storm_and_reconnect_storm(chaos_pg: PgServer, workspace: Path, 
     figures["connect_storm_s"] = round(connect_s, 2)
     conclude("7_connect_storm", f"{count:,} clients connect at once; reconnect storm after restarts",
              size, figures, chaos_pg.dsn(), started)  # fmt: skip
+
+
+def terminate_relay_backends(dsn: str) -> int:
+    """pg_terminate_backend on every relay backend of the run's database (reader, sequencer,
+    maintenance and every replay pool connection)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'pgrelay-%%' AND datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def resumed_since(run: ChaosRun, since: float, timeout: float) -> None:
+    """Every normal client subscribed again after `since` (wall clock), then events flowing."""
+    wait_until(lambda: run.status()["oldest_subscribed"] > since, timeout, "every client resumed")
+    run.wait_flowing(timeout)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_resumes_across_database_faults(chaos_pg: PgServer, workspace: Path, size: Size) -> None:
+    """Scenario 8: clients resume every half second while every relay backend is killed (10 times
+    in full) and Postgres restarts (3 times); no resume is refused once Postgres answers."""
+    started = time.monotonic()
+    # At most 50 clients (100 resumes a second): 200 clients resuming every half second under
+    # 500 rows/s leave every replay chasing the head (RELIABILITY.md, finding 7).
+    resumers = users("u", min(size.users, 50))
+    kills = 2 if size is SHORT else 10
+    restarts: list[StopMode] = ["fast"] if size is SHORT else ["fast", "immediate", "fast"]
+    down: list[tuple[float, float]] = []
+    with ChaosRun(chaos_pg.dsn(), workspace, "resume-faults") as run:
+        relay = run.add_replica()
+        specs = [ClientSpec(user, [relay.url], churn=0.5) for user in resumers]
+        run.start_swarm(specs, size.max_seconds)
+        wait_until(lambda: run.status()["ever"] == len(specs), 60, "every client subscribed")
+        run.start_writer(WriterConfig(dsn="", rate=size.rate, writers=size.writers,
+                                      users=resumers + users("ghost", size.ghosts),
+                                      max_seconds=size.max_seconds))  # fmt: skip
+        run.wait_flowing(30)
+        for _ in range(kills):
+            with run.fault("every relay backend terminated while clients resume") as fault:
+                assert terminate_relay_backends(run.dsn) >= 4
+            resumed_since(run, fault.t0, 60)
+            time.sleep(size.gap)
+        for mode in restarts:
+            with run.fault(f"postgres {mode} stop, then start, while clients resume") as fault:
+                chaos_pg.stop(mode)
+                chaos_pg.start()
+            with psycopg.connect(run.dsn, connect_timeout=10):
+                down.append((fault.t0, time.time()))  # Postgres answers again from here
+            resumed_since(run, down[-1][1], 90)
+            time.sleep(size.gap)
+        time.sleep(size.tail)
+        figures = run.finish()
+        swarm = json.loads((run.workdir / "swarm.result").read_text())
+    figures.update(resume_outcomes(swarm, run.faults, down))
+    figures["replay_retries"] = figures["relay_log"].get("replay_retried", 0)
+    extra = []
+    if figures["refused_resumes_db_up"]:
+        extra.append(f"{figures['refused_resumes_db_up']} resumes refused with 1011 while "
+                     "Postgres answered")  # fmt: skip
+    conclude("8_resume_db_faults", "Resumes across backend kills and Postgres restarts", size,
+             figures, chaos_pg.dsn(), started, extra)  # fmt: skip

@@ -26,7 +26,7 @@ from relay.core.wire import V1
 from relay.net.hub import Hub
 from relay.ops.config import Settings
 from relay.ops.metrics import Metrics
-from relay.pg.db import decode_event
+from relay.pg.rows import decode_event
 from tests.support.factories import RecordingTarget, make_event, make_sub
 
 EPOCH = "e" * 32
@@ -227,7 +227,7 @@ class FailingTarget(RecordingTarget):
 def test_one_failing_event_does_not_stop_the_batch() -> None:
     """An exception routing one event is contained and counted; later events are delivered."""
     hub = Hub(Settings(dsn="postgresql:///x", jwt_secret="s" * 32), Metrics())
-    hub.on_listener_state(LogState(epoch=EPOCH, head=100, pruned_through=10, notify=True))
+    hub.on_log_state(LogState(epoch=EPOCH, head=100, pruned_through=10, notify=True))
     target = FailingTarget("alice", "c1")
     hub.router.add(target)
     hub.router.subscribe(target, make_sub("s", after=100))

@@ -35,7 +35,7 @@ def heartbeat(pos: int) -> Event:
 
 def running_hub(head: int = 100) -> tuple[Hub, RecordingConnection]:
     hub = Hub(Settings(dsn="postgresql:///x", jwt_secret="s" * 32), Metrics())
-    hub.on_listener_state(LogState(epoch=EPOCH, head=head, pruned_through=10, notify=True))
+    hub.on_log_state(LogState(epoch=EPOCH, head=head, pruned_through=10, notify=True))
     connection = RecordingConnection()
     hub.connections["c1"] = connection  # type: ignore[assignment]
     return hub, connection
@@ -45,8 +45,8 @@ def test_reconnect_to_the_same_log_keeps_connections() -> None:
     """A listener that reconnects to the same epoch, head at or past ours, changes nothing."""
     hub, connection = running_hub()
     router = hub.router
-    hub.on_listener_state(None)
-    hub.on_listener_state(LogState(epoch=EPOCH, head=120, pruned_through=50, notify=True))
+    hub.on_log_state(None)
+    hub.on_log_state(LogState(epoch=EPOCH, head=120, pruned_through=50, notify=True))
     assert ([], router) == (connection.closed, hub.router)
 
 
@@ -61,7 +61,7 @@ def test_reconnect_to_the_same_log_keeps_connections() -> None:
 def test_log_discontinuity_closes_connections_and_rebases(state: LogState, why: Any) -> None:
     """Reinstall, restore or pruning past this relay: clients are closed with 1012 to resume."""
     hub, connection = running_hub()
-    hub.on_listener_state(state)
+    hub.on_log_state(state)
     assert ([(CLOSE_EPOCH_CHANGED, "epoch_changed")], state.head, state.epoch) == (
         connection.closed,
         hub.router.head,

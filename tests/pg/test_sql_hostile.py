@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from relay.ops.datafiles import install_script
-from relay.pg.db import SCHEMA_VERSION
+from relay.pg.queries import SCHEMA_VERSION
 from tests.pg.test_sql import connect, sequence_all
 from tests.support.paths import FIXTURES
 

@@ -1,0 +1,126 @@
+"""The sequencer: the one replica that moves committed inbox rows into the log, and prunes it.
+
+Policy: every replica competes for an advisory session lock, polling for it every
+``TAKEOVER_INTERVAL``. The holder moves committed inbox rows into the log
+(``relay.sequence_batch``) whenever the inbox doorbell rings, or every ``poll_interval`` when the
+database has notify off, and prunes the log to its retention at most every ``prune_interval``.
+If the holder dies its backend goes, the lock is released and another replica takes over within
+``TAKEOVER_INTERVAL``. Its connection is kept by the supervised loop (relay/pg/supervise.py);
+every query runs under ``query_timeout``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+import anyio
+import structlog
+
+from relay.pg.queries import (
+    AsyncConn,
+    listen,
+    ping,
+    prune,
+    read_notify,
+    sequence_batch,
+    try_sequencer_lock,
+)
+from relay.pg.supervise import Supervisor
+
+__all__ = ["PRUNE_BATCH", "TAKEOVER_INTERVAL", "Sequencer"]
+
+TAKEOVER_INTERVAL: Final = 1.0  # seconds between attempts at the lock
+PRUNE_BATCH: Final = 10000  # log rows deleted per statement
+
+log = structlog.get_logger("relay.pg.sequencer")
+T = TypeVar("T")
+
+
+class Sequencer:
+    """Competes for the sequencer lock; while held, moves inbox rows into the log.
+
+    ``on_leader`` is told True when this replica takes the role and False when it loses it.
+    The log is pruned on the leader's connection after batches, at most every
+    ``prune_interval`` seconds, of rows older than ``retention`` seconds.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        on_leader: Callable[[bool], None],
+        query_timeout: float,
+        listen_window: float,
+        poll_interval: float,
+        batch: int,
+        retention: float,
+        prune_interval: float,
+        application_name: str = "pgrelay-sequencer",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.on_leader = on_leader
+        self.query_timeout = query_timeout
+        self.listen_window = listen_window
+        self.poll_interval = poll_interval
+        self.batch = batch
+        self.retention = retention
+        self.prune_interval = prune_interval
+        self.supervisor = Supervisor(
+            dsn,
+            application_name=application_name,
+            timeout=query_timeout,
+            lost_event="sequencer_lost",
+            on_down=lambda: self._set_leader(False),
+            rng=rng,
+        )
+        self.leader = False
+        self._next_prune = 0.0
+
+    async def run(self) -> None:
+        """Competes for the role and serves it until cancelled."""
+        await self.supervisor.run(self._serve)
+
+    def _set_leader(self, leader: bool) -> None:
+        if leader != self.leader:
+            self.leader = leader
+            log.info("sequencer_leader" if leader else "sequencer_follower")
+            self.on_leader(leader)
+
+    async def _timed(self, query: Awaitable[T]) -> T:
+        with anyio.fail_after(self.query_timeout):
+            return await query
+
+    async def _serve(self, conn: AsyncConn) -> None:
+        await self._timed(ping(conn))
+        self.supervisor.up()
+        # Polling, not blocking: a blocked pg_advisory_lock would hide a dead connection.
+        while not await self._timed(try_sequencer_lock(conn)):  # noqa: ASYNC110
+            await anyio.sleep(TAKEOVER_INTERVAL)
+        await self._timed(listen(conn, "relay_inbox"))
+        self._set_leader(True)
+        while True:
+            while await self._timed(sequence_batch(conn, self.batch)) >= self.batch:
+                pass  # a full batch: more is waiting
+            await self._maybe_prune(conn)
+            # Read each time: a DBA may switch notify off (or on) while the relay runs. Without
+            # the writers' doorbell the inbox is polled every poll_interval.
+            notify = await self._timed(read_notify(conn))
+            window = self.listen_window if notify else min(self.listen_window, self.poll_interval)
+            async for _ in conn.notifies(timeout=window, stop_after=1):
+                pass
+
+    async def _maybe_prune(self, conn: AsyncConn) -> None:
+        now = anyio.current_time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self.prune_interval
+        total = 0
+        while True:
+            deleted = await self._timed(prune(conn, self.retention, PRUNE_BATCH))
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                break
+        if total:
+            log.info("log_pruned", deleted=total)
