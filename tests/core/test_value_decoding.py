@@ -39,7 +39,21 @@ def nested(depth: int) -> str:
 
 def row(pos: int, pk: str, data: str | None, old: str | None = None) -> tuple[Any, ...]:
     """A relay.log row in LOG_COLUMNS order, its JSON columns as text."""
-    return (pos, "public", "docs", "UPDATE", pk, data, old, ["doc"], ["alice"], TS, False)
+    return (
+        pos,
+        "public",
+        "docs",
+        "UPDATE",
+        pk,
+        data,
+        old,
+        ["doc"],
+        ["alice"],
+        TS,
+        False,
+        None,
+        None,
+    )
 
 
 def frame(event: Event) -> dict[str, Any]:

@@ -177,11 +177,13 @@ def test_audience_function_answer_that_changes(
 
 def test_long_poll_resumes_with_the_same_move_out(relay: RelayProcess, relay_db: str) -> None:
     """A long-poll from a cursor taken before the hand-over answers with alice's move-out."""
+    status, body = poll(relay, "alice", table="thumbnails", wait=0)
+    assert 200 == status
     write(
         relay_db, "INSERT INTO thumbnails (user_id, project_id, title) VALUES ('alice', 'p1', 'x')"
     )
-    status, body = poll(relay, "alice", table="thumbnails", wait=0)
-    assert 200 == status
+    status, body = poll(relay, "alice", table="thumbnails", since=body["cursor"], wait=5)
+    assert (200, ["INSERT"]) == (status, [e["op"] for e in body["events"]])
     write(relay_db, "UPDATE thumbnails SET user_id = 'bob', title = 'bob-secret'")
     status, body = poll(relay, "alice", table="thumbnails", since=body["cursor"], wait=5)
     assert (200, [

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from relay.ops.datafiles import install_script, uninstall_script
-from relay.pg.db import SCHEMA_VERSION
+from relay.pg.queries import SCHEMA_VERSION
 from tests.pg.test_sql import catalog_fingerprint, connect, sequence_all
 from tests.support.paths import FIXTURES, example_path
 
