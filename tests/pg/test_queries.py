@@ -11,7 +11,7 @@ import pytest
 
 from relay.core.events import OPS
 from relay.core.filters import ColumnValues, RowFilter
-from relay.pg.queries import fetch_replay, replay_filter_sql
+from relay.pg.queries import fetch_replay, read_catalog, replay_filter_sql
 from tests.support.factories import make_event, make_sub
 
 pytestmark = pytest.mark.pg
@@ -165,3 +165,17 @@ def test_prefilter_sends_client_values_only_as_parameters() -> None:
     )
     assert "it's" not in condition and "a'b" not in condition
     assert {"ops": ["INSERT", "UPDATE"], "c0": "it's", "s0": ["a'b"]} == params
+
+
+def test_catalog_names_a_renamed_whitelisted_column_as_it_is_now(relay_db: str) -> None:
+    """read_catalog lists the whitelist by column, so a rename shows at once (filters on the new
+    name are accepted), before the table is attached again; a column outside it never shows."""
+
+    async def catalog() -> frozenset[str]:
+        async with await psycopg.AsyncConnection.connect(relay_db, autocommit=True) as conn:
+            return (await read_catalog(conn))["public", "thumbnails"]
+
+    with psycopg.connect(relay_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE thumbnails RENAME COLUMN title TO caption")
+        conn.execute("ALTER TABLE thumbnails RENAME COLUMN created_at TO made_at")
+    assert {"id", "user_id", "project_id", "caption", "share_click_count"} == anyio.run(catalog)
