@@ -9,7 +9,9 @@ value of a row version that user was not in the audience of.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,11 +48,23 @@ def strip(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k not in {"cursor", "ts"}}
 
 
+def settled(relay: RelayProcess) -> None:
+    """Returns once the relay has routed every row written so far: a probe user's row written
+    now reaches the probe (the relay routes in log order)."""
+    probe = Client(relay.url, "probe")
+    probe.ready()
+    probe.subscribe("p", "generations")
+    write(relay.dsn, "INSERT INTO generations (user_id, project_id) VALUES ('probe', 'p')")
+    assert ["probe"] == [e["row"]["user_id"] for e in probe.events(1)]
+    probe.close()
+
+
 def observe(
     relay: RelayProcess, subs: Subs, change: Callable[[], None], *, resumed: bool, expect: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Each user's event frames (by subscription id, in order) caused by ``change``: received
     live, or replayed on a resume after it; ``expect`` events in all, then quiet."""
+    settled(relay)  # the rows written before are routed: subscriptions start after them
     clients = {user: Client(relay.url, user) for user in subs}
     cursors: dict[str, dict[str, str]] = {}
     for user, client in clients.items():
@@ -64,6 +78,7 @@ def observe(
     change()
     got: dict[str, list[dict[str, Any]]] = {user: [] for user in subs}
     if resumed:
+        settled(relay)  # every replay covers the change
         for user in subs:
             client = clients[user] = Client(relay.url, user)
             client.ready()
@@ -72,12 +87,12 @@ def observe(
                 client.subscribe(sid, since=cursors[user][sid], **opts)
                 got[user] += [f for f in client.frames[before:] if f["type"] == "event"]
     else:
-        left = expect
-        for user, client in clients.items():
-            while left and (frames := client.quiet(1.0 if not got[user] else 0.3)):
-                events = [f for f in frames if f["type"] == "event"]
-                got[user] += events
-                left -= len(events)
+        deadline = time.monotonic() + 10.0
+        while sum(map(len, got.values())) < expect and time.monotonic() < deadline:
+            for user, client in clients.items():
+                with contextlib.suppress(TimeoutError):
+                    if (frame := client.recv(0.05))["type"] == "event":
+                        got[user].append(frame)
     assert expect == sum(len(events) for events in got.values()), got
     for user, client in clients.items():
         assert [] == client.quiet(0.3), user
