@@ -334,7 +334,20 @@ class RowFilter:
         matching. That fails open deliberately: a filter is a client's
         narrowing, not access control; the router's audience check is what protects users.
         """
-        return self._holds(event.row, None, event.pk)
+        row = event.row
+        if row is None:
+            return self._key_holds(event.pk)
+        pk = event.pk
+        for column, keys in self.clauses:  # the hot path of routing: written out, no call
+            if column in row:
+                value = row[column]
+            elif column in pk:
+                value = pk[column]
+            else:
+                return False
+            if _key(value) not in keys:
+                return False
+        return True
 
     def matched_before(self, event: Event) -> bool:
         """Whether the row as it was before an UPDATE met every condition, as ``matches`` says:
@@ -342,36 +355,30 @@ class RowFilter:
         of the new ones, and the key before the change (``old_key``). A truncated UPDATE is
         checked on its old key only; one whose old values are unknown (logged before the
         database recorded them) as ``matches`` checks it."""
+        row, before = event.row, event.old_values
         key = event.pk if event.old_key is None else event.old_key
-        if event.row is None:
-            return self._holds(None, None, key)
-        if event.old_values is None:
-            return self._holds(event.row, None, event.pk)
-        return self._holds(event.row, event.old_values, key)
-
-    def _holds(
-        self,
-        row: Mapping[str, JSONValue] | None,
-        over: Mapping[str, JSONValue] | None,
-        pk: Mapping[str, JSONValue],
-    ) -> bool:
-        """Every condition against ``over``, else ``row``, else ``pk``; with no row, key columns
-        only."""
         if row is None:
-            for column, keys in self.clauses:
-                if column in pk and _key(pk[column]) not in keys:
-                    return False
-            return True
+            return self._key_holds(key)
+        if before is None:
+            return self.matches(event)
         for column, keys in self.clauses:
-            if over is not None and column in over:
-                value = over[column]
+            if column in before:
+                value = before[column]
             elif column in row:
                 value = row[column]
-            elif column in pk:
-                value = pk[column]
+            elif column in key:
+                value = key[column]
             else:
                 return False
             if _key(value) not in keys:
+                return False
+        return True
+
+    def _key_holds(self, pk: Mapping[str, JSONValue]) -> bool:
+        """The conditions on key columns, against ``pk``; the others count as met (a truncated
+        event's values are unknown)."""
+        for column, keys in self.clauses:
+            if column in pk and _key(pk[column]) not in keys:
                 return False
         return True
 

@@ -28,10 +28,15 @@ __all__ = ["seen_as"]
 
 def seen_as(event: Event, user: str, row_filter: RowFilter) -> Event | None:
     """The form in which a subscriber (``user``, ``row_filter``) is sent the event, or None."""
-    after = user in event.audience and row_filter.matches(event)
+    reader = user in event.audience
+    after = reader and row_filter.matches(event)
     if event.op != "UPDATE":
         return event if after else None
-    before = user in event.audience_before and row_filter.matched_before(event)
+    old_audience = event.old_audience
+    if old_audience is None and not row_filter.clauses:
+        return event if after else None  # the same audience, no filter: the same view
+    was_reader = reader if old_audience is None else user in old_audience
+    before = was_reader and row_filter.matched_before(event)
     if not before:
         return event.moved_in() if after else None
     if not after:
