@@ -115,7 +115,8 @@ export interface ClientOptions {
   pollUrl?: string;
   onState?(state: ConnectionState): void;
   /** Connection-level problems (auth_refused, token_failed, poll_unavailable, bad_frame,
-   * callback_failed...): informational, the client keeps retrying. */
+   * callback_failed, token_user_changed...): informational, the client keeps retrying. With
+   * tabs sharing a socket, the leader tab is told of its socket's problems. */
   onError?(error: RelayError): void;
   /** Full-jitter exponential backoff: delay = random(0, min(capMs, initialMs * 2^attempt)). */
   backoff?: { initialMs?: number; capMs?: number };
@@ -135,6 +136,14 @@ export interface ClientOptions {
   pingIntervalMs?: number;
   /** A ping unanswered this long drops the socket and reconnects (default 10000). */
   pongTimeoutMs?: number;
+  /** Tabs of one origin and one user share one socket (default true): a leader tab, elected
+   * with Web Locks, holds it and relays to the others over BroadcastChannel. Without both APIs
+   * (Node, insecure origins), or with false, each client has a socket of its own. */
+  shareTabs?: boolean;
+  /** For tests: the Web Locks manager (default navigator.locks). */
+  locks?: LockManagerLike | null;
+  /** For tests: the BroadcastChannel constructor (default globalThis.BroadcastChannel). */
+  BroadcastChannel?: { new (name: string): BroadcastChannelLike } | null;
   /** For tests: returns a number in [0, 1). */
   random?: () => number;
   /** For tests: timer functions. */
@@ -142,6 +151,23 @@ export interface ClientOptions {
   /** For tests: the clock, in ms since the epoch. */
   now?: () => number;
 }
+
+/** What the client uses of navigator.locks. */
+export interface LockManagerLike {
+  request(name: string, options: { signal?: AbortSignal }, callback: (lock: unknown) => unknown): Promise<unknown>;
+}
+
+/** What the client uses of a BroadcastChannel. */
+export interface BroadcastChannelLike {
+  postMessage(message: unknown): void;
+  close(): void;
+  onmessage: ((event: { data: unknown }) => any) | null;
+}
+
+/** This tab's part in sharing one socket: 'leader' holds it, 'follower' uses the leader's,
+ * 'solo' has its own (sharing off or unavailable, or a token without `sub`), 'joining' is
+ * reading its token to find its user's tabs. */
+export type TabRole = 'leader' | 'follower' | 'solo' | 'joining' | 'closed';
 
 export interface RelayClient {
   /** Subscribes to a table's changes; returns the function that unsubscribes. */
@@ -156,6 +182,12 @@ export interface RelayClient {
    * or the network comes back); on a live socket, checks it with a ping. */
   reconnect(): void;
   readonly state: ConnectionState;
+  /** When an event was last handed to one of this client's subscriptions (ms since the epoch),
+   * or null: the age of the last event, for a Live indicator. */
+  readonly lastEventAt: number | null;
+  /** Calls listener(state) on every change of `state`; returns the function that stops it. */
+  watchState(listener: (state: ConnectionState) => void): () => void;
+  readonly tabRole: TabRole;
 }
 
 export declare function createClient(options: ClientOptions): RelayClient;
@@ -185,6 +217,8 @@ export declare function backoffDelay(
   random?: () => number,
 ): number;
 
+/** The JWT's sub (no signature check), or null: tabs share a socket with their user's only. */
+export declare function tokenSubject(token: string): string | null;
 /** The JWT's exp in ms since the epoch (no signature check), or null. */
 export declare function tokenExpiry(token: string): number | null;
 /** Ms to wait before refreshing a token expiring at expMs; Infinity without expiry. */

@@ -14,9 +14,19 @@ does the waiting. A websocket replay (relay/net/connection.py) and a long-poll
     # Live (the router now delivers to sub), Reset, Paused or Gone
 
 The subscription is registered with the router, not live, before the catch-up starts (the router
-skips it). ``next`` reads the router's head and, when the catch-up has reached it, makes the
-subscription live in the same call: no await separates the head check from going live, so no
-event can be routed in between and the seam between replay and live has no gap and no duplicate.
+does not deliver to it). From ``start`` on, the router holds what the subscription is sent
+(``Subscription.held``, at most ``hold`` of them): the catch-up then reads the log only up to
+``held_from``, the router's head when holding began, a fixed target, and hands the held events
+over when it goes live. Without holding, a replay would chase the head: under a fast-growing log
+and a busy pool every page ends behind a head that has moved on, and the replay may never go live.
+When more than ``hold`` events arrive before the target is reached, holding starts again from the
+head of that moment (the dropped events are read from the log instead): the target moves only
+then.
+
+``next`` makes the subscription live in the call that finds the log read up to the target: no
+await separates that check from going live, so no event can be routed in between, and the seam
+between replay, held events and live has no gap and no duplicate. The shell hands ``Live.events``
+to the client before anything else, in that same step.
 """
 
 from __future__ import annotations
@@ -43,9 +53,11 @@ class ReadPage:
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    """Caught up: the subscription is live, its stream standing at ``after``."""
+    """Caught up: the subscription is live, its stream standing at ``after``; ``events`` (held
+    while catching up, in order) go to the client first."""
 
     after: int
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +92,8 @@ class Catchup:
     ``after`` is the position the client has been given everything up to.
     """
 
-    __slots__ = ("after", "deadline", "limit", "max_pages", "pages", "router", "since", "sub",
-                 "target")  # fmt: skip
+    __slots__ = ("after", "deadline", "hold", "limit", "max_pages", "pages", "router", "since",
+                 "sub", "target")  # fmt: skip
 
     def __init__(
         self,
@@ -93,6 +105,7 @@ class Catchup:
         limit: int,
         max_pages: int | None = None,
         deadline: float | None = None,
+        hold: int | None = None,
     ) -> None:
         self.router = router
         self.target = target
@@ -101,6 +114,7 @@ class Catchup:
         self.limit = limit
         self.max_pages = max_pages
         self.deadline = deadline
+        self.hold = limit if hold is None else hold  # 0: no holding, chase the head
         self.after = since.pos
         self.pages = 0
 
@@ -116,22 +130,41 @@ class Catchup:
         reason = state.problem(self.since)
         if reason is not None:
             return Reset(reason)
+        if self.hold:
+            self.sub.hold_max = self.hold
+            self._hold_from_head()
         return self.next(now)
 
+    def _hold_from_head(self) -> None:
+        sub = self.sub
+        sub.held = []
+        sub.held_from = self.router.head
+
     def next(self, now: float) -> Step:
-        """Goes live if the catch-up has reached the router's head (in this call), else asks for
-        the next page, or pauses when a budget ran out."""
+        """Goes live if the catch-up has read the log up to its target (in this call), else asks
+        for the next page, or pauses when a budget ran out."""
+        sub = self.sub
         if not self.pending():
+            sub.held = None
             return Gone()
         head = self.router.head
-        if self.after >= head:
-            self.router.go_live(self.target, self.sub.id, self.after)
-            return Live(self.after)
+        if self.hold and sub.held is None:
+            self._hold_from_head()  # more arrived than it may hold: the target moves, once
+        target = sub.held_from if self.hold else head
+        after = self.after
+        if after >= target:
+            events = tuple(e for e in sub.held or () if e.pos > after)
+            sub.held = None
+            live_at = max(after, head)
+            self.after = live_at
+            self.router.go_live(self.target, sub.id, live_at)
+            return Live(live_at, events)
         if (self.max_pages is not None and self.pages >= self.max_pages) or (
             self.pages and self.deadline is not None and now >= self.deadline
         ):
-            return Paused(self.after)
-        return ReadPage(self.after, head, self.limit)
+            sub.held = None
+            return Paused(after)
+        return ReadPage(after, target, self.limit)
 
     def feed(self, page: ReplayPage) -> list[Event]:
         """What the subscription is sent of the page's events (``Subscription.delivery``: the

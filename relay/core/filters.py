@@ -175,11 +175,11 @@ def _clause_cost(column: str, keys: Keys) -> int:
 class ColumnValues:
     """One filter column's values split by JSON type: what a query needs to narrow a read in SQL.
 
-    ``numbers`` holds each number as its nearest double, leaving out those beyond the double range
-    (``beyond_doubles`` says some were): a query that compares numbers as doubles below that range
-    and lets every larger number through accepts every number ``RowFilter.matches`` accepts, and
-    perhaps a few more (relay/pg/queries.py). A narrowing, never a drop: the exact match is still
-    ``matches``.
+    ``numbers`` holds each number as its nearest double, leaving out those beyond the double
+    range (``beyond_doubles`` says some were): a query that compares numbers as doubles below
+    that range and lets every larger number through accepts every number ``RowFilter.matches``
+    accepts, and perhaps a few more (relay/pg/queries.py). A narrowing, never a drop: the exact
+    match is still ``matches``.
     """
 
     column: str

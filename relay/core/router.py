@@ -12,10 +12,12 @@ Per connection, subscriptions are indexed by id (for the protocol: the router's 
 record of a connection's subscriptions) and by table name (for routing). A subscription gets an
 event when it is live, the event is past its ``after``, and its ``delivery`` of the event for the
 connection's user is not None (schema, audience, row filter, op: the event itself, or an UPDATE's
-move-out or entry). Delivering offers that form to the connection (``Target.offer``: it writes the
-frame at once or queues it on its bounded queue, never blocks) and advances ``after``, so each
-subscription sees each position at most once and in order. ``route`` returns what it delivered
-(``Routed``): the caller counts the frames written at once, the connection those it queued.
+move-out or entry); a subscription still catching up may hold that form instead (bounded; see
+``Subscription.held``), handed over by the catch-up when it goes live. Delivering offers the form to
+the connection (``Target.offer``: it writes the frame at once or queues it on its bounded queue,
+never blocks) and advances ``after``, so each subscription sees each position at most once and in
+order. ``route`` returns what it delivered (``Routed``): the caller counts the frames written at
+once, the connection those it queued.
 
 Positions strictly increase: ``head`` is the last routed position and an event at or below it has
 already been routed (a poll and a doorbell can both fetch it) and is ignored.
@@ -224,4 +226,15 @@ class Router:
                             written += 1
                         sub.after = pos
                         delivered += 1
+                    elif (
+                        (held := sub.held) is not None
+                        and not sub.live
+                        and (form := sub.delivery(event, conn.user)) is not None
+                    ):
+                        # Catching up: held for the catch-up, in order, up to its bound; past
+                        # it, holding stops and the catch-up reads these from the log.
+                        if len(held) < sub.hold_max:
+                            held.append(form)
+                        else:
+                            sub.held = None
         return Routed(delivered, written) if delivered else NOTHING

@@ -44,6 +44,8 @@ CLOSE_POLICY: Final = 1008  # too many bad frames
 CLOSE_AUTH: Final = 4001  # missing, invalid or expired token
 
 MAX_BAD_FRAMES: Final = 100  # errors answered before the connection is closed
+# The client messages a refusal names as its `request` (the error frame's member).
+REQUESTS: Final = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
 
 
 class SessionState(enum.Enum):
@@ -168,7 +170,7 @@ class Session:
                 return []
             raise ProtocolError("bad_message", f"unknown message type {short(kind)}")
         except ProtocolError as exc:
-            return self._error(exc)
+            return self._error(exc, kind if kind in REQUESTS else None)
 
     def receive_binary(self) -> Sequence[Action]:
         """A binary frame: protocol v1 is JSON text only."""
@@ -241,6 +243,8 @@ class Session:
             self.state = SessionState.OPEN
             self.router.add(self.target)
             self.queue.push_control(self.wire.ready(claims.sub, self.router.head))
+        else:
+            self.queue.push_control(self.wire.auth_ok(claims.sub, claims.exp))
         return []
 
     def _subscribe(self, message: dict[str, Any]) -> Sequence[Action]:
@@ -294,11 +298,11 @@ class Session:
     def _subscribed(self, sub: Subscription) -> None:
         self.queue.push_control(self.wire.subscribed(sub.id, sub.after))
 
-    def _error(self, exc: ProtocolError) -> Sequence[Action]:
+    def _error(self, exc: ProtocolError, request: str | None = None) -> Sequence[Action]:
         self.bad_frames += 1
         if self.bad_frames > MAX_BAD_FRAMES:
             return self._close(CLOSE_POLICY, "too_many_errors")
-        self.queue.push_control(self.wire.error(exc.code, exc.message, exc.sub_id))
+        self.queue.push_control(self.wire.error(exc.code, exc.message, exc.sub_id, request))
         return []
 
     def _close(self, code: int, reason: str) -> list[Close]:

@@ -25,8 +25,12 @@ class Subscription:
     subscription has been given (by replay or live), so the live stream starts strictly after it:
     the seam between replay and live has no gap and no duplicate. ``live`` is False while the
     subscription is still being replayed from the log (relay/core/catchup.py holds the replay's
-    progress and sets ``after`` when it goes live); the router skips it until then.
-    ``coalesce_ms`` > 0 batches UPDATEs of one row within that window into one delivery.
+    progress and sets ``after`` when it goes live); the router does not deliver to it until then,
+    but while ``held`` is a list it appends there, in order, what it is sent (``delivery``) past
+    ``held_from`` (the router's head when holding began), up to the catch-up's bound, then gives up
+    holding (``held`` None). The catch-up then needs the log only up to ``held_from``: a replay
+    reaches a fixed target however fast the log grows (relay/core/catchup.py). ``coalesce_ms`` > 0
+    batches UPDATEs of one row within that window into one delivery.
     """
 
     id: str
@@ -37,6 +41,9 @@ class Subscription:
     after: int
     live: bool = False
     coalesce_ms: int = 0
+    held: list[Event] | None = None
+    held_from: int = 0
+    hold_max: int = 0
 
     def delivery(self, event: Event, user: str) -> Event | None:
         """What this subscription of ``user`` is sent for the event, or None: the event of its

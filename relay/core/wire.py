@@ -131,11 +131,23 @@ class V1:
         return PONG
 
     @staticmethod
-    def error(code: str, message: str, sub_id: str | None = None) -> str:
+    def error(
+        code: str, message: str, sub_id: str | None = None, request: str | None = None
+    ) -> str:
+        """A refused client message: ``request`` is its ``type`` (``subscribe``,
+        ``unsubscribe``...) when it had a known one, so a failed unsubscribe is told apart from a
+        failed subscribe of the same id."""
         frame: dict[str, object] = {"type": "error", "code": code, "message": message}
         if sub_id is not None:
             frame["id"] = sub_id
+        if request is not None:
+            frame["request"] = request
         return dumps(frame)
+
+    @staticmethod
+    def auth_ok(user: str, exp: float) -> str:
+        """A refresh ``auth`` was accepted: the connection now expires at ``exp``."""
+        return dumps({"type": "auth_ok", "user": user, "exp": int(exp)})
 
     # -- long-poll bodies -----------------------------------------------------------------------
 

@@ -123,10 +123,11 @@ def run_demo(settings: Settings, *, folder: Path = DEMO_DIR, simulate: bool = Tr
         secret = settings.jwt_secret or _secret(folder)
         settings = replace(settings, dsn=dsn, jwt_secret=secret, demo=True)
         url = f"http://{settings.host}:{settings.port}/"
-        print("\npgrelay demo")
-        print(f"  page:     {url}")
+        print("\npgrelay demo: each link opens a user's signed-in dashboard (open one in two tabs:")
+        print("they share one socket); the bare page asks for a link")
         for user in DEMO_USERS:
             print(f"  {user + ':':9} {url}?token={demo_token(user, secret)}")
+        print(f"  page:     {url}")
         print("  stop:     Ctrl-C\n", flush=True)
 
         async def main() -> None:

@@ -392,6 +392,9 @@ class Connection:
                     self.flush()
                 step = catchup.next(time.monotonic())  # Live: no await since the head check
             if isinstance(step, Live):
+                now = time.time()
+                for event in step.events:  # held while catching up: before anything live
+                    self.queue.offer(sub, event, now)
                 self.session.went_live(sub)
                 self.flush()
             elif isinstance(step, Reset):

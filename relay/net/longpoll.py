@@ -143,6 +143,8 @@ async def _poll(
             hub.metrics.resets.labels(step.reason).inc()
             return wire.poll_reset(step.reason, router.head)
         if isinstance(step, Live):
+            if step.events:  # held while catching up: the answer, without waiting
+                return wire.poll(list(step.events), step.after)
             return await _wait_live(router, target, step.after, deadline, wire)
         return wire.poll([], catchup.after)  # the page budget or the wait ran out
     except LogUnavailable:

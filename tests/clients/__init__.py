@@ -1,1 +1,1 @@
-"""Tests of the clients shipped beside the relay (clients/js)."""
+"""Tests of the clients shipped beside the relay (clients/js, clients/react)."""

@@ -1,14 +1,16 @@
-"""The JavaScript client (clients/js) against a real relay: runs its Node test suite."""
+"""The JavaScript packages (clients/js, clients/react) against a real relay: runs their Node
+test suites."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tests.support.node import node_tool, npm_ci
 from tests.support.paths import REPO
 from tests.support.processes import relay_process
 from tests.support.tokens import SECRET
@@ -16,39 +18,15 @@ from tests.support.tokens import SECRET
 pytestmark = pytest.mark.pg
 
 JS_DIR = REPO / "clients" / "js"
+REACT_DIR = REPO / "clients" / "react"
 
 
-def _tool(name: str) -> str:
-    """The path of a Node tool; missing fails under CI and skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not on PATH: the JavaScript client cannot be tested"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def _npm_ci() -> None:
-    """Installs the client's dev dependencies from its lock file, once."""
-    if (JS_DIR / "node_modules").is_dir():
-        return
-    result = subprocess.run(
-        [_tool("npm"), "ci", "--no-audit", "--no-fund"],
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
-
-
-@pytest.mark.timeout(420)
-def test_js_client_suite_passes_against_a_real_relay(relay_db: str) -> None:
-    """`node --test clients/js/test/` passes with RELAY_URL pointing at a live relay."""
-    node = _tool("node")
-    _npm_ci()
+def _suite_passes(relay_db: str, folder: Path) -> None:
+    """`npm test` in `folder` passes with RELAY_URL pointing at a live relay."""
+    npm = node_tool("npm")
+    node_tool("node")
+    npm_ci(JS_DIR)  # clients/react's tests use clients/js's test helpers, and `ws` with them
+    npm_ci(folder)
     with relay_process(relay_db) as relay:
         env = {
             **os.environ,
@@ -58,8 +36,8 @@ def test_js_client_suite_passes_against_a_real_relay(relay_db: str) -> None:
             "RELAY_PYTHON": sys.executable,
         }
         result = subprocess.run(
-            [node, "--test", "test/"],
-            cwd=JS_DIR,
+            [npm, "test", "--silent"],
+            cwd=folder,
             env=env,
             capture_output=True,
             text=True,
@@ -67,6 +45,18 @@ def test_js_client_suite_passes_against_a_real_relay(relay_db: str) -> None:
             check=False,
         )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"node --test failed:\n{output}"
+    assert result.returncode == 0, f"npm test failed in {folder.name}:\n{output}"
     assert "# fail 0" in output, output
     assert "RELAY_URL is not set" not in output, output  # the relay tests really ran
+
+
+@pytest.mark.timeout(420)
+def test_js_client_suite_passes_against_a_real_relay(relay_db: str) -> None:
+    """`npm test` in clients/js (node --test) passes against a live relay."""
+    _suite_passes(relay_db, JS_DIR)
+
+
+@pytest.mark.timeout(420)
+def test_react_bindings_suite_passes_against_a_real_relay(relay_db: str) -> None:
+    """`npm test` in clients/react (component tests in happy-dom) passes against a live relay."""
+    _suite_passes(relay_db, REACT_DIR)

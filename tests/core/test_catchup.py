@@ -55,9 +55,9 @@ def test_a_cursor_at_the_head_goes_live_at_once() -> None:
 
 
 def test_pages_run_to_the_head_then_live_with_no_gap_and_no_duplicate() -> None:
-    """Each page reads after the last one up to the head as it is then; live starts after it."""
+    """Without holding, each page reads up to the head as it is then; live starts after it."""
     router, target, sub = registered(10, ops=["INSERT"])
-    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2, hold=0)
     assert ReadPage(5, 10, 2) == catchup.start(state(10), 0)
     page = ReplayPage([make_event(6), make_event(7, op="UPDATE"), make_event(9)], scanned_to=9)
     assert [6, 9] == [event.pos for event in catchup.feed(page)]  # the op it does not want: out
@@ -67,6 +67,45 @@ def test_pages_run_to_the_head_then_live_with_no_gap_and_no_duplicate() -> None:
     assert Live(11) == catchup.next(0)
     router.route(make_event(12), 0.0)
     assert ([("s", 12)], 12) == (target.received, sub.after)
+
+
+def test_events_routed_while_catching_up_are_held_and_handed_over_when_live() -> None:
+    """The log is read up to the head at the start only; what is routed meanwhile is held (the
+    events the subscription wants, in order) and handed over in the step that goes live."""
+    router, target, sub = registered(10, ops=["INSERT"])
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=2)
+    assert ReadPage(5, 10, 2) == catchup.start(state(10), 0)
+    assert [6] == [e.pos for e in catchup.feed(ReplayPage([make_event(6)], scanned_to=8))]
+    router.route(make_event(11), 0.0)
+    router.route(make_event(12, op="UPDATE"), 0.0)  # not wanted: not held
+    router.route(make_event(13), 0.0)
+    assert ReadPage(8, 10, 2) == catchup.next(0)  # the target stays where holding began
+    assert [] == catchup.feed(ReplayPage([], scanned_to=10))
+    step = catchup.next(0)
+    assert isinstance(step, Live)
+    assert (13, [11, 13]) == (step.after, [e.pos for e in step.events])
+    assert ([], True, 13, None) == (target.received, sub.live, sub.after, sub.held)
+    router.route(make_event(14), 0.0)
+    assert [("s", 14)] == target.received
+
+
+def test_holding_past_its_bound_moves_the_target_once() -> None:
+    """More events than the bound arrive before the target is read: holding starts again from
+    the head of that moment, and the dropped events are read from the log instead."""
+    router, target, sub = registered(10)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=10, hold=2)
+    assert ReadPage(5, 10, 10) == catchup.start(state(10), 0)
+    for pos in (11, 12, 13):  # the third passes the bound
+        router.route(make_event(pos), 0.0)
+    assert sub.held is None
+    catchup.feed(ReplayPage([], scanned_to=10))
+    assert ReadPage(10, 13, 10) == catchup.next(0)
+    router.route(make_event(14), 0.0)
+    assert [11, 12, 13] == [e.pos for e in catchup.feed(ReplayPage(
+        [make_event(11), make_event(12), make_event(13)], scanned_to=13))]  # fmt: skip
+    step = catchup.next(0)
+    assert isinstance(step, Live)
+    assert (14, [14]) == (step.after, [e.pos for e in step.events])
 
 
 def test_events_at_or_before_the_cursor_are_not_handed_over() -> None:
@@ -111,4 +150,4 @@ def test_a_subscription_that_is_no_longer_pending_is_gone(how: str) -> None:
         router.remove(target)
     assert (False, Gone(), Gone()) == (catchup.pending(), catchup.start(state(10), 0),
                                        catchup.next(0))  # fmt: skip
-    assert not sub.live
+    assert (False, None) == (sub.live, sub.held)

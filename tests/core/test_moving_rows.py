@@ -314,7 +314,7 @@ class World:
                                after=view.after, live=False)  # fmt: skip
             self.router.subscribe(client, sub)
             catchup = Catchup(self.router, client, sub, Cursor(EPOCH, view.after),
-                              limit=self.rng.randint(1, 40))  # fmt: skip
+                              limit=self.rng.randint(1, 40), hold=self.rng.choice((None, 0, 2)))  # fmt: skip
             state = LogState(EPOCH, self.router.head, 0, notify=True)
             step = catchup.start(state, 0.0)
             while isinstance(step, ReadPage):
@@ -327,6 +327,8 @@ class World:
                     self.write()  # routed while the catch-up is between pages
                 step = catchup.next(0.0)
             assert isinstance(step, Live)
+            for form in step.events:  # held while catching up: routed between the pages
+                view.apply(client.user, form, not self.db.log[form.pos - 1].truncated)
             view.after = step.after
 
 

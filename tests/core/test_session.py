@@ -185,11 +185,12 @@ def test_subscribe_since_replays_then_goes_live_with_no_gap() -> None:
     assert [Replay] == [type(a) for a in actions]
     sub, replay = actions[0].sub, catchup(session, actions[0])
     assert ReadPage(7, 10, 100) == replay.start(state(10), NOW)
-    router.route(event(11), NOW)  # live while replaying: not delivered yet
+    router.route(event(11), NOW)  # live while replaying: held for the replay, not delivered
     queue_replayed(session, sub, replay.feed(ReplayPage([event(8), event(9)], 10)))
-    assert ReadPage(10, 11, 100) == replay.next(NOW)  # the head moved to 11
-    queue_replayed(session, sub, replay.feed(ReplayPage([event(11)], 11)))
-    assert Live(11) == replay.next(NOW)
+    step = replay.next(NOW)
+    assert isinstance(step, Live)
+    assert (11, [11]) == (step.after, [e.pos for e in step.events])
+    queue_replayed(session, sub, list(step.events))
     session.went_live(sub)
     router.route(event(12), NOW)
     assert [("event", 8), ("event", 9), ("event", 11), ("subscribed", 11), ("event", 12)] == [
@@ -265,6 +266,28 @@ def test_bad_requests_get_an_error_frame_that_can_be_sent(
     assert code == json.loads(raw[0])["code"]
 
 
+def test_a_failed_unsubscribe_is_told_apart_from_a_failed_subscribe_of_the_same_id() -> None:
+    """Error frames name the refused request: a stale unsubscribe of id s is not s's subscribe failing."""
+    session = authed()
+    send(session, {"type": "subscribe", "id": "s", "table": "nope"})
+    send(session, {"type": "unsubscribe", "id": "s"})
+    send(session, {"type": "what"})
+    assert [
+        ("subscribe", "unknown_table", "s"),
+        ("unsubscribe", "bad_message", "s"),
+        (None, "bad_message", None),
+    ] == [(f.get("request"), f["code"], f.get("id")) for f in frames(session)]
+
+
+def test_a_refresh_is_acknowledged_with_its_expiry() -> None:
+    """A refresh auth is answered auth_ok with the user and the new token's exp (old clients ignore it)."""
+    session = authed()
+    refreshed = token(ttl=6000)
+    assert [] == send(session, {"type": "auth", "token": refreshed})
+    exp = int(jwt.decode(refreshed, options={"verify_signature": False})["exp"])
+    assert [{"type": "auth_ok", "user": "alice", "exp": exp}] == frames(session)
+
+
 def test_filter_on_a_key_column_outside_the_whitelist_is_accepted() -> None:
     """Events always carry the key, so a filter may name a key column the whitelist leaves out."""
     tables = {("public", "items"): frozenset({"k", "v"})}
@@ -282,9 +305,12 @@ def test_too_many_subscriptions_is_refused_with_its_code() -> None:
     session.limits = type(session.limits)(max_subscriptions=2, auth_timeout=5)
     for i in range(3):
         send(session, {"type": "subscribe", "id": f"s{i}", "table": "thumbnails"})
-    assert {"type": "error", "code": "too_many_subscriptions", "id": "s2"} == {
-        k: v for k, v in frames(session)[-1].items() if k != "message"
-    }
+    assert {
+        "type": "error",
+        "code": "too_many_subscriptions",
+        "id": "s2",
+        "request": "subscribe",
+    } == {k: v for k, v in frames(session)[-1].items() if k != "message"}
 
 
 def test_a_flood_of_bad_frames_closes_with_1008() -> None:

@@ -116,11 +116,11 @@ def alive(pid: int) -> bool:
 def test_demo_with_dsn_prints_links_serves_the_page_and_stops_on_ctrl_c(
     relay_db: str, tmp_path: Path
 ) -> None:
-    """With --dsn: the page URL and a token URL per user, a working page and state, exit 0 on SIGINT."""
+    """With --dsn: first a signed-in link per user, then the page URL; a working page and state, exit 0 on SIGINT."""
     with demo(tmp_path, "--dsn", relay_db) as run:
         links = run.links(timeout=30)
         page = f"http://127.0.0.1:{run.port}/"
-        assert ["page", "alice", "bob", "stop"] == list(links)
+        assert ["alice", "bob", "page", "stop"] == list(links)
         assert page == links["page"]
         secret = (tmp_path / ".relay-demo" / "jwt-secret").read_text().strip()
         for user in ("alice", "bob"):

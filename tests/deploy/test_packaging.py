@@ -25,7 +25,8 @@ def build_stage_sources() -> list[str]:
 
 def test_wheel_builds_from_the_image_build_context_with_its_data(tmp_path: Path) -> None:
     """Only what the Dockerfile copies is enough to build the wheel, and the wheel has the SQL,
-    the browser client and the demo page (no network: the venv's setuptools, no isolation)."""
+    every module of the browser client and the demo page (no network: the venv's setuptools,
+    no isolation)."""
     context = tmp_path / "context"
     for source in build_stage_sources():
         target = context / source
@@ -47,6 +48,9 @@ def test_wheel_builds_from_the_image_build_context_with_its_data(tmp_path: Path)
         "relay/demo/static/demo.html",
         "pgrelay-0.1.0.data/data/share/pgrelay/sql/install.sql",
         "pgrelay-0.1.0.data/data/share/pgrelay/sql/uninstall.sql",
-        "pgrelay-0.1.0.data/data/share/pgrelay/client/client.js",
+    }
+    expected |= {  # every module of the browser client: client.js imports them
+        f"pgrelay-0.1.0.data/data/share/pgrelay/client/{module.name}"
+        for module in (REPO / "clients" / "js" / "src").glob("*.js")
     }
     assert expected <= names, sorted(expected - names)

@@ -126,6 +126,7 @@ def test_subscribe_past_the_filter_budget_is_refused_with_its_own_code() -> None
         "id": "c",
         "message": f"this filter needs about {cost} bytes and this connection's filters hold "
         f"{2 * cost} of {2 * cost} (RELAY_MAX_FILTER_BYTES): use fewer or smaller filters",
+        "request": "subscribe",
     } == sent[-1]
     assert ["filter_bytes"] == limits
     send(session, {"type": "subscribe", "id": "d", "table": "thumbnails"})  # no filter: free

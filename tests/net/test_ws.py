@@ -283,7 +283,14 @@ def test_token_refresh_extends_the_session_and_expiry_closes_it(relay: RelayProc
     client = Client(relay.url)
     client.send({"type": "auth", "token": token("alice", ttl=1)})
     client.ready()
-    client.send({"type": "auth", "token": token("alice", ttl=8)})
+    refreshed = token("alice", ttl=8)
+    client.send({"type": "auth", "token": refreshed})
+    ack = client.expect("auth_ok")
+    assert {
+        "type": "auth_ok",
+        "user": "alice",
+        "exp": int(jwt.decode(refreshed, options={"verify_signature": False})["exp"]),
+    } == ack
     time.sleep(1 + 5 + 1)  # past the first token's expiry and the leeway
     client.send({"type": "ping"})
     client.expect("pong")

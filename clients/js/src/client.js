@@ -4,10 +4,18 @@
  *
  * Nothing is queued for later sending: a subscription is (re)sent from the subscription table
  * each time a connection becomes ready, so what is buffered is bounded by what the app holds.
+ *
+ * In a browser with Web Locks and BroadcastChannel, the tabs of one user share one such client
+ * (shared.js): createClient returns a tab's view of it, with the same interface.
  */
 
 import { backoffDelay } from './backoff.js';
+import { RelayError } from './errors.js';
+import { createSharedClient, sharing } from './shared.js';
+import { timerFactory } from './timers.js';
 import { MAX_TIMER_MS, refreshDelay, tokenExpiry } from './token.js';
+
+export { RelayError };
 
 const WS_PATH = '/v1/ws';
 const POLL_PATH = '/v1/poll';
@@ -16,16 +24,6 @@ const CLOSE_AUTH = 4001; // the relay refused or timed out the token
 const CLOSE_CLIENT = 4000; // our own closes (ping timeout, token provider failed)
 const MAX_POLL_WAIT_S = 25;
 const QUICK_POLL_MS = 1000; // an empty answer faster than this waits this long before the next
-
-/** An error reported by the relay or by the client; `code` is short and stable. */
-export class RelayError extends Error {
-  constructor(code, message, { reason, cause } = {}) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.name = 'RelayError';
-    this.code = code;
-    if (reason !== undefined) this.reason = reason;
-  }
-}
 
 /** The websocket and long-poll endpoints under a base URL (http(s) or ws(s), any path prefix). */
 export function endpoints(url, pollUrl) {
@@ -45,7 +43,23 @@ export function endpoints(url, pollUrl) {
   };
 }
 
+/** A client: shared by the tabs of one user where the browser allows (option shareTabs), else
+ * one socket of its own. */
 export function createClient(options) {
+  const { url, token } = options ?? {};
+  if (typeof url !== 'string' || !url) throw new TypeError('createClient: url is required');
+  if (typeof token !== 'function') throw new TypeError('createClient: token must be a function');
+  const given = (name) => (options[name] === undefined ? globalThis[name] : options[name]);
+  if (!given('WebSocket') && !given('fetch')) {
+    throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
+  }
+  const apis = sharing(options);
+  if (apis !== null) return createSharedClient(options, apis, createSocketClient);
+  return createSocketClient(options);
+}
+
+/** A client with one websocket (or long-polls) of its own. */
+function createSocketClient(options) {
   const {
     url,
     token,
@@ -67,11 +81,6 @@ export function createClient(options) {
     timers = globalThis,
     now = Date.now,
   } = options ?? {};
-  if (typeof url !== 'string' || !url) throw new TypeError('createClient: url is required');
-  if (typeof token !== 'function') throw new TypeError('createClient: token must be a function');
-  if (!WS && !fetchImpl) {
-    throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
-  }
   const backoffOptions = {
     initialMs: backoff?.initialMs ?? 500,
     capMs: backoff?.capMs ?? 30_000,
@@ -85,6 +94,8 @@ export function createClient(options) {
   let nextId = 1;
 
   let state = 'connecting';
+  const watchers = new Set(); // watchState listeners
+  let lastEventAt = null; // when an event was last handed to a subscription
   let closed = false;
   let everLive = false; // a connection got ready (or a poll answered) at least once
   let mode = WS ? 'ws' : 'poll';
@@ -115,6 +126,7 @@ export function createClient(options) {
     if (next === state) return;
     state = next;
     call(onState, next);
+    for (const listener of [...watchers]) call(listener, next);
   }
 
   function report(error) {
@@ -306,8 +318,9 @@ export function createClient(options) {
         if (sub) deliverReset(sub, frame.reason, frame.cursor);
         return;
       case 'error':
-        if (frame.id !== undefined) {
-          // Only a subscribe is answered with an error naming an id: that subscription failed.
+        if (frame.id !== undefined && frame.request !== 'unsubscribe') {
+          // A refused subscribe names its id: that subscription failed. (A refused unsubscribe
+          // names the id too, with request 'unsubscribe': never a live subscription's failure.)
           if (sub) endSubscription(sub, new RelayError(frame.code, frame.message));
         } else {
           report(new RelayError(frame.code, frame.message));
@@ -316,7 +329,7 @@ export function createClient(options) {
       case 'ready':
         onReady();
         return;
-      default: // pong, unsubscribed: nothing to do beyond counting as a sign of life
+      default: // pong, unsubscribed, auth_ok: nothing to do beyond counting as a sign of life
     }
   }
 
@@ -542,6 +555,7 @@ export function createClient(options) {
 
   function deliverEvent(sub, event) {
     if (typeof event?.cursor === 'string') sub.cursor = event.cursor;
+    lastEventAt = now();
     call(sub.handlers.onEvent, event);
   }
 
@@ -631,6 +645,7 @@ export function createClient(options) {
     events?.removeEventListener('offline', onOffline);
     doc?.removeEventListener('visibilitychange', onVisibility);
     setState('closed');
+    watchers.clear();
   }
 
   if (mode === 'poll') startPolling();
@@ -644,44 +659,14 @@ export function createClient(options) {
     get state() {
       return state;
     },
+    get lastEventAt() {
+      return lastEventAt;
+    },
+    /** Calls listener(state) on every change of state; returns the function that stops it. */
+    watchState(listener) {
+      watchers.add(listener);
+      return () => watchers.delete(listener);
+    },
+    tabRole: 'solo',
   };
-}
-
-/** Timers that remember which are pending, so close() can clear every one of them. */
-function timerFactory(impl) {
-  // Called as plain functions: a browser's setTimeout refuses another `this` than window.
-  const setTimer = impl.setTimeout;
-  const clearTimer = impl.clearTimeout;
-  const pending = new Set();
-  function timer() {
-    let handle = null;
-    const t = {
-      set(ms, fn) {
-        t.clear();
-        const delay = Math.min(MAX_TIMER_MS, Math.max(0, ms));
-        const h = setTimer(() => {
-          if (handle !== h) return;
-          handle = null;
-          pending.delete(t);
-          fn();
-        }, delay);
-        handle = h;
-        pending.add(t);
-      },
-      clear() {
-        if (handle === null) return;
-        clearTimer(handle);
-        handle = null;
-        pending.delete(t);
-      },
-      get pending() {
-        return handle !== null;
-      },
-    };
-    return t;
-  }
-  timer.clearAll = () => {
-    for (const t of [...pending]) t.clear();
-  };
-  return timer;
 }

@@ -1,7 +1,7 @@
 /**
- * Token expiry, read from the JWT itself: the payload's `exp` (seconds since the epoch).
- * The signature is not checked: the relay does that; the client only needs to know when to ask
- * its token provider for a new one.
+ * Token expiry and user, read from the JWT itself: the payload's `exp` (seconds since the epoch)
+ * and `sub`. The signature is not checked: the relay does that; the client only needs to know
+ * when to ask its token provider for a new one, and which tabs may share a socket.
  */
 
 /** setTimeout's largest delay (about 24.8 days); longer ones fire at once in browsers. */
@@ -13,17 +13,28 @@ export const MIN_REFRESH_MS = 1000;
 
 /** The token's `exp` in milliseconds since the epoch, or null when it has none or is no JWT. */
 export function tokenExpiry(token) {
+  const exp = claims(token)?.exp;
+  return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : null;
+}
+
+/** The token's user (`sub`), or null when it has none or is no JWT. Tabs share a socket only
+ * with tabs of the same user. */
+export function tokenSubject(token) {
+  const sub = claims(token)?.sub;
+  return typeof sub === 'string' && sub ? sub : null;
+}
+
+/** The JWT's payload, not verified, or null. */
+function claims(token) {
   if (typeof token !== 'string') return null;
   const parts = token.split('.');
   if (parts.length !== 3) return null;
-  let payload;
   try {
-    payload = JSON.parse(base64UrlDecode(parts[1]));
+    const payload = JSON.parse(base64UrlDecode(parts[1]));
+    return payload !== null && typeof payload === 'object' ? payload : null;
   } catch {
     return null;
   }
-  const exp = payload !== null && typeof payload === 'object' ? payload.exp : undefined;
-  return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : null;
 }
 
 /**

@@ -35,6 +35,19 @@ export async function sql(...statements) {
   await run(python, ['-c', WRITE, process.env.RELAY_DSN ?? '', ...statements]);
 }
 
+const READ = [
+  'import json, sys, psycopg',
+  'with psycopg.connect(sys.argv[1]) as conn:',
+  '    print(json.dumps([list(r) for r in conn.execute(sys.argv[2]).fetchall()], default=str))',
+].join('\n');
+
+/** The rows of one query in the relayed database, each as an array of its values. */
+export async function rows(statement) {
+  const python = process.env.RELAY_PYTHON || 'python3';
+  const { stdout } = await run(python, ['-c', READ, process.env.RELAY_DSN ?? '', statement]);
+  return JSON.parse(stdout);
+}
+
 export function addThumbnail(user, title, project = 'p1') {
   const q = (s) => `'${s.replace(/'/g, "''")}'`;
   return `INSERT INTO thumbnails (user_id, project_id, title) VALUES (${q(user)}, ${q(project)}, ${q(title)})`;

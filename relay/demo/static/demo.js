@@ -17,6 +17,13 @@ const STATE_LABELS = {
   closed: 'Offline',
 };
 
+const TAB_LABELS = {
+  leader: 'this tab, shared',
+  follower: 'another tab’s',
+  solo: 'this tab’s own',
+  joining: 'joining',
+};
+
 const $ = (selector) => document.querySelector(selector);
 const token = new URLSearchParams(location.search).get('token');
 
@@ -69,7 +76,7 @@ function toast(message) {
 
 function showNotice(title, text) {
   $('#app').hidden = true;
-  for (const chip of ['#user', '#latency', '#status']) $(chip).hidden = true;
+  for (const chip of ['#user', '#tab', '#latency', '#status']) $(chip).hidden = true;
   const notice = $('#notice');
   notice.querySelector('.title').textContent = title;
   notice.querySelector('.text').textContent = text;
@@ -80,6 +87,20 @@ function showState(state) {
   const node = $('#status');
   node.dataset.state = state;
   node.querySelector('.label').textContent = STATE_LABELS[state] ?? state;
+}
+
+/** Which tab holds the websocket, and how old the last event is (the Live indicator's title). */
+function showSharing() {
+  if (!client) return;
+  const role = client.tabRole;
+  const node = $('#tab');
+  node.hidden = role === 'closed';
+  node.dataset.role = role;
+  node.querySelector('b').textContent = TAB_LABELS[role] ?? role;
+  const at = client.lastEventAt;
+  $('#status').title = at === null
+    ? 'No event yet'
+    : `Last event ${Math.max(0, Math.round((Date.now() - at) / 1000))} s ago`;
 }
 
 function showLatency(event) {
@@ -334,15 +355,22 @@ if (!token) {
   );
 } else {
   $('#app').hidden = false;
+  // Tabs of one user share one websocket (the client's default where the browser has Web Locks
+  // and BroadcastChannel): open this link twice and the relay sees one connection.
   client = createClient({
     url: location.origin,
     token: () => token,
-    onState: showState,
+    onState: (state) => {
+      showState(state);
+      showSharing();
+    },
     onError: (error) => {
       if (error.code === 'auth_refused') refused();
     },
   });
   showState(client.state);
+  showSharing();
+  setInterval(showSharing, 1000);
   const confirmed = new Set();
   const subscribed = (table) => () => {
     if (confirmed.has(table)) return;
