@@ -170,7 +170,7 @@ class Session:
                 return []
             raise ProtocolError("bad_message", f"unknown message type {short(kind)}")
         except ProtocolError as exc:
-            return self._error(exc, kind if kind in REQUESTS else None)
+            return self._error(exc, kind if isinstance(kind, str) and kind in REQUESTS else None)
 
     def receive_binary(self) -> Sequence[Action]:
         """A binary frame: protocol v1 is JSON text only."""
