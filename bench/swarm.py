@@ -105,8 +105,8 @@ class Client(asyncio.Protocol):
         for event in protocol.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
-                    assert isinstance(event.data, bytes)  # frames parsed from the wire are bytes
-                    self._on_text(event.data, now)
+                    # websockets hands parsed frames over as bytes or bytearray (by version)
+                    self._on_text(bytes(event.data), now)
             elif isinstance(event, Response):
                 if protocol.handshake_exc is not None:
                     self._fail(protocol.handshake_exc)
