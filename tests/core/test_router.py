@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -92,9 +92,14 @@ class CountingAudience(frozenset[str]):
         type(self).probed += 1
         return super().__contains__(item)
 
+    def isdisjoint(self, other: Iterable[object]) -> bool:
+        type(self).probed += 1  # the decision's probe with a connection's keys (one call)
+        return super().isdisjoint(other)
+
 
 def test_routing_walks_the_smaller_side() -> None:
-    """A big audience is probed once per connected user; a small one is iterated, not probed."""
+    """A big audience is probed once per connected user; a small one is iterated instead. The
+    decision (relay/core/moves.py) probes it once more per subscription it delivers to."""
     router = Router()
     for i in range(3):
         connect(router, f"u{i}", f"c{i}", make_sub())
@@ -102,14 +107,14 @@ def test_routing_walks_the_smaller_side() -> None:
     big = CountingAudience(f"u{i}" for i in range(1_000))
     event = replace(make_event(1), audience=big)
     assert 3 == router.route(event, 0.0).delivered
-    assert (0, 3) == (CountingAudience.iterated, CountingAudience.probed)
+    assert (0, 3 + 3) == (CountingAudience.iterated, CountingAudience.probed)
 
     for i in range(3, 1_000):
         connect(router, f"u{i}", f"c{i}", make_sub())
     CountingAudience.iterated = CountingAudience.probed = 0
     small = CountingAudience({"u7", "nobody"})
     assert 1 == router.route(replace(make_event(2), audience=small), 0.0).delivered
-    assert (1, 0) == (CountingAudience.iterated, CountingAudience.probed)
+    assert (1, 0 + 1) == (CountingAudience.iterated, CountingAudience.probed)
 
 
 # --- matching ------------------------------------------------------------------------------

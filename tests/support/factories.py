@@ -25,10 +25,20 @@ def make_event(
     pk: Mapping[str, JSONValue] | None = None,
     row: Mapping[str, JSONValue] | None = None,
     truncated: bool = False,
+    old_key: Mapping[str, JSONValue] | None = None,
+    old_values: Mapping[str, JSONValue] | None = None,
+    old_audience: Iterable[str] | None = None,
 ) -> Event:
-    """An event at ``pos``; pk defaults to {"id": pos}, row to the pk, row is None if truncated."""
+    """An event at ``pos``; pk defaults to {"id": pos}, row to the pk, row is None if truncated;
+    old_key (UPDATE, DELETE) to the pk. An UPDATE's ``changed`` lists its ``old_values`` when
+    given (else every column of the row); a truncated UPDATE carries no old values."""
     key = dict(pk) if pk is not None else {"id": pos}
     values = None if truncated else (dict(row) if row is not None else dict(key))
+    before = None if truncated or old_values is None else dict(old_values)
+    if op != "UPDATE" or values is None:
+        changed: tuple[str, ...] = ()
+    else:
+        changed = tuple(sorted(values if before is None else before))
     return Event(
         pos=pos,
         schema=schema,
@@ -36,11 +46,13 @@ def make_event(
         op=op,
         pk=key,
         row=values,
-        old_key=dict(key) if op != "INSERT" else None,
-        changed=tuple(sorted(values)) if op == "UPDATE" and values is not None else (),
+        old_key=(dict(old_key) if old_key is not None else dict(key)) if op != "INSERT" else None,
+        changed=changed,
         audience=frozenset(audience),
         committed_at=COMMITTED_AT,
         truncated=truncated,
+        old_values=before,
+        old_audience=None if old_audience is None else frozenset(old_audience),
     )
 
 
