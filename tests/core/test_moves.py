@@ -11,6 +11,7 @@ import pytest
 from relay.core.events import Event, Op
 from relay.core.filters import RowFilter
 from relay.core.moves import seen_as
+from relay.core.subscription import ANY_TABLE
 from relay.core.wire import V1
 from tests.support.factories import make_event, make_sub
 
@@ -177,3 +178,85 @@ def test_pk_column_the_row_does_not_carry_is_checked_against_the_old_key() -> No
                        old_values={"v": 0})  # fmt: skip
     assert "moved out" == kind(seen_as(event, ("alice",), RowFilter.parse({"id": 1})), event)
     assert "moved in" == kind(seen_as(event, ("alice",), RowFilter.parse({"id": 2})), event)
+
+
+# --- audience keys (relay/core/audience.py) and the filter engine's comparisons ---------------
+
+BOB = ("bob", "role:authenticated")  # a signed-in user's keys
+ANON = ("role:anon",)  # an anonymous visitor's
+
+
+@pytest.mark.parametrize(
+    ("old_audience", "audience", "keys", "expected"),
+    [
+        (("role:authenticated",), ("alice",), BOB, "moved out"),  # left by the role key
+        (("alice",), ("role:authenticated",), BOB, "moved in"),  # entered by the role key
+        (("bob",), ("role:authenticated",), BOB, "as is"),  # in both, by different keys
+        (("alice", "role:anon"), ("alice",), ANON, "moved out"),  # public made private
+        (("alice",), ("alice", "role:anon"), ANON, "moved in"),
+        (("alice", "role:anon"), ("alice",), BOB, "nothing"),  # in neither by any key
+    ],
+)
+def test_audience_membership_is_any_key_of_the_connection(
+    old_audience: tuple[str, ...], audience: tuple[str, ...], keys: tuple[str, ...], expected: str
+) -> None:
+    """A subscriber is in an audience when any of its keys (user id, role keys) is: one in the
+    old audience by a role key and in the new by none gets the move-out."""
+    event = moved_project(audience=audience, old_audience=old_audience)
+    assert expected == kind(seen_as(event, keys, ANY), event)
+
+
+@pytest.mark.parametrize(
+    ("condition", "old", "new", "expected"),
+    [
+        ({"budget": {"gt": 10}}, 20, 5, "moved out"),
+        ({"budget": {"gt": 10}}, 5, 20, "moved in"),
+        ({"budget": {"gt": 10}}, 11, 20, "as is"),
+        ({"budget": {"gt": 10}}, 1, 2, "nothing"),
+        ({"budget": {"gte": 10, "lt": 20}}, 10, 20, "moved out"),
+        ({"budget": {"neq": 5}}, 5, 6, "moved in"),
+        ({"budget": {"not": {"in": [1, 2]}}}, 3, 2, "moved out"),
+        ({"budget": {"gt": 10}}, None, 20, "moved in"),  # null satisfies no comparison
+        ({"budget": {"not": {"gt": 10}}}, 5, None, "moved out"),  # nor its negation
+        ({"project": "p1", "budget": {"lt": 10}}, 5, 50, "moved out"),  # clause kept, condition not
+    ],
+)
+def test_comparisons_decide_from_the_old_row(
+    condition: dict[str, Any], old: object, new: object, expected: str
+) -> None:
+    """matched_before checks every operator on the old row (the new values patched with the old
+    ones), so a value crossing a bound moves the row out or in."""
+    event = moved_project(row={"id": 7, "project": "p1", "budget": new}, old_values={"budget": old})
+    assert expected == kind(seen_as(event, ("alice",), RowFilter.parse(condition)), event)
+
+
+def test_comparison_on_a_key_column_uses_the_old_key() -> None:
+    """A comparison on a key column the row does not carry: the old key before, the new after;
+    on a truncated UPDATE too."""
+    for truncated in (False, True):
+        event = make_event(9, op="UPDATE", pk={"id": 12}, old_key={"id": 8}, row={"v": 1},
+                           old_values={"v": 0}, truncated=truncated)  # fmt: skip
+        assert "moved in" == kind(seen_as(event, ("alice",), RowFilter.parse({"id": {"gt": 10}})),
+                                  event)  # fmt: skip
+        assert "moved out" == kind(seen_as(event, ("alice",), RowFilter.parse({"id": {"lt": 10}})),
+                                   event)  # fmt: skip
+
+
+def test_a_filter_of_comparisons_only_is_not_skipped_as_empty() -> None:
+    """The shortcut for an unchanged audience and no filter does not take a filter whose only
+    conditions are comparisons (no equality clause)."""
+    event = moved_project(row={"id": 7, "project": "p1", "budget": 5}, old_values={"budget": 50})
+    assert event.moved_out() is seen_as(event, ("alice",), RowFilter.parse({"budget": {"gt": 9}}))
+
+
+def test_delivery_honours_any_table_and_the_schema() -> None:
+    """An ANY_TABLE subscription is sent the move-out of a row of any table of its schema (every
+    schema when it names none), never of another schema's."""
+    event = moved_project(audience=("bob",), old_audience=("alice",))
+    assert event.moved_out() is make_sub(table=ANY_TABLE).delivery(event, ("alice",))
+    assert event.moved_out() is make_sub(table=ANY_TABLE, schema="public").delivery(
+        event, ("alice",)
+    )
+    assert make_sub(table=ANY_TABLE, schema="private").delivery(event, ("alice",)) is None
+    assert make_sub(table="items", schema="private").delivery(event, ("alice",)) is None
+    assert event.moved_in() is make_sub(table=ANY_TABLE).delivery(event, ("bob",))

@@ -433,3 +433,33 @@ def test_a_catching_up_subscription_under_two_keys_holds_an_event_once() -> None
     keyed(router, "alice", "c1", ["alice", "role:authenticated"], sub)
     router.route(make_event(1, audience=["alice", "role:authenticated"]), 0.0)
     assert [1] == [event.pos for event in sub.held]
+
+
+def test_a_connection_in_the_old_audience_by_a_role_key_gets_the_move_out() -> None:
+    """An UPDATE taking a public row private: a connection reached only by its role key is
+    routed the move-out (the old audience is walked too); the owner the UPDATE; a connection
+    held under two keys of the old audience is offered it once."""
+    router = Router()
+    anon = keyed(router, "", "c1", ["role:anon"], make_sub())
+    bob = keyed(router, "bob", "c2", ["bob", "role:authenticated"], make_sub())
+    owner = keyed(router, "alice", "c3", ["alice", "role:authenticated"], make_sub())
+    event = make_event(1, op="UPDATE", row={"id": 1, "title": "secret"}, old_values={"title": "x"},
+                       audience=["alice"], old_audience=["alice", "role:anon", "role:authenticated",
+                                                         "bob"])  # fmt: skip
+    assert 3 == router.route(event, 0.0).delivered
+    assert [("s1", 1)] == anon.received == bob.received == owner.received
+    assert event.moved_out() is anon.events[0] is bob.events[0]
+    assert event is owner.events[0]
+
+
+def test_a_catching_up_subscription_holds_the_form_it_is_sent() -> None:
+    """While catching up, the router holds the move-out (not the UPDATE) for a connection only
+    in the old audience, once though two of its keys are in it."""
+    router = Router()
+    sub = make_sub(live=False)
+    sub.held, sub.hold_max = [], 10
+    keyed(router, "bob", "c1", ["bob", "role:authenticated"], sub)
+    event = make_event(1, op="UPDATE", old_values={}, audience=["alice"],
+                       old_audience=["bob", "role:authenticated"])  # fmt: skip
+    router.route(event, 0.0)
+    assert [event.moved_out()] == sub.held

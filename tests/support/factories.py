@@ -80,16 +80,18 @@ def make_sub(
 
 @dataclass(eq=False)
 class RecordingTarget:
-    """A connection that records every offer as (sub id, event position); with ``writes`` it
-    says each was written at once, else that it was queued."""
+    """A connection that records every offer as (sub id, event position), and the form offered
+    (``events``); with ``writes`` it says each was written at once, else that it was queued."""
 
     user: str
     conn_id: str
     received: list[tuple[str, int]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     writes: bool = False
+    events: list[Event] = field(default_factory=list)
 
     def offer(self, sub: Subscription, event: Event, now: float) -> bool:
         self.received.append((sub.id, event.pos))
+        self.events.append(event)
         self.times.append(now)
         return self.writes
