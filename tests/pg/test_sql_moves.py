@@ -4,13 +4,16 @@ index on it; the upgrade from version 3."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
 import pytest
 
+from relay.core.events import OPS
+from relay.core.filters import RowFilter
 from relay.ops.datafiles import install_script, uninstall_script
-from relay.pg.queries import SCHEMA_VERSION
+from relay.pg.queries import SCHEMA_VERSION, replay_query
 from tests.pg.test_sql import catalog_fingerprint, connect, sequence_all
 from tests.support.paths import FIXTURES, example_path
 
@@ -163,9 +166,10 @@ def test_unconvertible_row_keeps_its_audiences(relay_db: str) -> None:
         ] == moves(conn, "docs")
 
 
-def test_replay_finds_a_users_rows_by_old_or_new_audience(relay_db: str) -> None:
-    """One user's rows of the log, by audience or old audience, come from the two GIN indexes
-    (the old audience's holds only rows whose audience changed)."""
+def test_replay_finds_a_readers_rows_by_old_or_new_audience(relay_db: str) -> None:
+    """One reader's rows of the log, whose audience or old audience overlaps its keys (user id,
+    role key), come from the two GIN indexes (the old audience's holds only rows whose audience
+    changed); the replay page's own query reads them."""
     with connect(relay_db) as conn:
         conn.execute(
             "INSERT INTO generations (user_id, project_id)"
@@ -174,19 +178,25 @@ def test_replay_finds_a_users_rows_by_old_or_new_audience(relay_db: str) -> None
         conn.execute("UPDATE generations SET user_id = 'bob' WHERE id IN (7, 8)")
         sequence_all(conn)
         conn.execute("ANALYZE relay.log")
+        keys = ["u7", "role:authenticated"]
         query = (
             "SELECT op, pk FROM relay.log WHERE table_name = 'generations'"
-            " AND (audience @> ARRAY[%(u)s] OR old_audience @> ARRAY[%(u)s]) ORDER BY pos"
+            " AND (audience && %(k)s::text[] OR old_audience && %(k)s::text[]) ORDER BY pos"
         )
-        assert [("INSERT", {"id": 7}), ("UPDATE", {"id": 7})] == conn.execute(
-            query, {"u": "u7"}
-        ).fetchall()
-        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, {"u": "u7"}).fetchall())
+        expected = [("INSERT", {"id": 7}), ("UPDATE", {"id": 7})]
+        assert expected == conn.execute(query, {"k": keys}).fetchall()
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, {"k": keys}).fetchall())
         assert "Bitmap Index Scan on log_audience" in plan, plan
         assert "Bitmap Index Scan on log_old_audience" in plan, plan
         assert [(2,)] == conn.execute(
             "SELECT count(*) FROM relay.log WHERE old_audience IS NOT NULL"
         ).fetchall()
+        page, params = replay_query(
+            keys=keys, table="generations", schema=None, after=0, upto=10**9, limit=100,
+            scan=1000, ops=OPS, row_filter=RowFilter(),
+        )  # fmt: skip
+        rows = conn.execute(page, params).fetchall()
+        assert expected == [(row[5], json.loads(row[6])) for row in rows if row[0]]
 
 
 def test_upgrade_from_version_3_keeps_data_and_captures_moves(empty_db: str) -> None:
