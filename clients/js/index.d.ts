@@ -29,7 +29,8 @@ export interface RelayEvent<R extends Row = Row> {
   op: Op;
   /** The row's primary key (after the change). */
   pk: Record<string, unknown>;
-  /** New values (INSERT, UPDATE) or old ones (DELETE) of the tracked columns; null if truncated. */
+  /** New values (INSERT, UPDATE) or old ones (DELETE) of the tracked columns; null if truncated
+   * or on a move-out. */
   row: R | null;
   /** Primary key before the change (UPDATE and DELETE). */
   old?: Record<string, unknown>;
@@ -39,6 +40,10 @@ export interface RelayEvent<R extends Row = Row> {
   ts: string;
   /** The row was over the relay's size cap: `row` is null, refetch it by `pk`. */
   truncated?: boolean;
+  /** Set when an UPDATE changed what this subscription sees. 'out': a move-out (op 'DELETE',
+   * `row` null, `pk` the key the app knows the row by): remove it. 'in': an entry (op 'INSERT',
+   * the new values): add it. */
+  moved?: 'out' | 'in';
 }
 
 export type ResetReason = 'cursor_expired' | 'epoch_changed' | 'overflow' | (string & {});

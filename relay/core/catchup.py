@@ -8,13 +8,13 @@ does the waiting. A connection's replay (relay/net/connection.py) and a long-pol
     step = catchup.start(await source.state(), now)     # Reset, or the first step
     while isinstance(step, ReadPage):
         page = await source.page(keys, sub, step.after, step.upto, step.limit)
-        for event in catchup.feed(page):                  # the events sub wants, in order
+        for event in catchup.feed(page):                  # what sub is sent, in order
             ...                                           # hand them to the client
         step = catchup.next(now)
     # Live (the router now delivers to sub), Reset, Paused or Gone
 
 The subscription is registered with the router, not live, before the catch-up starts (the router
-does not deliver to it). From ``start`` on, the router holds the events the subscription wants
+does not deliver to it). From ``start`` on, the router holds what the subscription is sent
 (``Subscription.held``, at most ``hold`` of them): the catch-up then reads the log only up to
 ``held_from``, the router's head when holding began, a fixed target, and hands the held events
 over when it goes live. Without holding, a replay would chase the head: under a fast-growing log
@@ -187,11 +187,17 @@ class Catchup:
         return ReadPage(after, target, self.limit)
 
     def feed(self, page: ReplayPage, through: int | None = None) -> list[Event]:
-        """The page's events the subscription wants, in order; the catch-up moves past the page,
-        or only up to ``through`` (the events after it are read again by the next page)."""
-        after, sub = self.after, self.sub
+        """What the subscription is sent of the page's events (``Subscription.delivery`` for the
+        connection's audience keys, as the router has them: the events, or an UPDATE's move-out
+        or entry), in order; the catch-up moves past the page, or only up to ``through`` (the
+        events after it are read again by the next page)."""
+        after, sub, keys = self.after, self.sub, self.router.keys(self.target)
         upto = page.scanned_to if through is None else min(page.scanned_to, through)
-        events = [event for event in page.events if after < event.pos <= upto and sub.wants(event)]
+        events = [
+            form
+            for event in page.events
+            if after < event.pos <= upto and (form := sub.delivery(event, keys)) is not None
+        ]
         self.after = max(after, upto)
         self.pages += 1
         return events

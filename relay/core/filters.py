@@ -320,6 +320,11 @@ class RowFilter:
         return cls(ordered, cost, tuple(others))
 
     @property
+    def empty(self) -> bool:
+        """Whether the filter has no condition (it matches every row, before and after)."""
+        return not self.clauses and not self.conditions
+
+    @property
     def columns(self) -> tuple[str, ...]:
         """The filtered columns, sorted (for checking them against a table's whitelist)."""
         names = {column for column, _ in self.clauses}
@@ -341,18 +346,11 @@ class RowFilter:
         matching. That fails open deliberately: a filter is a client's
         narrowing, not access control; the router's audience check is what protects users.
         """
-        row: Mapping[str, JSONValue] | None = event.row
-        pk = event.pk
+        row = event.row
         if row is None:
-            for column, keys in self.clauses:
-                if column in pk and key(pk[column]) not in keys:
-                    return False
-            for condition in self.conditions:
-                column = condition.column
-                if column in pk and not condition.holds(pk[column]):
-                    return False
-            return True
-        for column, keys in self.clauses:
+            return self._key_holds(event.pk)
+        pk = event.pk
+        for column, keys in self.clauses:  # the hot path of routing: written out, no call
             if column in row:
                 value = row[column]
             elif column in pk:
@@ -372,6 +370,59 @@ class RowFilter:
             if not condition.holds(value):
                 return False
         return True
+
+    def matched_before(self, event: Event) -> bool:
+        """Whether the row as it was before an UPDATE met every condition, as ``matches`` says:
+        ``row`` with the old values of the columns the UPDATE changed (``old_values``) in place
+        of the new ones, and the key before the change (``old_key``). A truncated UPDATE is
+        checked on its old key only; one whose old values are unknown (logged before the
+        database recorded them) as ``matches`` checks it."""
+        row, before = event.row, event.old_values
+        old_key = event.pk if event.old_key is None else event.old_key
+        if row is None:
+            return self._key_holds(old_key)
+        if before is None:
+            return self.matches(event)
+        missing = _MISSING
+        for column, keys in self.clauses:
+            value = _old_value(column, before, row, old_key)
+            if value is missing or key(value) not in keys:
+                return False
+        for condition in self.conditions:
+            value = _old_value(condition.column, before, row, old_key)
+            if value is missing or not condition.holds(value):
+                return False
+        return True
+
+    def _key_holds(self, pk: Mapping[str, JSONValue]) -> bool:
+        """The conditions on key columns, against ``pk``; the others count as met (a truncated
+        event's values are unknown)."""
+        for column, keys in self.clauses:
+            if column in pk and key(pk[column]) not in keys:
+                return False
+        for condition in self.conditions:
+            column = condition.column
+            if column in pk and not condition.holds(pk[column]):
+                return False
+        return True
+
+
+_MISSING: Final = object()
+
+
+def _old_value(
+    column: str,
+    before: Mapping[str, JSONValue],
+    row: Mapping[str, JSONValue],
+    old_key: Mapping[str, JSONValue],
+) -> object:
+    """A column's value before an UPDATE: its old value if the UPDATE changed it, else the row's
+    (unchanged) value, else the old key's; ``_MISSING`` when none carries it."""
+    if column in before:
+        return before[column]
+    if column in row:
+        return row[column]
+    return old_key.get(column, _MISSING)
 
 
 def _json_kind(value: object) -> str:

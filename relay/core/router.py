@@ -2,22 +2,25 @@
 
 Connections are indexed by audience key: the authenticated user id, and the keys of the roles the
 connection's token holds (``role:anon``, ``role:authenticated``: relay/core/audience.py), each
-registered at ``add``. An event names its audience (every key allowed to see the row), so
-routing walks the keys that are both in the audience and connected here: whichever of the two
-sets is smaller is iterated, and the cost per event is ``O(min(audience, connected keys))`` plus
-the deliveries, never a pass over every connection and never a database call. A connection
-holding no key of the audience is never looked at, whatever its filters; one holding several is
-offered the event once per subscription (``after`` moves past it on the first offer).
+registered at ``add``. An event names its audience (every key allowed to see the row; an UPDATE
+that changed it, the old audience too), so routing walks the keys that are both in the audience
+and connected here: whichever of the two sets is smaller is iterated, and the cost per event is
+``O(min(audience, connected keys))`` plus the deliveries, never a pass over every connection and
+never a database call. A connection holding no key of either audience is never looked at,
+whatever its filters; one holding several is offered the event once per subscription (``after``
+moves past it on the first offer). One whose keys are only in the old audience is sent at most
+the move-out, which carries the row's old key and nothing else (relay/core/moves.py).
 
 Per connection, subscriptions are indexed by id (for the protocol: the router's index is the one
 record of a connection's subscriptions) and by table name (for routing). A subscription gets an
-event when it is live, the event is past its ``after``, and it ``wants`` the event (schema, op and
-row filter); a subscription still catching up may hold the events it wants instead (bounded; see
-``Subscription.held``), handed over by the catch-up when it goes live. Delivering offers the
-event to the connection (``Target.offer``: it writes the frame at once or queues it on its
-bounded queue, never blocks) and advances ``after``, so each subscription sees each position at
-most once and in order. ``route`` returns what it delivered
-(``Routed``): the caller counts the frames written at once, the connection those it queued.
+event when it is live, the event is past its ``after``, and its ``delivery`` of the event for
+the connection's audience keys is not None (schema, audience, row filter, op: the event itself,
+or an UPDATE's move-out or entry); a subscription still catching up may hold that form instead
+(bounded; see ``Subscription.held``), handed over by the catch-up when it goes live. Delivering
+offers the form to the connection (``Target.offer``: it writes the frame at once or queues it on
+its bounded queue, never blocks) and advances ``after``, so each subscription sees each position
+at most once and in order. ``route`` returns what it delivered (``Routed``): the caller counts
+the frames written at once, the connection those it queued.
 
 Positions strictly increase: ``head`` is the last routed position and an event at or below it has
 already been routed (a poll and a doorbell can both fetch it) and is ignored.
@@ -169,6 +172,11 @@ class Router:
             conn.wild -= 1
         return True
 
+    def keys(self, target: Target) -> tuple[str, ...]:
+        """The audience keys the connection is registered under; empty if not registered."""
+        conn = self._conn(target)
+        return () if conn is None else conn.keys
+
     def subscription(self, target: Target, sub_id: str) -> Subscription | None:
         """The connection's subscription with that id; None if there is none."""
         conn = self._conn(target)
@@ -208,6 +216,8 @@ class Router:
 
         users = self._users
         audience = event.audience
+        if event.old_audience is not None:  # the old audience is sent its move-outs
+            audience = audience | event.old_audience
         if len(audience) <= len(users):
             matched = [conns for user in audience if (conns := users.get(user)) is not None]
         else:
@@ -228,21 +238,24 @@ class Router:
                     if (
                         sub.live
                         and pos > sub.after
-                        and sub.wants(event)
+                        and (form := sub.delivery(event, conn.keys)) is not None
                         and conn.by_id.get(sub.id) is sub  # not dropped by an earlier offer
                     ):
-                        if conn.target.offer(sub, event, now):
+                        if conn.target.offer(sub, form, now):
                             written += 1
                         sub.after = pos
                         delivered += 1
-                    elif (held := sub.held) is not None and not sub.live and sub.wants(event):
+                    elif (
+                        (held := sub.held) is not None
+                        and not sub.live
+                        # Once: a connection under two keys of the audience is visited twice.
+                        and not (held and held[-1].pos == pos)
+                        and (form := sub.delivery(event, conn.keys)) is not None
+                    ):
                         # Catching up: held for the catch-up, in order, up to its bound; past
-                        # it, holding stops and the catch-up reads these from the log. (Once:
-                        # a connection under two keys of the audience is visited twice.)
-                        if held and held[-1].pos == pos:
-                            continue
+                        # it, holding stops and the catch-up reads these from the log.
                         if len(held) < sub.hold_max:
-                            held.append(event)
+                            held.append(form)
                         else:
                             sub.held = None
         return Routed(delivered, written) if delivered else NOTHING

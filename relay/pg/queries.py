@@ -56,17 +56,20 @@ __all__ = [
     "write_heartbeat",
 ]
 
-SCHEMA_VERSION: Final = 3  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 4  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"
-    " audience, committed_at, truncated"
+    " audience, committed_at, truncated, old_values::text, old_audience"
 )
 # The same columns as stored (jsonb), for SQL that still has to look inside the values.
 LOG_STORED_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk, row_data, old_key, changed, audience, committed_at,"
-    " truncated"
+    " truncated, old_values, old_audience"
 )
+# The frames an UPDATE can be delivered as besides itself: a move-out is a DELETE, an entry an
+# INSERT (relay/core/moves.py). A replay for either reads the UPDATEs too.
+MOVE_OPS: Final = frozenset({"INSERT", "DELETE"})
 READ_BATCH: Final = 1000  # log rows the reader reads per query
 # One replay query (websocket replay or long-poll catch-up) examines at most this many of the
 # user's log rows of the table, however few match the subscription's ops and filter: its
@@ -124,11 +127,13 @@ async def read_head(conn: AsyncConn) -> int | None:
 
 async def read_catalog(conn: AsyncConn) -> Catalog:
     """Every tracked table with the columns its events carry: the whitelist (or every column)
-    and the primary key, which events always carry."""
+    and the primary key, which events always carry. The whitelist is kept by attribute number,
+    so a whitelisted column is named as it is now, renamed or not (as capture carries it)."""
     cur = await conn.execute(
-        "SELECT n.nspname, c.relname, t.pk_columns::text[] || coalesce(t.columns::text[], ARRAY("
+        "SELECT n.nspname, c.relname, t.pk_columns::text[] || ARRAY("
         "  SELECT a.attname::text FROM pg_attribute AS a"
-        "   WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped))"
+        "   WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped"
+        "     AND (t.column_nums IS NULL OR a.attnum = ANY (t.column_nums)))"
         " FROM relay.tracked AS t"
         " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
     )
@@ -320,28 +325,48 @@ def replay_filter_sql(
 
     It mirrors RowFilter.matches: a column is looked up in ``row_data``, else in ``pk``; when
     ``row_data`` is not an object (a truncated event, its values unknown) only conditions on
-    key columns are checked and the others pass. It may keep a row Python then rejects (numbers
-    compare as doubles), never the other way round. Client values travel only as parameters.
+    key columns are checked and the others pass. An UPDATE is also kept when the row before it
+    matches (RowFilter.matched_before: ``old_values``, else ``row_data``, else ``old_key``): it
+    may be a move-out, and with INSERT or DELETE among the ops every UPDATE is read (an entry or
+    a move-out is delivered as one). It may keep a row Python then rejects (numbers compare as
+    doubles), never the other way round. Client values travel only as parameters.
     """
     conditions: list[str] = []
     params: dict[str, Any] = {}
-    if ops != ALL_OPS:
+    read_ops = ops | {"UPDATE"} if ops & MOVE_OPS else ops
+    if read_ops != ALL_OPS:
         conditions.append("op = ANY(%(ops)s::text[])")
-        params["ops"] = sorted(ops)
+        params["ops"] = sorted(read_ops)
+    after: list[str] = []
+    before: list[str] = []
     for n, values in enumerate(row_filter.by_type()):
         if not _sendable(values.column, encoding):  # no row or key can have this column
-            conditions.append("jsonb_typeof(row_data) IS DISTINCT FROM 'object'")
+            after.append("jsonb_typeof(row_data) IS DISTINCT FROM 'object'")
+            before.append(after[-1])
             continue
         params[f"c{n}"] = values.column
+        c = f"%(c{n})s"
         in_row, row_params = _value_matches(
-            f"coalesce(row_data -> %(c{n})s, pk -> %(c{n})s)", values, n, encoding
+            f"coalesce(row_data -> {c}, pk -> {c})", values, n, encoding
         )
-        in_key, _ = _value_matches(f"pk -> %(c{n})s", values, n, encoding)
+        in_key, _ = _value_matches(f"pk -> {c}", values, n, encoding)
+        was_in_row, _ = _value_matches(
+            f"coalesce(old_values -> {c}, row_data -> {c}, old_key -> {c})", values, n, encoding
+        )
+        was_in_key, _ = _value_matches(f"old_key -> {c}", values, n, encoding)
         params.update(row_params)
-        conditions.append(
+        after.append(
             f"CASE WHEN jsonb_typeof(row_data) = 'object' THEN {in_row}"
-            f" ELSE NOT pk ? %(c{n})s OR {in_key} END"
+            f" ELSE NOT pk ? {c} OR {in_key} END"
         )
+        before.append(
+            f"CASE WHEN jsonb_typeof(row_data) = 'object' THEN {was_in_row}"
+            f" ELSE NOT old_key ? {c} OR {was_in_key} END"
+        )
+    if after:
+        now = " AND ".join(f"({c})" for c in after)
+        then = " AND ".join(f"({c})" for c in before)
+        conditions.append(f"({now}) OR (op = 'UPDATE' AND {then})")
     return " AND ".join(f"({c})" for c in conditions) or "true", params
 
 
@@ -370,7 +395,7 @@ def replay_query(
         "   WHERE pos > %(after)s AND pos <= %(upto)s"
         "   AND (%(table)s = '' OR table_name = %(table)s)"  # '': every table (ANY_TABLE)
         "   AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
-        "   AND audience && %(keys)s::text[]"
+        "   AND (audience && %(keys)s::text[] OR old_audience && %(keys)s::text[])"
         "   ORDER BY pos LIMIT %(scan)s) AS s"
         ") AS w WHERE keep OR k = %(scan)s ORDER BY pos LIMIT %(limit)s"
     )
@@ -397,19 +422,24 @@ async def fetch_replay(
     """One page of the log between two positions, for one reader and table (every table for
     ANY_TABLE), in position order.
 
-    Audience and table are filtered in SQL: rows whose audience
-    holds one of the reader's ``keys`` (its user id and role key: relay/core/audience.py; the GIN
-    index on audience keeps one user's replay from scanning everyone's events). The query examines
-    at most ``scan`` of those rows (at least ``limit``) and returns at most ``limit`` of them: the
-    ones the subscription's ops and filter can match (``replay_filter_sql``), which the caller still
-    matches exactly. ``scanned_to`` says where the next page starts: after the last row returned
-    when the page is full, after the last row examined when the scan bound was hit, else ``upto``.
+    Audience and table are filtered in SQL: rows whose audience or old audience (an UPDATE's
+    move-out goes to the old audience) holds one of the reader's ``keys`` (its user id and role
+    key: relay/core/audience.py; the GIN index on audience and the partial one on old audience
+    keep one user's replay from scanning everyone's events). The query examines at most ``scan``
+    of those rows (at least ``limit``) and returns at most ``limit`` of them: the ones the
+    subscription's ops and filter can match (``replay_filter_sql``), which the caller still
+    decides exactly (``Subscription.delivery``). ``scanned_to`` says where the next page starts:
+    after the last row returned when the page is full, after the last row examined when the scan
+    bound was hit, else ``upto``.
     """
     query, params = replay_query(
         keys=keys, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
         ops=ops, row_filter=row_filter or RowFilter(), encoding=conn.info.encoding,
     )  # fmt: skip
-    cur = await conn.execute(query, params)
+    # Never prepared: after a few runs of one query text a prepared statement may get a generic
+    # plan, blind to the user and the positions, which scanned the whole log: about 100 times
+    # slower on a log of a million rows (BENCHMARKS.md).
+    cur = await conn.execute(query, params, prepare=False)
     rows = await cur.fetchall()
     events = [event_from_row(row[2:]) for row in rows if row[0]]
     if len(events) == limit:

@@ -398,7 +398,9 @@ def render(data: dict[str, Any]) -> str:
         "limits, kill switch (tests/net/test_handshake.py), methods (tests/net/test_longpoll.py). "
         "Routing against an oracle: "
         "tests/core/test_routing_properties.py (hypothesis; `RELAY_LONG_PROPERTY=1` pushes it to "
-        "100,000 events).\n"
+        "100,000 events). Rows moving between owners, audiences and filters, live and resumed: "
+        "tests/core/test_moving_rows.py (every subscription's view ends as the database's, no "
+        "value leaked; 100,000+ events with `RELAY_LONG_PROPERTY=1`).\n"
     )
     out.append(HOSTILE.strip() + "\n")
     out.append(FINDINGS.strip() + "\n")
@@ -454,7 +456,7 @@ def _method_and_commands(entries: dict[str, Any]) -> list[str]:
         "## Reproduce\n",
         "```sh",
         "make test                      # includes the short runs (tests/chaos, not marked slow)",
-        "make chaos                     # RELAY_LONG_PROPERTY=1 routing property test, then",
+        "make chaos                     # RELAY_LONG_PROPERTY=1 routing property tests, then",
         "                               # the full runs: pytest -m slow tests/chaos",
         "python -m tests.chaos.report   # this file, from tests/chaos/results/last-run.json",
         ".venv/bin/pytest -m slow 'tests/chaos/test_chaos.py::test_clients_that_never_read[full]'",

@@ -277,3 +277,19 @@ def test_one_holding_out_moves_the_target_for_all() -> None:
     steps.feed([ReplayPage([], 10), ReplayPage([], 10)])
     assert ReadPages(((a, ReadPage(10, 13, 10)), (b, ReadPage(10, 13, 10)))) == steps.next(0)
     assert ([], []) == (a.held, b.held)
+
+
+def test_a_replayed_page_is_decided_with_the_connections_audience_keys() -> None:
+    """The catch-up decides each replayed event with the keys the router holds for the
+    connection: a row that left an audience naming only its role key is its move-out."""
+    router = Router(head=10)
+    target = RecordingTarget("", "c1")
+    router.add(target, ["role:anon"])
+    sub = make_sub("s", live=False)
+    router.subscribe(target, sub)
+    catchup = Catchup(router, target, sub, Cursor(EPOCH, 5), limit=10, hold=0)
+    assert ReadPage(5, 10, 10) == catchup.start(state(10), 0)
+    public = make_event(6, audience=["alice", "role:anon"])
+    hidden = make_event(7, op="UPDATE", old_values={}, audience=["alice"],
+                        old_audience=["alice", "role:anon"])  # fmt: skip
+    assert [public, hidden.moved_out()] == catchup.feed(ReplayPage([public, hidden], 10))

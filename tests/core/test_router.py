@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -92,9 +92,14 @@ class CountingAudience(frozenset[str]):
         type(self).probed += 1
         return super().__contains__(item)
 
+    def isdisjoint(self, other: Iterable[object]) -> bool:
+        type(self).probed += 1  # the decision's probe with a connection's keys (one call)
+        return super().isdisjoint(other)
+
 
 def test_routing_walks_the_smaller_side() -> None:
-    """A big audience is probed once per connected user; a small one is iterated, not probed."""
+    """A big audience is probed once per connected user; a small one is iterated instead. The
+    decision (relay/core/moves.py) probes it once more per subscription it delivers to."""
     router = Router()
     for i in range(3):
         connect(router, f"u{i}", f"c{i}", make_sub())
@@ -102,14 +107,14 @@ def test_routing_walks_the_smaller_side() -> None:
     big = CountingAudience(f"u{i}" for i in range(1_000))
     event = replace(make_event(1), audience=big)
     assert 3 == router.route(event, 0.0).delivered
-    assert (0, 3) == (CountingAudience.iterated, CountingAudience.probed)
+    assert (0, 3 + 3) == (CountingAudience.iterated, CountingAudience.probed)
 
     for i in range(3, 1_000):
         connect(router, f"u{i}", f"c{i}", make_sub())
     CountingAudience.iterated = CountingAudience.probed = 0
     small = CountingAudience({"u7", "nobody"})
     assert 1 == router.route(replace(make_event(2), audience=small), 0.0).delivered
-    assert (1, 0) == (CountingAudience.iterated, CountingAudience.probed)
+    assert (1, 0 + 1) == (CountingAudience.iterated, CountingAudience.probed)
 
 
 # --- matching ------------------------------------------------------------------------------
@@ -428,3 +433,33 @@ def test_a_catching_up_subscription_under_two_keys_holds_an_event_once() -> None
     keyed(router, "alice", "c1", ["alice", "role:authenticated"], sub)
     router.route(make_event(1, audience=["alice", "role:authenticated"]), 0.0)
     assert [1] == [event.pos for event in sub.held]
+
+
+def test_a_connection_in_the_old_audience_by_a_role_key_gets_the_move_out() -> None:
+    """An UPDATE taking a public row private: a connection reached only by its role key is
+    routed the move-out (the old audience is walked too); the owner the UPDATE; a connection
+    held under two keys of the old audience is offered it once."""
+    router = Router()
+    anon = keyed(router, "", "c1", ["role:anon"], make_sub())
+    bob = keyed(router, "bob", "c2", ["bob", "role:authenticated"], make_sub())
+    owner = keyed(router, "alice", "c3", ["alice", "role:authenticated"], make_sub())
+    event = make_event(1, op="UPDATE", row={"id": 1, "title": "secret"}, old_values={"title": "x"},
+                       audience=["alice"], old_audience=["alice", "role:anon", "role:authenticated",
+                                                         "bob"])  # fmt: skip
+    assert 3 == router.route(event, 0.0).delivered
+    assert [("s1", 1)] == anon.received == bob.received == owner.received
+    assert event.moved_out() is anon.events[0] is bob.events[0]
+    assert event is owner.events[0]
+
+
+def test_a_catching_up_subscription_holds_the_form_it_is_sent() -> None:
+    """While catching up, the router holds the move-out (not the UPDATE) for a connection only
+    in the old audience, once though two of its keys are in it."""
+    router = Router()
+    sub = make_sub(live=False)
+    sub.held, sub.hold_max = [], 10
+    keyed(router, "bob", "c1", ["bob", "role:authenticated"], sub)
+    event = make_event(1, op="UPDATE", old_values={}, audience=["alice"],
+                       old_audience=["bob", "role:authenticated"])  # fmt: skip
+    router.route(event, 0.0)
+    assert [event.moved_out()] == sub.held

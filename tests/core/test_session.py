@@ -272,9 +272,11 @@ def test_a_failed_unsubscribe_is_told_apart_from_a_failed_subscribe_of_the_same_
     send(session, {"type": "subscribe", "id": "s", "table": "nope"})
     send(session, {"type": "unsubscribe", "id": "s"})
     send(session, {"type": "what"})
+    send(session, {"type": ["subscribe"]})  # a type that cannot be a set member: no request
     assert [
         ("subscribe", "unknown_table", "s"),
         ("unsubscribe", "bad_message", "s"),
+        (None, "bad_message", None),
         (None, "bad_message", None),
     ] == [(f.get("request"), f["code"], f.get("id")) for f in frames(session)]
 

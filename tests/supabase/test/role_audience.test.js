@@ -37,3 +37,50 @@ describe('role audiences', integration, () => {
     });
   });
 });
+
+describe('rows leaving and entering a role audience', integration, () => {
+  test('a public row made private is a DELETE with its key for the role holders, and back an INSERT', async () => {
+    const owner = `erin-${process.pid}`;
+    const watchers = {};
+    for (const [name, token] of [['anon', null], ['frank', userToken(`frank-${process.pid}`)], ['erin', userToken(owner)]]) {
+      const realtime = client(token ? { token } : {});
+      clients.push(realtime);
+      const got = [];
+      const channel = realtime.channel(`hand-over-${name}`)
+        .on('postgres_changes', { event: '*', schema: 'public', table: 'gallery', filter: `owner=eq.${owner}` },
+          ({ commit_timestamp, ...change }) => got.push(change));
+      await subscribed(channel);
+      watchers[name] = got;
+    }
+    const where = `WHERE owner = ${q(owner)} AND title <> 'probe'`;
+    await sql(
+      `INSERT INTO gallery (owner, public, title) VALUES (${q(owner)}, true, 'harbour')`,
+      `UPDATE gallery SET public = false ${where}`, // out of role:anon and role:authenticated
+      `UPDATE gallery SET title = 'secret' ${where}`, // private: the owner only
+      `UPDATE gallery SET public = true, title = 'harbour at night' ${where}`, // back in
+      `INSERT INTO gallery (owner, public, title) VALUES (${q(owner)}, true, 'probe')`,
+    );
+    const done = (got) => got.some((change) => change.new.title === 'probe');
+    await waitFor(() => Object.values(watchers).every(done), { what: 'the probe everywhere' });
+    const id = watchers.erin[0].new.id;
+    const base = { schema: 'public', table: 'gallery', errors: null };
+    const row = (values) => ({ id, owner, public: true, title: 'harbour', ...values });
+    const probe = { ...base, eventType: 'INSERT', new: { ...watchers.erin.at(-1).new }, old: {} };
+    const visitor = [
+      { ...base, eventType: 'INSERT', new: row(), old: {} },
+      { ...base, eventType: 'DELETE', new: {}, old: { id } },
+      { ...base, eventType: 'INSERT', new: row({ title: 'harbour at night' }), old: {} },
+      probe,
+    ];
+    assert.deepEqual(watchers.anon, visitor);
+    assert.deepEqual(watchers.frank, visitor);
+    assert.deepEqual(watchers.erin, [
+      { ...base, eventType: 'INSERT', new: row(), old: {} },
+      { ...base, eventType: 'UPDATE', new: row({ public: false }), old: { id } },
+      { ...base, eventType: 'UPDATE', new: row({ public: false, title: 'secret' }), old: { id } },
+      { ...base, eventType: 'UPDATE', new: row({ title: 'harbour at night' }), old: { id } },
+      probe,
+    ]);
+    assert.ok(!JSON.stringify([watchers.anon, watchers.frank]).includes('secret'));
+  });
+});
