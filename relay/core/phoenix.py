@@ -146,7 +146,10 @@ def sub_id(topic: str, binding_id: int) -> str:
 def _timestamp(event: Event) -> str:
     """Supabase's commit_timestamp: UTC, milliseconds, ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     at = event.committed_at.astimezone(UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    return (
+        f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:"
+        f"{at.second:02d}.{at.microsecond // 1000:03d}Z"
+    )
 
 
 def _columns(event: Event, types: ColumnTypes) -> list[dict[str, str]]:
@@ -198,6 +201,7 @@ class Binding:
     id: int
     resume: bool
     head: str
+    frame_key: tuple[str, str]  # the key of its framed push in an event's frame cache
 
 
 class PhoenixWire:
@@ -225,7 +229,8 @@ class PhoenixWire:
             else f'{{"join_ref":null,"ref":null,"topic":{dumps(topic)},'
             f'"event":"postgres_changes","payload":{{"ids":[{binding_id}],'
         )
-        self.bindings[sub] = Binding(topic, binding_id, resume, head)
+        key = (sub, f"phoenix/{self.vsn}/{'r' if resume else ''}/{self.epoch}")
+        self.bindings[sub] = Binding(topic, binding_id, resume, head, key)
 
     def cursor(self, pos: int) -> str:
         return cursor_text(self.epoch, pos)
@@ -250,8 +255,7 @@ class PhoenixWire:
     def event_frame(self, sub_id: str, event: Event) -> bytes:
         """Framed once per event for every socket whose binding has this id, serializer and
         resume (a topic's sockets share it: the same join gives the same id), as V1 does."""
-        resume = self.bindings[sub_id].resume
-        key = (sub_id, f"phoenix/{self.vsn}/{'r' if resume else ''}/{self.epoch}")
+        key = self.bindings[sub_id].frame_key  # built once, at bind
         frames = event.frames
         data = frames.get(key)
         if data is None:
