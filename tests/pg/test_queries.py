@@ -12,6 +12,7 @@ import pytest
 from relay.core.events import OPS
 from relay.core.filters import ColumnValues, RowFilter
 from relay.pg.queries import fetch_replay, replay_filter_sql
+from relay.pg.reader import rung_head
 from tests.support.factories import make_event
 
 pytestmark = pytest.mark.pg
@@ -143,3 +144,10 @@ def test_prefilter_sends_client_values_only_as_parameters() -> None:
     )
     assert "it's" not in condition and "a'b" not in condition
     assert {"ops": ["INSERT"], "c0": "it's", "s0": ["a'b"]} == params
+
+
+def test_a_relay_log_doorbell_carries_the_head_or_nothing() -> None:
+    """rung_head reads the head a batch's doorbell carries; an empty or foreign payload is None."""
+    assert (42, 0, None, None, None) == (
+        rung_head("42"), rung_head("0"), rung_head(""), rung_head("-1"), rung_head("²"),
+    )  # fmt: skip
