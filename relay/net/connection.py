@@ -40,7 +40,7 @@ from relay.net.responses import bearer_token
 from relay.net.sockets import RATE_LIMITED, LimitedServerConnection
 from relay.ops.logs import user_label
 
-__all__ = ["CLOSE_GRACE", "DIRECT_WRITE_LIMIT", "WRITE_BATCH", "Connection"]
+__all__ = ["CLOSE_GRACE", "DIRECT_WRITE_LIMIT", "WRITE_BATCH", "Connection", "forget_handshake"]
 
 WRITE_BATCH: Final = 256  # frames popped per writer wake-up
 # The fast path writes while the socket's buffer holds less than this; past it, frames queue.
@@ -48,6 +48,17 @@ DIRECT_WRITE_LIMIT: Final = 64 * 1024
 CLOSE_GRACE: Final = 2.0  # a close handshake that takes longer means: abort
 
 log = structlog.get_logger("relay.net.connection")
+
+
+def forget_handshake(ws: ServerConnection) -> None:
+    """Drops the handshake's headers, which websockets keeps for the connection's whole life
+    (cookies, user agent...: only the token was needed). The objects stay (websockets checks that
+    the request exists), empty. The request's headers are emptied in place: the protocol's parser,
+    a generator running as long as the connection, holds the same request in a local variable."""
+    if ws.request is not None:
+        ws.request.headers.clear()
+    if ws.response is not None:
+        ws.response = dataclasses.replace(ws.response, headers=Headers(), body=b"")
 
 
 class Connection:
@@ -165,21 +176,11 @@ class Connection:
             metrics.resets.labels("overflow").inc(self.queue.resets)
             self.queue.resets = 0
 
-    def _forget_handshake(self) -> None:
-        """websockets keeps the handshake's request and response, with every header a browser
-        sent (cookies, user agent...), for the connection's whole life; only the token was
-        needed. The objects stay (websockets checks that the request exists), empty."""
-        ws = self.ws
-        if ws.request is not None:
-            ws.request = dataclasses.replace(ws.request, headers=Headers())
-        if ws.response is not None:
-            ws.response = dataclasses.replace(ws.response, headers=Headers(), body=b"")
-
     # -- reading ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         header = self.ws.request.headers.get("Authorization") if self.ws.request else None
-        self._forget_handshake()
+        forget_handshake(self.ws)
         if (token := bearer_token(header)) is not None:
             if await self._act(self.session.authenticate(token, time.time())):
                 return
