@@ -28,9 +28,10 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(BIN)/relay demo
 
-# The full fault suite (RELIABILITY.md) and the long routing property test (100,000+ events).
+# The full fault suite (RELIABILITY.md) and the long routing property tests (100,000+ events).
 chaos: $(STAMP)
-	RELAY_LONG_PROPERTY=1 $(BIN)/pytest -p no:cacheprovider tests/core/test_routing_properties.py
+	RELAY_LONG_PROPERTY=1 $(BIN)/pytest -p no:cacheprovider tests/core/test_routing_properties.py \
+		tests/core/test_moving_rows.py
 	$(BIN)/pytest -m slow -p no:cacheprovider tests/chaos
 
 bench: $(STAMP)

@@ -60,7 +60,12 @@ def fmt_status(ok: bool) -> str:
 
 
 def stack_label(key: str) -> str:
-    return {"relay": "pgrelay", "peer": "peer (broadcaster)", "bare": "bare websockets"}[key]
+    return {
+        "relay": "pgrelay",
+        "relay-supabase": "pgrelay, Supabase dialect",
+        "peer": "peer (broadcaster)",
+        "bare": "bare websockets",
+    }[key]
 
 
 def latency_cell(runs: list[LatencyRun]) -> dict[str, float]:

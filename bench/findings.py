@@ -193,7 +193,7 @@ def target_notes(results: Results) -> list[str]:
         f"against {fmt_n(1e6 / us_p if us_p else float('nan'))} for the peer. What would move it: "
         "(1) when every connection of a subscription group is idle and plain-framed, write the "
         "shared frame in one tight loop over their transports, as `broadcast()` does, instead "
-        "of `Router.route` → `Subscription.wants` → `Connection.offer` → "
+        "of `Router.route` → `Subscription.delivery` → `Connection.offer` → "
         "`Connection._can_write_now` per delivery (profile below). At 10,000 connections one "
         "event's fan-out "
         "is one synchronous loop of 10,000 writes, every delivery on the direct path "
@@ -348,7 +348,7 @@ def profile_findings(results: Results) -> list[str]:
         f"samples and the kernel's `send()` inside `_SelectorSocketTransport.write` "
         f"{fmt_pct(send_f)}: one system call per socket per event, which on loopback also does the "
         "receiver's TCP work. The rest of the routing share is Python per delivery: the "
-        "subscription checks in `Router.route` and `Subscription.wants`, `Connection.offer` and "
+        "subscription checks in `Router.route` and `Subscription.delivery`, `Connection.offer` and "
         "`Connection._can_write_now` (websockets' `Protocol.state` property and "
         "`transport.get_write_buffer_size()` on every delivery). The frame is encoded once per "
         "event (`V1.event_frame` is a dictionary hit).",

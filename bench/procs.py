@@ -24,6 +24,7 @@ from typing import Any
 
 from tests.support.paths import REPO
 from tests.support.processes import RelayProcess, free_port, raise_nofile
+from tests.support.tokens import token
 
 __all__ = [
     "BareServer",
@@ -273,6 +274,12 @@ class RelayServer:
     @property
     def url(self) -> str:
         return self.proc.url
+
+    @property
+    def supabase_url(self) -> str:
+        """The Supabase dialect's endpoint, with an anon key as its apikey (docs/supabase.md)."""
+        anon = token("", ttl=4 * 3600, role="anon")
+        return f"ws://127.0.0.1:{self.proc.port}/realtime/v1/websocket?apikey={anon}&vsn=2.0.0"
 
     def events_read(self) -> int:
         """Row events the relay has read from the log so far (its relay_events counters)."""

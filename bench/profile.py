@@ -64,7 +64,7 @@ def summarize_profile(raw: str) -> dict[str, Any]:
             incl[name] = incl.get(name, 0) + count
     top_self = sorted(own.items(), key=lambda kv: -kv[1])[:12]
     watch = ("LogReader._read_all", "event_from_row", "Hub.deliver", "Router.route",
-             "Subscription.wants", "Connection.offer", "Connection._can_write_now",
+             "Subscription.delivery", "Connection.offer", "Connection._can_write_now",
              "V1.event_frame", "_SelectorSocketTransport.write", "Hub.delivered",
              "Sequencer._serve", "AsyncConnection.notifies", "WebsocketShell.sweep",
              "Connection.check", "Session.tick", "Connection.keepalive")  # fmt: skip

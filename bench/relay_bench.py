@@ -224,6 +224,30 @@ class Bench(Measure):
                     f"{run.us_per_delivery:.1f} us CPU each, {run.deliveries}/{run.expected}, "
                     f"others {run.others:.2f}")  # fmt: skip
 
+    def _dialect_latency(self, server: RelayServer, dsn: str, result: StackResult) -> None:
+        """The latency cells at the most users again, through the Supabase dialect
+        (docs/supabase.md): the same relay process, realtime-js's frames."""
+        plan = self.plan
+        n_users = max(plan.lat_users)
+        swarm = SwarmGroup(2)
+        try:
+            users = [str(u) for u in range(n_users)]
+            answer = swarm.connect("supabase", server.supabase_url, users, concurrency=200,
+                                   retries=3)  # fmt: skip
+            log(f"supabase dialect: {answer['connected']} clients for the latency runs")
+            for _ in range(plan.repeats):
+                for rate in plan.lat_rates:
+                    run = self.latency_run(
+                        swarm, dsn, rate=rate, users=n_users, seconds=plan.lat_seconds,
+                        per_commit=per_commit_for(rate), server_pid=server.pid,
+                    )  # fmt: skip
+                    result.latency.setdefault((rate, n_users), []).append(run)
+                    log(f"relay (supabase): {rate}/s over {n_users} users: p50 "
+                        f"{run.p50 * 1e3:.2f} p99 {run.p99 * 1e3:.2f} ms, "
+                        f"{run.distinct}/{run.committed} delivered")  # fmt: skip
+        finally:
+            swarm.stop()
+
     # -- the whole run -------------------------------------------------------------------
 
     def run(self) -> Results:
@@ -235,6 +259,8 @@ class Bench(Measure):
             log("limits")
             self.measure_limits()
             relay = StackResult("relay")
+            dialect = StackResult("relay-supabase")
+            results.stacks["relay-supabase"] = dialect
             peer = StackResult("peer")
             bare = StackResult("bare websockets")
             results.stacks.update(relay=relay, peer=peer, bare=bare)
@@ -261,6 +287,7 @@ class Bench(Measure):
                     stacks.append(Stack(peer_server, self.db.dsn("peer"), peer, SwarmGroup(2), 1))
                     stack.callback(stacks[-1].swarm.stop)
                 self.run_stacks(stacks)
+                self._dialect_latency(relay_server, self.db.dsn("relay"), dialect)
             self.servers.clear()
             with contextlib.ExitStack() as stack:
                 bare_server = BareServer().start()

@@ -135,7 +135,8 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
         "| p99 | max | commit→client p50 / p99 | lost | server CPU/event (µs) | others |",
         "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key in ("relay", "peer"):
+    latency_keys: list[str] = [k for k in ("relay", "relay-supabase", "peer") if k in stacks]
+    for key in latency_keys:
         stack = stacks[key]
         for (rate, users), runs in sorted(
             stack.latency.items(), key=lambda kv: (kv[0][1], kv[0][0])
@@ -154,6 +155,7 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
                 f"{c['committed']:,.0f} | {fmt_n(c['cpu_us'])} | {c['others']:.2f} |"
             )
     out += ["", f"The individual runs' p99 in ms (to see the spread): {_runs_p99(stacks)}.", ""]
+    out += dialect_cost(stacks)
     out += path_table(relay)
     if "cdf" in plots:
         out += [f"![Latency CDF]({plots['cdf'].as_posix()})", ""]
@@ -352,6 +354,32 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
     out += history_section(results)
     out += ["", MARK_END]
     return "\n".join(out)
+
+
+def dialect_cost(stacks: dict[str, StackResult]) -> list[str]:
+    """The Supabase dialect's delivery cost beside protocol v1's, cell by cell (issue 14's bar:
+    within 20 %)."""
+    dialect = stacks.get("relay-supabase")
+    if dialect is None or not dialect.latency:
+        return []
+    parts = []
+    for cell, runs in sorted(dialect.latency.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        v1_runs = stacks["relay"].latency.get(cell)
+        if not v1_runs:
+            continue
+        ours, theirs = latency_cell(runs)["cpu_us"], latency_cell(v1_runs)["cpu_us"]
+        change = (ours / theirs - 1) * 100 if theirs else float("nan")
+        parts.append(f"{cell[0]:,}/s over {cell[1]:,} users: {fmt_n(ours)} µs against "
+                     f"{fmt_n(theirs)} µs ({change:+.0f} %)")  # fmt: skip
+    if not parts:
+        return []
+    return [
+        "Server CPU per event, the Supabase dialect (docs/supabase.md: realtime-js's frames, the "
+        "same relay process, run after the v1 cells) against protocol v1: "
+        + "; ".join(parts)
+        + ".",
+        "",
+    ]
 
 
 def path_table(relay: StackResult) -> list[str]:

@@ -56,6 +56,9 @@ __all__ = ["main"]
 CONNECT_TIMEOUT = 60.0
 TOKEN_TTL = 4 * 3600.0  # the longest run, with room
 SUBSCRIBE = '{"type":"subscribe","id":"g","table":"generations"}'
+# The Supabase dialect (docs/supabase.md): a realtime-js channel's join, and its pushes' start.
+TOPIC = "realtime:bench"
+PUSH = b'[null,null,"realtime:bench","postgres_changes"'
 
 
 class Stats:
@@ -146,6 +149,13 @@ class Client(asyncio.Protocol):
         self._flush()
 
     def _on_open(self) -> None:
+        if self.kind == "supabase":
+            config = {"postgres_changes": [{"event": "*", "schema": "public",
+                                            "table": "generations"}]}  # fmt: skip
+            access = token(self.user, ttl=TOKEN_TTL, role="authenticated")
+            join = {"config": config, "access_token": access}
+            self.send_text(json.dumps(["1", "1", TOPIC, "phx_join", join]))
+            return
         self.send_text(json.dumps({"type": "auth", "token": token(self.user, ttl=TOKEN_TTL)}))
         if self.kind != "peer":
             self.send_text(SUBSCRIBE)
@@ -157,6 +167,9 @@ class Client(asyncio.Protocol):
             self.transport.abort()
 
     def _on_text(self, data: bytes, now: float) -> None:
+        if self.kind == "supabase":
+            self._on_phoenix(data, now)
+            return
         stats = self.swarm.stats
         if self.live and (self.kind == "peer" or data.startswith(b'{"type":"event"')):
             self.received += 1
@@ -169,13 +182,7 @@ class Client(asyncio.Protocol):
                 return
             message = json.loads(data)
             row = message if self.kind == "peer" else message["row"]
-            stats.parsed += 1
-            stats.latencies.append(now - float(row["url"]))
-            if (ts := message.get("ts")) is not None:
-                stats.commit_latencies.append(now - datetime.fromisoformat(ts).timestamp())
-            seq = int(row["shot_id"])
-            stats.seqs[seq] += 1
-            stats.arrivals.append((seq, now))
+            self._sample(row, message.get("ts"), now)
             return
         message = json.loads(data)
         kind = message.get("type")
@@ -188,6 +195,42 @@ class Client(asyncio.Protocol):
             stats.other[str(kind)] += 1
             if kind == "error" and not self.ready.done():
                 self._fail(RuntimeError(f"error frame: {message.get('code')}"))
+
+    def _sample(self, row: dict[str, Any], ts: str | None, now: float) -> None:
+        stats = self.swarm.stats
+        stats.parsed += 1
+        stats.latencies.append(now - float(row["url"]))
+        if ts is not None:
+            stats.commit_latencies.append(now - datetime.fromisoformat(ts).timestamp())
+        seq = int(row["shot_id"])
+        stats.seqs[seq] += 1
+        stats.arrivals.append((seq, now))
+
+    def _on_phoenix(self, data: bytes, now: float) -> None:
+        """A Supabase-dialect frame: a change push, or the join's reply (ready)."""
+        stats = self.swarm.stats
+        if self.live and data.startswith(PUSH):
+            self.received += 1
+            stats.events += 1
+            stats.bytes += len(data)
+            if not stats.first:
+                stats.first = now
+            stats.last = now
+            if stats.events % stats.sample:
+                return
+            change = json.loads(data)[4]["data"]
+            # commit_timestamp has milliseconds: commit->client is kept to the v1 stacks' ts.
+            self._sample(change["record"], None, now)
+            return
+        frame = json.loads(data)
+        if frame[3] == "phx_reply" and frame[1] == "1" and not self.ready.done():
+            if frame[4].get("status") == "ok":
+                self.live = True
+                self.ready.set_result(None)
+            else:
+                self._fail(RuntimeError(f"join refused: {frame[4]}"))
+        elif frame[3] not in ("system", "phx_reply"):
+            stats.other[str(frame[3])] += 1
 
     def close(self) -> None:
         self.live = False

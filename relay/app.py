@@ -26,7 +26,6 @@ from relay.core.admission import Intake, socket_budget
 from relay.core.auth import Authenticator
 from relay.net.http import WebsocketShell
 from relay.net.hub import Hub
-from relay.net.longpoll import MAX_WAIT
 from relay.net.responses import Handler
 from relay.net.sockets import SocketGuard
 from relay.ops.config import Settings, redact_dsn
@@ -152,6 +151,7 @@ async def run_relay(
         query_timeout=settings.query_timeout,
         on_catalog=hub.catalog_loaded,
         on_head=hub.head_seen,
+        on_column_types=hub.types_loaded,
     )
     extra = extra_routes(AppServices(settings, hub, authenticator, pool)) if extra_routes else None
     # Replays wait their turn at the pool up to RELAY_REPLAY_WAIT; long-polls twice the query
@@ -193,9 +193,9 @@ async def run_relay(
                     ping_interval=20,
                     ping_timeout=20,
                     close_timeout=2,
-                    # The request must be complete within request_timeout (the guard); then a
-                    # long-poll is answered inside the handshake, within MAX_WAIT.
-                    open_timeout=settings.request_timeout + MAX_WAIT + 10,
+                    # The request must be complete within request_timeout (the guard); the
+                    # shell bounds each answer but a stream, which lasts (relay/net/http.py).
+                    open_timeout=None,
                     server_header=None,
                 ) as server,
                 _metrics_server(settings, shell) as metrics_port,

@@ -124,6 +124,31 @@ BEGIN
         );
     END IF;
 
+    IF current_version < 4 THEN
+        -- Move-outs and entries (docs/protocol.md, section 5.4): an UPDATE also carries the old
+        -- values of the carried columns it changed (old_values: the old row is row_data with
+        -- these laid over it) and, when it differs from the new one, the old row's audience
+        -- (old_audience), so the relay can tell, per subscriber, a row that stayed in view
+        -- from one that left it or entered it. NULL in rows written before this version.
+        ALTER TYPE relay.handover ADD ATTRIBUTE old_values jsonb, ADD ATTRIBUTE old_audience text[];
+        ALTER TABLE relay.inbox ADD COLUMN old_values jsonb, ADD COLUMN old_audience text[];
+        ALTER TABLE relay.log ADD COLUMN old_values jsonb, ADD COLUMN old_audience text[];
+        -- A replay also finds the events of users only in the old audience (their move-outs).
+        -- Partial: only rows whose audience changed are indexed, so writes of the others cost
+        -- nothing more, and the index starts empty on an upgrade.
+        CREATE INDEX log_old_audience ON relay.log USING gin (old_audience)
+            WHERE old_audience IS NOT NULL;
+        -- The whitelist by attribute number, so it follows a column's rename.
+        ALTER TABLE relay.tracked ADD COLUMN column_nums int2[];
+        UPDATE relay.tracked AS t
+           SET column_nums = coalesce(ARRAY(
+                   SELECT a.attnum FROM pg_attribute AS a
+                    WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                      AND a.attname = ANY (t.columns)
+                    ORDER BY a.attnum), '{}')
+         WHERE t.columns IS NOT NULL AND EXISTS (SELECT FROM pg_class WHERE oid = t.tbl);
+    END IF;
+
     IF current_version < 5 THEN
         -- The writers' doorbell is off by default: a NOTIFY in a writer's transaction takes a
         -- database-wide lock at commit, serialising concurrent writers, and the relay's
@@ -168,7 +193,8 @@ $pick$;
 -- The capture trigger. Arguments, fixed by relay._attach:
 --   0 owner column ('' when an audience function is used), 1 audience function oid ('' if none),
 --   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal),
---   4 with a whitelist, the table's other columns when the trigger was attached (text[] literal).
+--   4 with a whitelist, the table's other columns when the trigger was attached (text[] literal),
+--   5 with a whitelist, the whitelisted columns' attribute numbers (int2[] literal).
 -- Capture is two row triggers on each tracked table, fired in name order for every row:
 --   relay_capture (this function, SECURITY INVOKER) converts the row and runs the audience
 --     function with the writer's rights, never the schema owner's (a column type's cast to json
@@ -187,10 +213,16 @@ $pick$;
 -- alone, else (or if they fail too) the event carries the key only, and if even the key cannot
 -- be converted its values are null. Errors of the audience function, the application's own
 -- code, fail the write as any trigger's would.
+-- An UPDATE also carries what the relay needs to tell, per subscriber, a row that stays in view
+-- from one that leaves it (a move-out) or enters it (an entry): the old values of the carried
+-- columns it changed (old_values; NULL when the values are not carried: truncated) and the old
+-- row's audience when it differs from the new one (old_audience; else NULL). An UPDATE that
+-- changes no carried column is an event only when it changes the audience.
 -- It runs inside every writing transaction, where each distinct expression below is prepared
 -- anew and each query starts an executor: so the common paths run one query (the settings; the
--- INSERT is relay_capture_append's) and few expressions. An UPDATE that changes no carried
--- column returns early. The exception block around to_jsonb costs no transaction id.
+-- INSERT is relay_capture_append's) and few expressions. An UPDATE that changes neither a carried
+-- column nor the audience returns early. The exception block around to_jsonb costs no
+-- transaction id.
 CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $capture$
 DECLARE
@@ -205,11 +237,13 @@ DECLARE
     pk_columns    text[];
     new_row       jsonb;
     old_row       jsonb;
+    old_values    jsonb;  -- an UPDATE's old values of the changed carried columns
     key_source    jsonb;
     row_key       jsonb;
     old_row_key   jsonb;
     changed_cols  text[];
     who           text[];
+    old_who       text[];  -- an UPDATE's old audience, when it differs from the new one
     ring          boolean;
     max_row_bytes integer;
     cut           boolean;
@@ -230,6 +264,11 @@ BEGIN
         -- owner columns, or those alone.
         key_cols := TG_ARGV[3]::text[] || CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] END;
         IF whitelist IS NOT NULL THEN
+            IF TG_NARGS > 5 THEN  -- the whitelisted columns as they are named now
+                whitelist := ARRAY(SELECT a.attname::text FROM pg_attribute AS a
+                                    WHERE a.attrelid = TG_RELID AND NOT a.attisdropped
+                                      AND a.attnum = ANY (TG_ARGV[5]::int2[]));
+            END IF;
             new_full := relay._pick(NEW, whitelist || key_cols);
             old_full := relay._pick(OLD, whitelist || key_cols);
         END IF;
@@ -254,31 +293,61 @@ BEGIN
     ELSE
         -- The whitelisted values: the row without the columns the whitelist left out when the
         -- trigger was attached, in one operation. Exact unless a column has appeared since
-        -- (added, renamed), which the check sees; then the whitelist is applied by name.
+        -- (added, renamed), which the check sees; then the whitelist is applied by attribute
+        -- number, under the columns' names of now (a renamed column stays carried).
         left_out := CASE WHEN TG_NARGS > 4 AND TG_ARGV[4] <> '' THEN TG_ARGV[4]::text[] END;
         new_row := new_full - left_out;
         old_row := old_full - left_out;
         IF left_out IS NULL OR coalesce(new_row, old_row) - whitelist <> '{}' THEN
-            SELECT coalesce(jsonb_object_agg(w.c, new_full -> w.c) FILTER (WHERE new_full ? w.c), '{}'),
-                   coalesce(jsonb_object_agg(w.c, old_full -> w.c) FILTER (WHERE old_full ? w.c), '{}')
-              INTO new_row, old_row
-              FROM (SELECT DISTINCT unnest(whitelist) AS c) AS w;
+            IF TG_NARGS > 5 THEN
+                SELECT coalesce(array_agg(a.attname::text), '{}'),
+                       coalesce(jsonb_object_agg(a.attname, new_full -> a.attname::text)
+                                FILTER (WHERE new_full ? a.attname), '{}'),
+                       coalesce(jsonb_object_agg(a.attname, old_full -> a.attname::text)
+                                FILTER (WHERE old_full ? a.attname), '{}')
+                  INTO whitelist, new_row, old_row
+                  FROM pg_attribute AS a
+                 WHERE a.attrelid = TG_RELID AND NOT a.attisdropped
+                   AND a.attnum = ANY (TG_ARGV[5]::int2[]);
+            ELSE  -- a trigger attached by version 1 or 2: by name
+                SELECT coalesce(jsonb_object_agg(w.c, new_full -> w.c) FILTER (WHERE new_full ? w.c), '{}'),
+                       coalesce(jsonb_object_agg(w.c, old_full -> w.c) FILTER (WHERE old_full ? w.c), '{}')
+                  INTO new_row, old_row
+                  FROM (SELECT DISTINCT unnest(whitelist) AS c) AS w;
+            END IF;
         END IF;
     END IF;
 
-    IF TG_OP = 'UPDATE' AND NOT key_only THEN
-        IF new_row = old_row THEN
-            handed := set_config('relay.captured', '', true);  -- no event: nothing to append
-            RETURN NULL;  -- nothing the events carry has changed
+    IF TG_OP = 'UPDATE' THEN
+        -- An owner column's old value, when it changed: the old audience.
+        IF TG_ARGV[0] <> '' AND new_full ->> TG_ARGV[0] IS DISTINCT FROM old_full ->> TG_ARGV[0] THEN
+            old_who := CASE WHEN old_full ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
+                            ELSE ARRAY[old_full ->> TG_ARGV[0]] END;
         END IF;
-        IF whitelist IS NULL THEN
-            changed_cols := ARRAY(SELECT e.key FROM jsonb_each(new_row) AS e
-                                   WHERE e.value IS DISTINCT FROM old_row -> e.key ORDER BY e.key);
+        IF key_only THEN
+            NULL;  -- which columns changed, and from what, is unknown
+        ELSIF new_row = old_row THEN
+            -- Nothing the events carry has changed: an event only if the audience has (an owner
+            -- column the whitelist leaves out, or what the audience function reads).
+            IF old_who IS NULL AND (TG_ARGV[0] <> '' OR NEW *= OLD) THEN
+                handed := set_config('relay.captured', '', true);  -- no event: nothing to append
+                RETURN NULL;
+            END IF;
+            changed_cols := '{}';
+            old_values := '{}';
+        ELSIF whitelist IS NULL THEN
+            SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}'),
+                   coalesce(jsonb_object_agg(e.key, old_row -> e.key), '{}')
+              INTO changed_cols, old_values
+              FROM jsonb_each(new_row) AS e
+             WHERE e.value IS DISTINCT FROM old_row -> e.key;
         ELSE
             changed_cols := '{}';
+            old_values := '{}';
             FOREACH c IN ARRAY whitelist LOOP
                 IF new_row -> c IS DISTINCT FROM old_row -> c THEN
                     changed_cols := changed_cols || c;
+                    old_values := old_values || jsonb_build_object(c, old_row -> c);
                 END IF;
             END LOOP;
             IF cardinality(changed_cols) > 1 THEN  -- in name order, each once
@@ -290,11 +359,23 @@ BEGIN
         new_row := old_row;  -- a DELETE carries the old whitelisted values
     END IF;
 
-    -- Who may see it: the new row's audience, or the old row's for a DELETE.
+    -- Who may see it: the new row's audience, or the old row's for a DELETE; an UPDATE also
+    -- keeps the old row's, when it differs.
     key_source := coalesce(new_full, old_full);
     IF TG_ARGV[0] <> '' THEN
         who := CASE WHEN key_source ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
                     ELSE ARRAY[key_source ->> TG_ARGV[0]] END;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- Both answers in one statement: each EXECUTE is parsed and planned anew.
+        EXECUTE format('SELECT %1$s($1), %1$s($2)', TG_ARGV[1]::oid::regproc)
+           INTO who, old_who USING NEW, OLD;
+        IF coalesce(old_who, '{}') = coalesce(who, '{}') THEN
+            old_who := NULL;
+            IF old_values = '{}' THEN
+                handed := set_config('relay.captured', '', true);
+                RETURN NULL;  -- neither a carried column nor the audience has changed
+            END IF;
+        END IF;
     ELSIF TG_OP = 'DELETE' THEN
         EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
     ELSE
@@ -321,13 +402,16 @@ BEGIN
         END IF;
     END IF;
 
-    -- Only the two settings used. A row over max_row_bytes, or one to_jsonb refused, travels
-    -- as its key only, flagged truncated.
+    -- Only the two settings used. A row over max_row_bytes (its carried values, or an UPDATE's
+    -- old values of the changed ones), or one to_jsonb refused, travels as its key only,
+    -- flagged truncated; its audiences travel all the same.
     SELECT s.notify, s.max_row_bytes INTO ring, max_row_bytes FROM relay.settings AS s;
-    cut := key_only OR coalesce(pg_column_size(new_row) > max_row_bytes, false);
+    cut := key_only OR coalesce(greatest(pg_column_size(new_row), pg_column_size(old_values))
+                                > max_row_bytes, false);
     handed := set_config('relay.captured',
         ROW(row_key, old_row_key, CASE WHEN NOT cut THEN new_row END, changed_cols,
-            coalesce(who, '{}'), cut)::relay.handover::text,
+            coalesce(who, '{}'), cut, CASE WHEN NOT cut THEN old_values END, old_who
+           )::relay.handover::text,
         true);
 
     IF ring THEN
@@ -355,9 +439,10 @@ BEGIN
     event := handed::relay.handover;
     handed := set_config('relay.captured', '', true);
     INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
-                             audience, truncated)
+                             audience, truncated, old_values, old_audience)
     VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, event.pk, event.old_key, event.row_data,
-            event.changed, event.audience, event.truncated);
+            event.changed, event.audience, event.truncated, event.old_values,
+            event.old_audience);
     RETURN NULL;
 END
 $append$;
@@ -388,10 +473,11 @@ BEGIN
         RETURNING i.*, i.xmin AS writer_xid
     )
     INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data, changed,
-                           audience, truncated, captured_at, committed_at)
+                           audience, truncated, old_values, old_audience, captured_at,
+                           committed_at)
     SELECT head_pos + row_number() OVER (ORDER BY t.id),
            t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data, t.changed,
-           t.audience, t.truncated, t.captured_at,
+           t.audience, t.truncated, t.old_values, t.old_audience, t.captured_at,
            -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
            coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(t.writer_xid) END,
                     t.captured_at)
@@ -463,9 +549,22 @@ CREATE OR REPLACE FUNCTION relay._attach(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $attach$
 DECLARE
     t        relay.tracked;
+    names    name[];
     left_out name[];
 BEGIN
     SELECT * INTO STRICT t FROM relay.tracked WHERE relay.tracked.tbl = _attach.tbl;
+    IF t.column_nums IS NOT NULL THEN
+        -- The whitelist is kept by attribute number: its columns under their names of now (a
+        -- rename since relay.track is followed), written back where the relays read them.
+        names := ARRAY(SELECT a.attname FROM pg_attribute AS a
+                        WHERE a.attrelid = t.tbl AND a.attnum = ANY (t.column_nums)
+                          AND NOT a.attisdropped
+                        ORDER BY a.attnum);
+        IF t.columns IS DISTINCT FROM names THEN
+            UPDATE relay.tracked AS r SET columns = names WHERE r.tbl = t.tbl;
+            t.columns := names;
+        END IF;
+    END IF;
     -- With a whitelist, the columns it leaves out, as they are now: relay.capture drops them
     -- from the row in one operation (and notices a column that appears later).
     SELECT array_agg(a.attname ORDER BY a.attnum) INTO left_out
@@ -476,13 +575,14 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture_append ON %s', t.tbl);
     EXECUTE format(
         'CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L)',
+        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L, %L)',
         t.tbl,
         coalesce(t.owner_column::text, ''),
         coalesce(t.audience::oid::text, ''),
         coalesce(t.columns::text[]::text, ''),
         t.pk_columns::text[]::text,
-        CASE WHEN t.columns IS NULL THEN '' ELSE coalesce(left_out, '{}')::text END);
+        CASE WHEN t.columns IS NULL THEN '' ELSE coalesce(left_out, '{}')::text END,
+        coalesce(t.column_nums::text, ''));
     -- Fires right after relay_capture for each row (triggers fire in name order).
     EXECUTE format(
         'CREATE TRIGGER relay_capture_append AFTER INSERT OR UPDATE OR DELETE ON %s '
@@ -505,6 +605,7 @@ DECLARE
     pk_cols    name[];
     all_cols   name[];
     unknown    text;
+    nums       int2[];
     fn         pg_proc;
 BEGIN
     IF tbl IS NULL THEN
@@ -562,11 +663,19 @@ BEGIN
         END IF;
     END IF;
 
-    INSERT INTO relay.tracked AS t (tbl, owner_column, audience, columns, pk_columns)
-    VALUES (tbl, owner_column, audience, columns, pk_cols)
+    IF columns IS NOT NULL THEN  -- the whitelist by attribute number: it follows renames
+        nums := ARRAY(SELECT a.attnum FROM pg_attribute AS a
+                       WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attname = ANY (columns)
+                       ORDER BY a.attnum);
+    END IF;
+
+    INSERT INTO relay.tracked AS t (tbl, owner_column, audience, columns, column_nums, pk_columns)
+    VALUES (tbl, owner_column, audience, columns, nums, pk_cols)
     ON CONFLICT ON CONSTRAINT tracked_pkey DO UPDATE
        SET owner_column = excluded.owner_column, audience = excluded.audience,
-           columns = excluded.columns, pk_columns = excluded.pk_columns, tracked_at = now();
+           columns = excluded.columns, column_nums = excluded.column_nums,
+           pk_columns = excluded.pk_columns, tracked_at = now();
     PERFORM relay._attach(tbl);
 END
 $track$;

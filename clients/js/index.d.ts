@@ -3,7 +3,7 @@
 /** What a Live indicator shows. */
 export type ConnectionState =
   | 'connecting' // never connected yet: first attempts
-  | 'live' // websocket open and authenticated
+  | 'live' // websocket (or SSE stream) open and authenticated
   | 'reconnecting' // was connected (or polling); waiting out the backoff or trying again
   | 'offline' // the browser reports no network (navigator.onLine === false)
   | 'polling' // websockets do not get through: HTTP long-polling, same cursors
@@ -29,7 +29,8 @@ export interface RelayEvent<R extends Row = Row> {
   op: Op;
   /** The row's primary key (after the change). */
   pk: Record<string, unknown>;
-  /** New values (INSERT, UPDATE) or old ones (DELETE) of the tracked columns; null if truncated. */
+  /** New values (INSERT, UPDATE) or old ones (DELETE) of the tracked columns; null if truncated
+   * or on a move-out. */
   row: R | null;
   /** Primary key before the change (UPDATE and DELETE). */
   old?: Record<string, unknown>;
@@ -39,6 +40,10 @@ export interface RelayEvent<R extends Row = Row> {
   ts: string;
   /** The row was over the relay's size cap: `row` is null, refetch it by `pk`. */
   truncated?: boolean;
+  /** Set when an UPDATE changed what this subscription sees. 'out': a move-out (op 'DELETE',
+   * `row` null, `pk` the key the app knows the row by): remove it. 'in': an entry (op 'INSERT',
+   * the new values): add it. */
+  moved?: 'out' | 'in';
 }
 
 export type ResetReason = 'cursor_expired' | 'epoch_changed' | 'overflow' | (string & {});
@@ -54,7 +59,8 @@ export interface ResetInfo {
 export interface SubscribeOptions {
   filter?: Filter;
   ops?: Op[];
-  /** Batch UPDATEs of one row within this many ms into one event (websockets only). */
+  /** Batch UPDATEs of one row within this many ms into one event (websockets only: ignored
+   * over SSE, whose stream has one order for all its subscriptions). */
   coalesceMs?: number;
   /** Schema of the table; by default the table name in any tracked schema. */
   schema?: string;
@@ -102,6 +108,9 @@ export interface ClientOptions {
   url: string;
   /** Returns a JWT for the current user; called again before it expires and after a 4001. */
   token: () => string | Promise<string>;
+  /** 'websocket' (default), or 'sse': Server-Sent Events over fetch (GET <url>/v1/sse), for
+   * networks that pass plain HTTP only. Either way the long-poll is the last fallback. */
+  transport?: 'websocket' | 'sse';
   /** Defaults to globalThis.WebSocket. Without any, the client long-polls only. */
   WebSocket?: WebSocketConstructor;
   /** Defaults to globalThis.fetch. Without it, there is no long-polling fallback. */
@@ -194,7 +203,10 @@ export declare class RelayError extends Error {
   readonly reason?: string;
 }
 
-export declare function endpoints(url: string, pollUrl?: string): { ws: string; poll: string };
+export declare function endpoints(
+  url: string,
+  pollUrl?: string,
+): { ws: string; poll: string; sse: string };
 
 // -- backoff and tokens ------------------------------------------------------------------------
 
@@ -266,3 +278,25 @@ export declare function createInvalidator(
 ): Invalidator;
 
 export declare function matches(rule: InvalidationRule, event: RelayEvent): boolean;
+
+// -- @supabase/realtime-js channels served by pgrelay (src/supabase.js) ------------------------
+
+/** The parts of a realtime-js RealtimeChannel the resume helper reads. */
+export interface ResumableChannel {
+  topic: string;
+  bindings: Record<string, Array<{ id?: number | string; filter: Record<string, unknown> }>>;
+  socket: { socketAdapter: { onMessage(callback: (message: any) => void): void } };
+}
+
+export interface ResumableOptions {
+  /** A binding's cursor could not be replayed from: refetch what it shows. */
+  onReset?(reason: ResetReason, info: { ids: Array<number | string>; message?: string }): void;
+  /** Cursors kept from an earlier page (channelCursors). */
+  cursors?: Record<string, string>;
+}
+
+/** Opts the channel's postgres_changes bindings in to pgrelay's resume; before subscribe(). */
+export declare function resumable<C extends ResumableChannel>(channel: C, options?: ResumableOptions): C;
+
+/** The bindings' cursors, to pass back as `resumable(channel, { cursors })` after a reload. */
+export declare function channelCursors(channel: ResumableChannel): Record<string, string>;

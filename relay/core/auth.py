@@ -22,7 +22,13 @@ reason, a bounded set (``AUTH_FAILURE_REASONS``) used as a metric label and a cl
 ``bad_issuer``     ``iss`` equals the configured issuer (only when one is configured).
 ``bad_audience``   ``aud`` (a string or a list of them) contains the configured audience (only
                    when one is configured).
-``missing_sub``    ``sub`` is a non-empty string.
+``missing_sub``    ``sub`` is a non-empty string, unless the token's ``role`` is one of the
+                   configured ``anonymous_roles`` (Supabase's anon key has role ``anon`` and no
+                   sub): then it is an anonymous token, ``Claims.sub`` empty.
+``reserved_sub``   ``sub`` does not start with ``role:`` (audience keys of roles:
+                   relay/core/audience.py).
+``missing_role``   on ``verify(..., require_role=True)`` only (the Supabase dialect, as Supabase
+                   requires it): ``role`` is a non-empty string.
 ``sub_changed``    on ``refresh`` only: the new token names the same ``sub`` as the current one.
 
 No message ever contains the token, nor any claim of it.
@@ -46,6 +52,7 @@ __all__ = [
     "AUTH_FAILURE_REASONS",
     "DEFAULT_LEEWAY",
     "DEFAULT_MAX_TOKEN_BYTES",
+    "ROLE_PREFIX",
     "AuthSettings",
     "Authenticator",
     "Claims",
@@ -65,6 +72,8 @@ AUTH_FAILURE_REASONS: Final[frozenset[str]] = frozenset(
         "bad_issuer",
         "bad_audience",
         "missing_sub",
+        "reserved_sub",
+        "missing_role",
         "sub_changed",
     }
 )
@@ -103,15 +112,21 @@ class AuthSettings:
     issuer: str | None = None
     leeway: float = DEFAULT_LEEWAY
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+    anonymous_roles: frozenset[str] = frozenset()
+
+
+ROLE_PREFIX: Final = "role:"  # audience keys naming a role; no user id may start with it
 
 
 @dataclass(frozen=True)
 class Claims:
-    """A verified token: its subject (the user id), its expiry (unix seconds) and every claim."""
+    """A verified token: its subject (the user id; empty for an anonymous token), its expiry
+    (unix seconds), its ``role`` claim (None without one) and every claim."""
 
     sub: str
     exp: float
     raw: Mapping[str, Any]
+    role: str | None = None
 
 
 def one_line(exc: BaseException) -> str:
@@ -208,7 +223,7 @@ class Authenticator:
         """The algorithms a token may use with this configuration."""
         return self._algorithms
 
-    def verify(self, token: object, now: float) -> Claims:
+    def verify(self, token: object, now: float, *, require_role: bool = False) -> Claims:
         """Verifies ``token`` at ``now`` (unix seconds); raises AuthError(reason) if refused."""
         if (
             not isinstance(token, str)
@@ -235,7 +250,7 @@ class Authenticator:
             raise AuthError("bad_algorithm", "the token's algorithm is not accepted") from None
         except jwt.PyJWTError:
             raise AuthError("malformed", "the token payload does not decode") from None
-        return self._check_claims(payload, now)
+        return self._check_claims(payload, now, require_role)
 
     def refresh(self, current: Claims, token: object, now: float) -> Claims:
         """Verifies a replacement token; it must name the same ``sub`` as ``current``."""
@@ -263,7 +278,7 @@ class Authenticator:
             raise AuthError("bad_algorithm", "the token's algorithm does not match its key")
         return key.jwk
 
-    def _check_claims(self, payload: Mapping[str, Any], now: float) -> Claims:
+    def _check_claims(self, payload: Mapping[str, Any], now: float, require_role: bool) -> Claims:
         leeway = self.settings.leeway
         exp = _time_claim(payload, "exp")
         nbf = _time_claim(payload, "nbf")
@@ -280,10 +295,18 @@ class Authenticator:
             payload.get("aud"), self.settings.audience
         ):
             raise AuthError("bad_audience", "the token is for another audience")
+        role = payload.get("role")
+        role = role if isinstance(role, str) and role else None
         sub = payload.get("sub")
         if not isinstance(sub, str) or not sub:
-            raise AuthError("missing_sub", "the token has no sub")
-        return Claims(sub=sub, exp=exp, raw=MappingProxyType(dict(payload)))
+            if role is None or role not in self.settings.anonymous_roles:
+                raise AuthError("missing_sub", "the token has no sub")
+            sub = ""  # an anonymous token: it reaches what its role's audience key reaches
+        elif sub.startswith(ROLE_PREFIX):
+            raise AuthError("reserved_sub", f"a sub may not start with {ROLE_PREFIX!r}")
+        if require_role and role is None:
+            raise AuthError("missing_role", "Fields `role` and `exp` are required in JWT")
+        return Claims(sub=sub, exp=exp, raw=MappingProxyType(dict(payload)), role=role)
 
 
 def _time_claim(payload: Mapping[str, Any], name: str) -> float | None:

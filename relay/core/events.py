@@ -33,6 +33,7 @@ __all__ = [
     "BigNumber",
     "Event",
     "JSONValue",
+    "Moved",
     "Op",
     "RawJSON",
     "Uncarriable",
@@ -46,6 +47,8 @@ __all__ = [
 Op: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "HEARTBEAT"]
 OPS: frozenset[str] = frozenset({"INSERT", "UPDATE", "DELETE"})  # what clients subscribe to
 JSONValue: TypeAlias = Any  # what json.loads returns; rows are arbitrary JSON objects
+# The two forms an UPDATE takes for a subscriber whose view it changes (relay/core/moves.py).
+Moved: TypeAlias = Literal["out", "in"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -225,6 +228,13 @@ class Event:
     MAX_DEPTH (``truncated``).
     ``old_key`` is the primary key before the change (UPDATE and DELETE). ``changed`` lists the
     whitelisted columns an UPDATE changed, sorted. ``audience`` is every user id allowed to see it.
+
+    An UPDATE also says what the row was before it (schema version 4), so each subscriber can be
+    told whether the row stayed in its view, left it or entered it (relay/core/moves.py):
+    ``old_values`` holds the old values of the carried columns it changed (None when unknown: a
+    truncated UPDATE, or one logged before version 4) and ``old_audience`` the old row's audience
+    when it differs from ``audience`` (None: the same). ``moved`` is set on the two forms an
+    UPDATE takes for a subscriber whose view it changes, ``moved_out`` and ``moved_in``.
     """
 
     pos: int
@@ -238,6 +248,11 @@ class Event:
     audience: frozenset[str]
     committed_at: datetime
     truncated: bool = False
+    old_values: Mapping[str, JSONValue] | None = None
+    old_audience: frozenset[str] | None = None
+    moved: Moved | None = None
+    # The move-out and entry forms, built once per event (and so encoded once per fan-out).
+    _forms: dict[Moved, Event] = field(default_factory=dict, init=False, repr=False, compare=False)
     # The encoding caches: the JSON (``encoded``), and what relay/core/wire.py builds around it,
     # the frame's tail per epoch and whole frames per (subscription id, epoch). Not constructor
     # arguments, so dataclasses.replace() never carries another event's encoding over.
@@ -251,6 +266,55 @@ class Event:
     def row_key(self) -> tuple[str, str, str]:
         """Identifies the row across events: schema, table and the primary key as JSON."""
         return (self.schema, self.table, dumps(self.pk))
+
+    @property
+    def audience_before(self) -> frozenset[str]:
+        """Who could see the row before this change: an UPDATE's old audience, else ``audience``."""
+        return self.audience if self.old_audience is None else self.old_audience
+
+    def moved_out(self) -> Event:
+        """This UPDATE as a move-out: a DELETE of the row under its key before the change that
+        carries nothing else (no value of the new row, no changed columns)."""
+        form = self._forms.get("out")
+        if form is None:
+            key = self.pk if self.old_key is None else self.old_key
+            form = Event(
+                pos=self.pos,
+                schema=self.schema,
+                table=self.table,
+                op="DELETE",
+                pk=key,
+                row=None,
+                old_key=key,
+                changed=(),
+                audience=self.audience_before,
+                committed_at=self.committed_at,
+                moved="out",
+            )
+            self._forms["out"] = form
+        return form
+
+    def moved_in(self) -> Event:
+        """This UPDATE as an entry: an INSERT of the row with its new values (truncated when
+        the UPDATE is)."""
+        form = self._forms.get("in")
+        if form is None:
+            form = Event(
+                pos=self.pos,
+                schema=self.schema,
+                table=self.table,
+                op="INSERT",
+                pk=self.pk,
+                row=self.row,
+                old_key=None,
+                changed=(),
+                audience=self.audience,
+                committed_at=self.committed_at,
+                truncated=self.truncated,
+                moved="in",
+            )
+            self._forms["in"] = form
+        return form
 
     def encoded(self) -> str:
         """The event's JSON members, the frame's part after its ``"cursor"``, encoded once (the
@@ -271,6 +335,8 @@ class Event:
                 members["old"] = self.old_key
             if self.truncated:
                 members["truncated"] = True
+            if self.moved is not None:
+                members["moved"] = self.moved
             body = dumps(members)[1:]  # drop the "{": the cursor goes before
             object.__setattr__(self, "_body", body)
         return body
@@ -279,7 +345,8 @@ class Event:
         """This UPDATE followed by a newer UPDATE of the same row, as one event.
 
         The result sits at the newer position with the newer values, and its ``changed`` is the
-        union of both, so a client that skips the older one loses nothing.
+        union of both, so a client that skips the older one loses nothing. Both were delivered
+        as UPDATEs (never a move-out or an entry), so the result says nothing of the row before.
         """
         return Event(
             pos=newer.pos,

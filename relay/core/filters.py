@@ -5,8 +5,14 @@ A client sends a filter as a JSON object mapping column names to conditions::
     {"status": "open", "team_id": {"in": [3, 4, 5]}}
 
 Every condition must hold (AND). A condition is either a JSON scalar (string, number, boolean or
-null), meaning the column equals it, or ``{"in": [scalars...]}`` (1 to 100 values), meaning the
-column equals one of them. Nothing else: no nesting, no ranges, no matching inside JSON columns.
+null), meaning the column equals it, or an object of operators, each of which must hold:
+``{"in": [scalars...]}`` (1 to 100 values: the column equals one of them), ``{"eq": v}``,
+``{"neq": v}``, ``{"lt": v}``, ``{"lte": v}``, ``{"gt": v}``, ``{"gte": v}``, and ``{"not": {op:
+v}}`` negating one of those (``{"age": {"gte": 18, "lt": 65}}``). No nesting beyond that, no
+matching inside JSON columns. Equality clauses (a scalar, ``eq``, ``in``) are sets of keys, the
+fast path replays also narrow in SQL; the other operators are ``Condition`` objects
+(relay/core/conditions.py, where their rules are written), which replays check in Python only.
+The Supabase dialect's text syntax builds the same filter (relay/core/postgrest.py, ``build``).
 
 Memory: each parsed filter carries ``cost``, an estimate in bytes of the memory its parsed form
 holds, computed once at parse time from the number of columns and values and the length of
@@ -39,17 +45,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
-from relay.core.events import BigNumber, Event, JSONValue
+from relay.core.conditions import COMPARISONS, OPERATORS, Condition
+from relay.core.events import Event, JSONValue
+from relay.core.jsonkeys import FALSE, TRUE, UNMATCHABLE, Keys, key, keys_of, rank
 from relay.errors import ProtocolError
 
 __all__ = [
     "CLAUSE_BYTES",
+    "CONDITION_BYTES",
     "MAX_COLUMNS",
+    "MAX_CONDITIONS",
     "MAX_IN_VALUES",
     "MAX_NAME_BYTES",
     "SET_BYTES",
@@ -60,6 +70,7 @@ __all__ = [
 ]
 
 MAX_COLUMNS: Final = 16
+MAX_CONDITIONS: Final = 32  # equality clauses and conditions, over all columns
 MAX_IN_VALUES: Final = 100
 MAX_NAME_BYTES: Final = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -73,101 +84,23 @@ CLAUSE_BYTES: Final = 160  # plus the column name's characters
 SET_BYTES: Final = 224  # a clause of two or more values: its frozenset
 VALUE_BYTES: Final = 104  # a number; an int adds its bytes, a Decimal 80
 STRING_BYTES: Final = 144  # a string, plus its characters (4 bytes each unless ASCII)
+CONDITION_BYTES: Final = 128  # a Condition beyond a clause: its object and its bounds tuple
 
 
-class _Sentinel:
-    """A distinct hashable object standing for a value that Python would conflate."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-# Python says True == 1 and hash(True) == hash(1); jsonb does not, so booleans get their own keys.
-# Strings, None and ints are their own keys: str and None never equal another type, and ints
-# compare exactly. A float stands for the decimal of its shortest repr, the decimal the JSON text
-# most likely said: JSON "1e30" parses to a float that is not exactly 10**30, but jsonb says the
-# two are equal. Below 2**53 a float is its own key (24 bytes, where a Decimal takes 104): two
-# floats are equal exactly when their shortest reprs are, and an integral one equals the int of
-# the same value; from 2**53 up (where every float is integral but not every integer a float),
-# the key is the Decimal of its repr, and Decimal("1e+30") == 10**30. Python hashes equal ints,
-# Decimals and floats alike, so one set lookup compares numerically.
-_TRUE: Final = _Sentinel("<true>")
-_FALSE: Final = _Sentinel("<false>")
-# The key of a row value no filter value can equal (objects, arrays, non-finite numbers).
-_UNMATCHABLE: Final = _Sentinel("<unmatchable>")
-_EXACT_FLOATS: Final = 2.0**53  # below it, every integer is a float
-
-
-def _key(value: object) -> object:
-    """The normalised comparison key of a JSON value; ``_UNMATCHABLE`` if it is not a scalar.
-
-    Never raises for a row value: a BigNumber (a number past a double, carried as its text)
-    keys as its exact Decimal, as jsonb compares it; a RawJSON (a value too deep to carry)
-    matches nothing.
-    """
-    if value is True:
-        return _TRUE
-    if value is False:
-        return _FALSE
-    if isinstance(value, str):
-        if value.__class__ is str:
-            return value
-        return Decimal(value) if isinstance(value, BigNumber) else _UNMATCHABLE
-    if value is None or isinstance(value, int):  # bool was handled above
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _UNMATCHABLE
-        return value if abs(value) < _EXACT_FLOATS else Decimal(repr(value))
-    if isinstance(value, Decimal):  # a row decoded with parse_float=Decimal
-        return _decimal_key(value)
-    return _UNMATCHABLE
-
-
-def _decimal_key(value: Decimal) -> object:
-    """A Decimal's key: the float whose shortest repr it equals (as ``_key`` keys that float),
-    itself when integral, else unmatchable (no filter value, parsed from JSON as a float, can
-    stand for a decimal that is not a float's shortest repr)."""
-    if not value.is_finite():
-        return _UNMATCHABLE
-    as_float = float(value)
-    if abs(as_float) < _EXACT_FLOATS and Decimal(repr(as_float)) == value:
-        return as_float
-    return value if value == value.to_integral_value() else _UNMATCHABLE
-
-
-# The keys a column's value must be one of: a 1-tuple for a single value (48 bytes, where a
-# frozenset of one takes 216; ``in`` on it compares with ==, which agrees with hashing for keys),
-# else a frozenset sized for its values.
-Keys = tuple[object] | frozenset[object]
-
-
-def _keys(keys: list[object]) -> Keys:
-    # A frozenset built from a dict is sized for its length at once; built from a list or a
-    # generator it grows by steps and ends with a table up to twice as large (8 KiB for 100).
-    unique = dict.fromkeys(keys)
-    return (keys[0],) if len(unique) == 1 else frozenset(unique)
-
-
-def _value_cost(key: object) -> int:
+def _value_cost(value: object) -> int:
     """Estimated bytes one filter value holds: its set slot and its key (see CLAUSE_BYTES)."""
-    if isinstance(key, str):
-        return STRING_BYTES + (len(key) if key.isascii() else 4 * len(key))
-    if isinstance(key, int):
-        return VALUE_BYTES + key.bit_length() // 7  # 4 bytes per 30 bits
-    if isinstance(key, Decimal):
+    if isinstance(value, str):
+        return STRING_BYTES + (len(value) if value.isascii() else 4 * len(value))
+    if isinstance(value, int):
+        return VALUE_BYTES + value.bit_length() // 7  # 4 bytes per 30 bits
+    if isinstance(value, Decimal):
         return VALUE_BYTES + 80
     return VALUE_BYTES
 
 
 def _clause_cost(column: str, keys: Keys) -> int:
     name = len(column) if column.isascii() else 4 * len(column)
-    values = sum(_value_cost(key) for key in keys)
+    values = sum(_value_cost(value) for value in keys)
     return CLAUSE_BYTES + name + values + (SET_BYTES if isinstance(keys, frozenset) else 0)
 
 
@@ -203,13 +136,13 @@ def _column_values(column: str, keys: Keys) -> ColumnValues:
     numbers: set[float] = set()
     booleans: list[bool] = []
     beyond = False
-    for key in keys:
-        if key is _TRUE or key is _FALSE:
-            booleans.append(key is _TRUE)
-        elif isinstance(key, str):
-            strings.append(key)
-        elif isinstance(key, int | float | Decimal):
-            number = _as_double(key)
+    for value in keys:
+        if value is TRUE or value is FALSE:
+            booleans.append(value is TRUE)
+        elif isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, int | float | Decimal):
+            number = _as_double(value)
             if number is None:
                 beyond = True
             else:
@@ -237,15 +170,15 @@ def _bad(message: str) -> ProtocolError:
 
 def _scalar_key(column: str, value: object, what: str) -> object:
     """The key of one filter value, or ProtocolError if it is not a finite JSON scalar."""
-    key = _key(value)
-    if key is _UNMATCHABLE:
+    value_key = key(value)
+    if value_key is UNMATCHABLE:
         problem = (
             "a finite number"
             if isinstance(value, float | Decimal)
             else f"a JSON scalar (string, number, boolean or null), not {_json_kind(value)}"
         )
         raise _bad(f"filter on column {_quote(column)}: {what} must be {problem}")
-    return key
+    return value_key
 
 
 def _parse_column(column: object) -> str:
@@ -258,20 +191,7 @@ def _parse_column(column: object) -> str:
     return column
 
 
-def _parse_condition(column: str, condition: object) -> Keys:
-    if isinstance(condition, list):
-        raise _bad(
-            f'filter on column {_quote(column)}: use {{"in": [...]}} to match one of several '
-            "values, not a bare array"
-        )
-    if not isinstance(condition, dict):
-        return (_scalar_key(column, condition, "the value"),)
-    if set(condition) != {"in"}:
-        raise _bad(
-            f"filter on column {_quote(column)}: an object condition must be exactly "
-            '{"in": [...]}'
-        )
-    values = condition["in"]
+def _in_keys(column: str, values: object) -> Keys:
     if not isinstance(values, list):
         raise _bad(f'filter on column {_quote(column)}: "in" must be an array')
     if not 1 <= len(values) <= MAX_IN_VALUES:
@@ -279,20 +199,78 @@ def _parse_condition(column: str, condition: object) -> Keys:
             f'filter on column {_quote(column)}: "in" must have 1 to {MAX_IN_VALUES} values, '
             f"not {len(values)}"
         )
-    return _keys([_scalar_key(column, value, '"in" values') for value in values])
+    return keys_of([_scalar_key(column, value, '"in" values') for value in values])
+
+
+def _operator(column: str, op: str, operand: object, negate: bool) -> Condition:
+    """One operator of an object condition as a Condition."""
+    if op == "in":
+        return Condition(column, op, keys=_in_keys(column, operand), negate=negate)
+    value_key = _scalar_key(column, operand, f'the value of "{op}"')
+    if op in COMPARISONS:
+        ranked = rank(value_key)
+        if ranked is None:
+            raise _bad(
+                f'filter on column {_quote(column)}: "{op}" compares with a number, a string '
+                "or a boolean, not null"
+            )
+        return Condition(column, op, bounds=(ranked,), negate=negate)
+    return Condition(column, op, keys=(value_key,), negate=negate)
+
+
+_OPERATOR_LIST: Final = ", ".join(OPERATORS)
+
+
+def _parse_condition(column: str, condition: object) -> list[Condition]:
+    """A column's condition as Conditions; plain equality ones become clauses in ``build``."""
+    if isinstance(condition, list):
+        raise _bad(
+            f'filter on column {_quote(column)}: use {{"in": [...]}} to match one of several '
+            "values, not a bare array"
+        )
+    if not isinstance(condition, dict):
+        return [Condition(column, "eq", keys=(_scalar_key(column, condition, "the value"),))]
+    if not condition:
+        raise _bad(f"filter on column {_quote(column)}: an object condition needs an operator")
+    conditions = []
+    for op, operand in condition.items():
+        if op == "not":
+            if not isinstance(operand, dict) or len(operand) != 1 or next(iter(operand)) == "not":
+                raise _bad(
+                    f'filter on column {_quote(column)}: "not" takes an object of one operator '
+                    f"({_OPERATOR_LIST})"
+                )
+            ((op, operand),) = operand.items()
+            negate = True
+        else:
+            negate = False
+        if op not in OPERATORS:
+            raise _bad(
+                f"filter on column {_quote(column)}: unknown operator {_quote(str(op))}; an object "
+                f"condition takes {_OPERATOR_LIST} and not"
+            )
+        conditions.append(_operator(column, op, operand, negate))
+    return conditions
+
+
+def _condition_cost(condition: Condition) -> int:
+    values = condition.keys or tuple(bound for _, bound in condition.bounds)
+    return CONDITION_BYTES + _clause_cost(condition.column, values)
 
 
 @dataclass(frozen=True, slots=True)
 class RowFilter:
-    """A parsed filter: per column, the normalised keys its value must be one of.
+    """A parsed filter: per column, the normalised keys its value must be one of (``clauses``),
+    and the other conditions it must meet (``conditions``).
 
-    ``clauses`` is sorted by column name, so two filters with the same conditions compare equal
+    Both are sorted by column name, so two filters with the same conditions compare equal
     whatever the key order of the JSON they came from. The empty filter matches every row.
     ``cost`` is the estimated bytes the parsed filter holds (module docstring); 0 when empty.
     """
 
     clauses: tuple[tuple[str, Keys], ...] = ()
     cost: int = field(default=0, compare=False)
+    conditions: tuple[Condition, ...] = ()
 
     @classmethod
     def parse(cls, raw: object) -> RowFilter:
@@ -306,22 +284,56 @@ class RowFilter:
             raise _bad(f"filter must be a JSON object or null, not {_json_kind(raw)}")
         if len(raw) > MAX_COLUMNS:
             raise _bad(f"filter has {len(raw)} columns; at most {MAX_COLUMNS} are allowed")
-        clauses = []
+        conditions = []
         for column, condition in raw.items():
             name = _parse_column(column)
-            clauses.append((name, _parse_condition(name, condition)))
-        if not clauses:
+            conditions.extend(_parse_condition(name, condition))
+        return cls.build(conditions)
+
+    @classmethod
+    def build(cls, conditions: Iterable[Condition]) -> RowFilter:
+        """The filter requiring every condition: the first plain ``eq`` or ``in`` of each column
+        becomes a clause, the rest stay conditions. Raises ProtocolError past MAX_COLUMNS or
+        MAX_CONDITIONS."""
+        clauses: dict[str, Keys] = {}
+        others: list[Condition] = []
+        for condition in conditions:
+            column = condition.column
+            if condition.op in ("eq", "in") and not condition.negate and column not in clauses:
+                clauses[column] = condition.keys
+            else:
+                others.append(condition)
+        columns = len(set(clauses) | {condition.column for condition in others})
+        if columns > MAX_COLUMNS:
+            raise _bad(f"filter has {columns} columns; at most {MAX_COLUMNS} are allowed")
+        if len(clauses) + len(others) > MAX_CONDITIONS:
+            raise _bad(
+                f"filter has {len(clauses) + len(others)} conditions; at most {MAX_CONDITIONS} "
+                "are allowed"
+            )
+        if not clauses and not others:
             return _EMPTY
-        clauses.sort(key=lambda clause: clause[0])
-        return cls(tuple(clauses), sum(_clause_cost(column, keys) for column, keys in clauses))
+        cost = sum(_clause_cost(column, keys) for column, keys in clauses.items())
+        cost += sum(_condition_cost(condition) for condition in others)
+        others.sort(key=lambda condition: condition.column)
+        ordered = tuple(sorted(clauses.items(), key=lambda clause: clause[0]))
+        return cls(ordered, cost, tuple(others))
+
+    @property
+    def empty(self) -> bool:
+        """Whether the filter has no condition (it matches every row, before and after)."""
+        return not self.clauses and not self.conditions
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The filtered columns, sorted (for checking them against a table's whitelist)."""
-        return tuple(column for column, _ in self.clauses)
+        names = {column for column, _ in self.clauses}
+        names.update(condition.column for condition in self.conditions)
+        return tuple(sorted(names))
 
     def by_type(self) -> tuple[ColumnValues, ...]:
-        """Each clause's values split by JSON type, for narrowing a log read in SQL."""
+        """Each clause's values split by JSON type, for narrowing a log read in SQL. The other
+        conditions are not narrowed in SQL (the read fails open for them)."""
         return tuple(_column_values(column, keys) for column, keys in self.clauses)
 
     def matches(self, event: Event) -> bool:
@@ -334,23 +346,83 @@ class RowFilter:
         matching. That fails open deliberately: a filter is a client's
         narrowing, not access control; the router's audience check is what protects users.
         """
-        row: Mapping[str, JSONValue] | None = event.row
+        row = event.row
         if row is None:
-            pk = event.pk
-            for column, keys in self.clauses:
-                if column in pk and _key(pk[column]) not in keys:
-                    return False
-            return True
-        for column, keys in self.clauses:
+            return self._key_holds(event.pk)
+        pk = event.pk
+        for column, keys in self.clauses:  # the hot path of routing: written out, no call
             if column in row:
                 value = row[column]
-            elif column in event.pk:
-                value = event.pk[column]
+            elif column in pk:
+                value = pk[column]
             else:
                 return False
-            if _key(value) not in keys:
+            if key(value) not in keys:
+                return False
+        for condition in self.conditions:
+            column = condition.column
+            if column in row:
+                value = row[column]
+            elif column in pk:
+                value = pk[column]
+            else:
+                return False
+            if not condition.holds(value):
                 return False
         return True
+
+    def matched_before(self, event: Event) -> bool:
+        """Whether the row as it was before an UPDATE met every condition, as ``matches`` says:
+        ``row`` with the old values of the columns the UPDATE changed (``old_values``) in place
+        of the new ones, and the key before the change (``old_key``). A truncated UPDATE is
+        checked on its old key only; one whose old values are unknown (logged before the
+        database recorded them) as ``matches`` checks it."""
+        row, before = event.row, event.old_values
+        old_key = event.pk if event.old_key is None else event.old_key
+        if row is None:
+            return self._key_holds(old_key)
+        if before is None:
+            return self.matches(event)
+        missing = _MISSING
+        for column, keys in self.clauses:
+            value = _old_value(column, before, row, old_key)
+            if value is missing or key(value) not in keys:
+                return False
+        for condition in self.conditions:
+            value = _old_value(condition.column, before, row, old_key)
+            if value is missing or not condition.holds(value):
+                return False
+        return True
+
+    def _key_holds(self, pk: Mapping[str, JSONValue]) -> bool:
+        """The conditions on key columns, against ``pk``; the others count as met (a truncated
+        event's values are unknown)."""
+        for column, keys in self.clauses:
+            if column in pk and key(pk[column]) not in keys:
+                return False
+        for condition in self.conditions:
+            column = condition.column
+            if column in pk and not condition.holds(pk[column]):
+                return False
+        return True
+
+
+_MISSING: Final = object()
+
+
+def _old_value(
+    column: str,
+    before: Mapping[str, JSONValue],
+    row: Mapping[str, JSONValue],
+    old_key: Mapping[str, JSONValue],
+) -> object:
+    """A column's value before an UPDATE: its old value if the UPDATE changed it, else the row's
+    (unchanged) value, else the old key's; ``_MISSING`` when none carries it."""
+    if column in before:
+        return before[column]
+    if column in row:
+        return row[column]
+    return old_key.get(column, _MISSING)
 
 
 def _json_kind(value: object) -> str:

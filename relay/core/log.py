@@ -8,6 +8,7 @@ the core only needs ``LogState`` and the rule below, which every transport and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,9 +58,10 @@ class LogSource(Protocol):
         ...
 
     async def page(
-        self, user: str, sub: Subscription, after: int, upto: int, limit: int
+        self, keys: Sequence[str], sub: Subscription, after: int, upto: int, limit: int
     ) -> ReplayPage:
-        """Events in (after, upto] of ``sub``'s table whose audience holds ``user``, in position
-        order: at most ``limit`` of them, pre-selected by ``sub``'s ops and filter where the
-        store can (the caller matches exactly); the examined range is bounded by the source."""
+        """Events in (after, upto] of ``sub``'s table (every table for ANY_TABLE) whose audience
+        holds one of ``keys`` (the reader's: relay/core/audience.py), in position order: at most
+        ``limit`` of them, pre-selected by ``sub``'s ops and filter where the store can (the caller
+        matches exactly); the examined range is bounded by the source."""
         ...

@@ -1,9 +1,10 @@
 """Client input to subscriptions: every rule a request must meet, written once for all transports.
 
-A websocket ``subscribe`` message and a long-poll's query string (``query_message`` turns it into
-the same message) are validated by ``parse_subscription`` into a not-yet-live ``Subscription``
-and where to resume from. Every rule raises ``ProtocolError`` with its code and a one-line
-message; no value a client sends is echoed back unless it can be encoded (``short``).
+A websocket ``subscribe`` message, a long-poll's query string (``query_message`` turns it into
+the same message) and an SSE request's subscriptions (``stream_messages``) are validated by
+``parse_subscription`` into a not-yet-live ``Subscription`` and where to resume from. Every rule
+raises ``ProtocolError`` with its code and a one-line message; no value a client sends is echoed
+back unless it can be encoded (``short``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "parse_subscription",
     "query_message",
     "short",
+    "stream_messages",
     "subscription_id",
 ]
 
@@ -179,3 +181,31 @@ def query_message(query: Mapping[str, str]) -> dict[str, Any]:
     if query.get("ops"):
         message["ops"] = [op.strip() for op in query["ops"].split(",")]
     return message
+
+
+def stream_messages(query: Mapping[str, str], since: str | None) -> list[dict[str, Any]]:
+    """An SSE request's subscriptions as subscribe messages, each resuming from the stream's one
+    cursor ``since`` (None: from now): ``subs``, a JSON array of subscription objects (``id``,
+    ``table``, ``schema``, ``filter``, ``ops``; an id defaults to the object's index), or else
+    the long-poll's parameters for one subscription (id ``0``). A stream has one position for
+    all its subscriptions, so neither ``since`` nor ``coalesce_ms`` (which would hold one
+    subscription's events behind another's) is taken per subscription."""
+    if "subs" not in query:
+        messages = [{**query_message({k: v for k, v in query.items() if k != "since"}), "id": "0"}]
+    else:
+        try:
+            value = json.loads(query["subs"])
+        except (ValueError, RecursionError):
+            raise ProtocolError("bad_message", "subs is not valid JSON") from None
+        if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+            raise ProtocolError("bad_message", "subs must be a non-empty array of objects")
+        messages = [{"id": str(index), **message} for index, message in enumerate(value)]
+    for message in messages:
+        for key in ("since", "coalesce_ms"):
+            if key in message:
+                raise ProtocolError(
+                    "bad_message", f"{key} is not taken per subscription on a stream"
+                )
+        if since:
+            message["since"] = since
+    return messages

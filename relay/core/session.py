@@ -14,10 +14,11 @@ States: AWAITING_AUTH (only ``auth`` is accepted, until ``auth_timeout``), OPEN,
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from relay.core.audience import audience_keys
 from relay.core.auth import Authenticator, Claims
 from relay.core.cursor import Cursor
 from relay.core.outqueue import OutQueue
@@ -32,6 +33,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY",
     "Abort",
+    "ClientSession",
     "Close",
     "Limits",
     "Replay",
@@ -135,6 +137,11 @@ class Session:
     def user(self) -> str:
         return self.claims.sub if self.claims is not None else ""
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The audience keys the connection is reached by (relay/core/audience.py)."""
+        return audience_keys(self.claims) if self.claims is not None else ()
+
     def subscriptions(self) -> list[Subscription]:
         """The connection's subscriptions, as the router holds them."""
         return self.router.subscriptions(self.target)
@@ -162,7 +169,7 @@ class Session:
             if kind == "auth":
                 return self._auth(message.get("token"), now)
             if kind == "subscribe":
-                return self._subscribe(message)
+                return self.subscribe(message)
             if kind == "unsubscribe":
                 return self._unsubscribe(message)
             if kind == "ping":
@@ -170,9 +177,9 @@ class Session:
                 return []
             raise ProtocolError("bad_message", f"unknown message type {short(kind)}")
         except ProtocolError as exc:
-            return self._error(exc, kind if kind in REQUESTS else None)
+            return self._error(exc, kind if isinstance(kind, str) and kind in REQUESTS else None)
 
-    def receive_binary(self) -> Sequence[Action]:
+    def receive_binary(self, data: bytes = b"") -> Sequence[Action]:
         """A binary frame: protocol v1 is JSON text only."""
         if self.state is SessionState.AWAITING_AUTH:
             return self._close(CLOSE_AUTH, "auth_required")
@@ -226,8 +233,6 @@ class Session:
         self.state = SessionState.CLOSED
         self.router.remove(self.target)
 
-    # -- handlers -----------------------------------------------------------------------------
-
     def _auth(self, token: object, now: float) -> Sequence[Action]:
         try:
             if self.claims is None:
@@ -241,13 +246,17 @@ class Session:
         self.claims = claims
         if first:
             self.state = SessionState.OPEN
-            self.router.add(self.target)
+            self.router.add(self.target, audience_keys(claims))
             self.queue.push_control(self.wire.ready(claims.sub, self.router.head))
         else:
             self.queue.push_control(self.wire.auth_ok(claims.sub, claims.exp))
         return []
 
-    def _subscribe(self, message: dict[str, Any]) -> Sequence[Action]:
+    # -- handlers -----------------------------------------------------------------------------
+
+    def subscribe(self, message: Mapping[str, Any]) -> Sequence[Action]:
+        """A subscribe request (a websocket frame's, or one of an SSE stream's): raises
+        ``ProtocolError`` (naming the id) for a request that breaks a rule."""
         sub_id = subscription_id(message.get("id"))
         subs = self.subscriptions()
         try:
@@ -308,3 +317,32 @@ class Session:
     def _close(self, code: int, reason: str) -> list[Close]:
         self.close()
         return [Close(code, reason)]
+
+
+class ClientSession(Protocol):
+    """What a connection (relay/net/connection.py) asks of a dialect's session: ``Session`` here,
+    relay/core/channels.py's ``PhoenixSession`` for the Supabase dialect."""
+
+    claims: Claims | None
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def keys(self) -> tuple[str, ...]: ...
+
+    def subscriptions(self) -> list[Subscription]: ...
+
+    def authenticate(self, token: str, now: float) -> Sequence[Action]: ...
+
+    def receive_text(self, text: str, now: float) -> Sequence[Action]: ...
+
+    def receive_binary(self, data: bytes = b"") -> Sequence[Action]: ...
+
+    def tick(self, now: float) -> Sequence[Close | Abort]: ...
+
+    def went_live(self, sub: Subscription) -> None: ...
+
+    def reset_subscription(self, sub_id: str, reason: str) -> None: ...
+
+    def close(self) -> None: ...

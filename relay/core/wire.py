@@ -56,7 +56,8 @@ class Encoder(Protocol):
         ...
 
     def event_frame(self, sub_id: str, event: Event) -> bytes:
-        """``event(sub_id, event)`` as a websocket text frame, ready for the socket."""
+        """``event(sub_id, event)`` as the bytes the socket is written (a websocket text frame,
+        an SSE block), the same for every connection of the dialect and epoch."""
         ...
 
     def event_size(self, sub_id: str, event: Event) -> int:
@@ -94,14 +95,23 @@ class V1:
         return '{"type":"event","sub":' + dumps(sub_id) + "," + self.tail(event)
 
     def event_frame(self, sub_id: str, event: Event) -> bytes:
-        key = (sub_id, self.epoch)
+        key = (sub_id, self.frame_key())
         frames = event.frames
         data = frames.get(key)
         if data is None:
-            data = text_frame(self.event(sub_id, event).encode())
+            data = self.framed(self.event(sub_id, event))
             if len(frames) < FRAME_CACHE_SIZE:
                 frames[key] = data
         return data
+
+    def frame_key(self) -> str:
+        """What tells this dialect's cached frames of an event apart: the epoch."""
+        return self.epoch
+
+    @staticmethod
+    def framed(frame: str) -> bytes:
+        """A frame as the socket carries it: an RFC 6455 text frame."""
+        return text_frame(frame.encode())
 
     def event_size(self, sub_id: str, event: Event) -> int:
         return len(self.tail(event)) + len(sub_id) + _EVENT_OVERHEAD

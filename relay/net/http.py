@@ -3,21 +3,30 @@
 Every request is answered from ``process_request``, in this order: the operations routes
 (``/healthz``, ``/readyz``, ``/metrics``: never admitted nor refused), a request repeating a
 single-valued header (400), the routes handed in (the demo's), then the client endpoints,
-``/v1/ws`` and ``/v1/poll``, which pass the same checks (origin, method, the websockets switch,
-readiness, ``max_connections``, per-address admission) before a websocket is opened
-(relay/net/connection.py) or a long-poll answered (relay/net/longpoll.py). Responses and request
-parts come from relay/net/responses.py. The sockets themselves are bounded before any of this
+``/v1/ws``, ``/v1/poll``, ``/v1/sse`` and ``/v1/sse/ticket``, and the Supabase dialect's
+``/realtime/v1/websocket`` and ``/socket/websocket``, which pass the same checks (origin, method,
+the websockets switch, readiness, ``max_connections``, per-address admission) before a websocket
+is opened (relay/net/websocket.py; the Supabase dialect's handshake checks its apikey first:
+relay/net/phoenix.py), a long-poll answered (relay/net/longpoll.py), a stream streamed or a
+ticket issued (relay/net/sse.py). Responses and request parts come from relay/net/responses.py.
+The sockets themselves are bounded before any of this
 (relay/net/sockets.py).
+
+Deadlines: a request must be complete within ``request_timeout`` (the socket guard), and every
+answer but a stream within ``ANSWER_TIMEOUT`` (a late one aborts its socket). The shell applies
+the latter itself, not websockets' ``open_timeout`` (which app.py turns off): that would also cut
+a stream, which is the answer to its request for as long as it lasts.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
+import anyio.lowlevel
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
@@ -26,19 +35,36 @@ from relay.core.admission import Admission, Intake, client_address
 from relay.core.auth import Authenticator
 from relay.core.inbound import InboundLimits
 from relay.core.log import LogSource
-from relay.net.connection import Connection
+from relay.core.tickets import Tickets
 from relay.net.hub import Hub
-from relay.net.longpoll import handle_poll
+from relay.net.longpoll import MAX_WAIT, handle_poll
+from relay.net.phoenix import PHOENIX_PATHS, Handshake, PhoenixConnection, phoenix_handshake
 from relay.net.responses import Handler, cors_headers, repeated_header, response, text
 from relay.net.sockets import LimitedServerConnection, SocketGuard
+from relay.net.sse import Streams
+from relay.net.websocket import WebsocketConnection
 from relay.ops.heap import malloc_trim
 
-__all__ = ["POLL_PATH", "SWEEP_INTERVAL", "WS_PATH", "WebsocketShell"]
+__all__ = [
+    "ANSWER_TIMEOUT", "POLL_PATH", "SSE_PATH", "SWEEP_INTERVAL", "TICKET_PATH", "WS_PATH",
+    "WebsocketShell",
+]  # fmt: skip
 
 WS_PATH: Final = "/v1/ws"
 POLL_PATH: Final = "/v1/poll"
-CLIENT_PATHS: Final = (WS_PATH, POLL_PATH)  # admitted alike, then each answered its own way
+SSE_PATH: Final = "/v1/sse"
+TICKET_PATH: Final = "/v1/sse/ticket"
+# Admitted alike, then each answered its own way.
+CLIENT_PATHS: Final = (WS_PATH, POLL_PATH, SSE_PATH, TICKET_PATH)
+# Answered with CORS headers: the methods and request headers each allows.
+CORS: Final = {
+    POLL_PATH: ("GET, OPTIONS", "Authorization"),
+    SSE_PATH: ("GET, OPTIONS", "Authorization, Last-Event-ID"),
+    TICKET_PATH: ("POST, OPTIONS", "Authorization"),
+}
 SWEEP_INTERVAL: Final = 0.5  # resolution of the auth timeout, token expiry and slow-client rule
+# Every answer but a stream: a long-poll waits up to MAX_WAIT, then its last query runs.
+ANSWER_TIMEOUT: Final = MAX_WAIT + 10
 
 log = structlog.get_logger("relay.net.http")
 
@@ -62,6 +88,7 @@ class WebsocketShell:
         self.authenticator = authenticator
         self.source = source  # replays
         self.poll_source = poll_source or source  # long-polls
+        self.streams = Streams(hub, authenticator, source, Tickets())
         # The operations routes, here or alone on the metrics port (app.py); then CLIENT_PATHS.
         self.ops_routes: dict[str, Callable[[], Response]] = {
             "/healthz": lambda: text(200, "ok\n"),
@@ -96,6 +123,7 @@ class WebsocketShell:
 
         self.connection_class: type[LimitedServerConnection] = _Limited  # for serve()
         self.addresses: dict[int, str] = {}  # id(connection) -> admitted client address
+        self.handshakes: dict[int, Handshake] = {}  # id(connection) -> a Supabase handshake
         self.task_group: anyio.abc.TaskGroup | None = None  # the server's; set before it serves
 
     @property
@@ -153,25 +181,33 @@ class WebsocketShell:
             return self.ops_routes[path]()
         if (repeated := repeated_header(request.headers)) is not None:
             return self._refuse(400, "bad_header", f"more than one {repeated} header\n")
-        if self.extra is not None and (answer := await self.extra(request)) is not None:
+        if (
+            self.extra is not None
+            and (answer := await self._bounded(connection, self.extra(request))) is not None
+        ):
             return answer
-        if path not in CLIENT_PATHS:
+        phoenix = path in PHOENIX_PATHS and hub.settings.supabase
+        if path not in CLIENT_PATHS and not phoenix:
             return text(404, "not found\n")
         origin = self.admission.check_origin(request.headers.get("Origin"))
         if not origin.admitted:
             return self._refuse(origin.status, origin.reason, "origin not allowed\n")
-        cors = cors_headers(request.headers.get("Origin")) if path == POLL_PATH else []
-        if path == POLL_PATH and request.method == "OPTIONS":  # a browser's CORS preflight
+        allows = CORS.get(path)
+        cors = cors_headers(request.headers.get("Origin"), *allows) if allows else []
+        if allows and request.method == "OPTIONS":  # a browser's CORS preflight
             return response(204, b"", "text/plain", cors)
-        if request.method != "GET":
-            return response(405, b"only GET\n", "text/plain", [("Allow", "GET"), *cors])
-        if path == WS_PATH and not hub.settings.websockets:
+        method = "POST" if path == TICKET_PATH else "GET"
+        if request.method != method:
+            return response(
+                405, f"only {method}\n".encode(), "text/plain", [("Allow", method), *cors]
+            )
+        if (path == WS_PATH or phoenix) and not hub.settings.websockets:
             return self._refuse(
                 503, "websockets_off", "websockets are switched off: use /v1/poll\n"
             )
         if not hub.ready():
             return self._refuse(503, "not_ready", "not ready\n")
-        if len(hub.connections) + hub.polls >= hub.settings.max_connections:
+        if path != TICKET_PATH and len(hub.connections) + hub.polls >= hub.settings.max_connections:
             return self._refuse(503, "max_connections", "too many connections\n")
         peer = connection.remote_address[0] if connection.remote_address else ""
         forwarded = ", ".join(request.headers.get_all("X-Forwarded-For")) or None  # RFC 9110 5.3
@@ -179,17 +215,43 @@ class WebsocketShell:
         decision = self.admission.admit(address, time.monotonic())
         if not decision.admitted:
             return self._refuse(decision.status, decision.reason, "too many connections\n")
-        if path == POLL_PATH:
-            return await self._long_poll(request, address, cors)
+        if path in (POLL_PATH, SSE_PATH, TICKET_PATH):
+            try:
+                if path == POLL_PATH:
+                    return await self._bounded(connection, self._long_poll(request, cors))
+                if path == TICKET_PATH:
+                    return self.streams.ticket(request, address, cors)
+                return await self.streams.stream(connection, request, address, cors, self.tasks)
+            finally:
+                self.admission.release(address)
+        if phoenix:
+            handshake = phoenix_handshake(request, self.authenticator, hub.settings, time.time())
+            if isinstance(handshake, tuple):
+                self.admission.release(address)
+                refusal, reason = handshake
+                self.hub.metrics.auth_failures.labels(reason).inc()
+                return refusal
+            self.handshakes[id(connection)] = handshake
         self.addresses[id(connection)] = address  # released when the connection ends
         return None
 
-    async def _long_poll(
-        self, request: Request, address: str, cors: list[tuple[str, str]]
-    ) -> Response:
+    async def _bounded(
+        self, connection: ServerConnection, answer: Awaitable[Response | None]
+    ) -> Response | None:
+        """The answer, or, past ANSWER_TIMEOUT, none: the socket is aborted (as websockets'
+        open_timeout did) and websockets, seeing it closed, sends nothing."""
+        with anyio.move_on_after(ANSWER_TIMEOUT):
+            return await answer
+        log.warning("answer_late", timeout=ANSWER_TIMEOUT)
+        connection.transport.abort()
+        await anyio.lowlevel.checkpoint()  # connection_lost runs: the handshake sees it closed
+        return text(503, "late\n")
+
+    async def _long_poll(self, request: Request, cors: list[tuple[str, str]]) -> Response:
         """Answers a long-poll inside the handshake; it counts against max_connections."""
         hub = self.hub
         hub.polls += 1  # no await since the max_connections check
+        hub.metrics.connections.polled()
         try:
             status, body = await handle_poll(
                 hub, self.authenticator, self.poll_source, request.path,
@@ -197,7 +259,6 @@ class WebsocketShell:
             )  # fmt: skip
         finally:
             hub.polls -= 1
-            self.admission.release(address)
         return response(
             status, body.encode(), "application/json", [("Cache-Control", "no-store"), *cors]
         )
@@ -210,16 +271,24 @@ class WebsocketShell:
             self._release(connection)
 
     def _release(self, connection: ServerConnection) -> None:
+        self.handshakes.pop(id(connection), None)
         address = self.addresses.pop(id(connection), None)
         if address is not None:
             self.admission.release(address)
 
     async def handle(self, ws: ServerConnection) -> None:
         try:
-            connection = Connection(
-                self.hub, ws, authenticator=self.authenticator, source=self.source,
-                tasks=self.tasks,
-            )  # fmt: skip
+            handshake = self.handshakes.pop(id(ws), None)
+            if handshake is not None:
+                connection: WebsocketConnection = PhoenixConnection(
+                    self.hub, ws, authenticator=self.authenticator, source=self.source,
+                    tasks=self.tasks, handshake=handshake,
+                )  # fmt: skip
+            else:
+                connection = WebsocketConnection(
+                    self.hub, ws, authenticator=self.authenticator, source=self.source,
+                    tasks=self.tasks,
+                )  # fmt: skip
             await connection.run()
         finally:
             self._release(ws)

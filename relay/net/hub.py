@@ -20,6 +20,7 @@ import structlog
 
 from relay.core.events import Event
 from relay.core.log import LogState
+from relay.core.phoenix import ColumnTypes
 from relay.core.requests import Tracked
 from relay.core.router import Router
 from relay.ops.config import Settings
@@ -76,6 +77,7 @@ class Hub:
         self.last_event_at: float | None = None  # monotonic
         self.db_head = 0
         self.tables: Tracked = {}
+        self.types: ColumnTypes = {}  # the Supabase dialect's column types (relay/core/phoenix.py)
         self.connections: dict[str, Closable] = {}
         self.polls = 0  # long-polls in flight; they count against max_connections too
         self.accepting = True
@@ -176,6 +178,13 @@ class Hub:
     def catalog_loaded(self, tables: Tracked) -> None:
         """The tracked tables and their carried columns, as the database lists them now."""
         self.tables = tables
+
+    def types_loaded(self, types: ColumnTypes) -> None:
+        """The tracked tables' carried columns with their PostgreSQL type names."""
+        self.types = types
+
+    def column_types(self) -> ColumnTypes:
+        return self.types
 
     def head_seen(self, pos: int) -> None:
         """The log's head as the database reported it (for the backlog gauge); never goes back."""

@@ -18,6 +18,7 @@ from typing import Final
 
 import anyio
 
+from relay.core.audience import audience_keys
 from relay.core.auth import Authenticator
 from relay.core.catchup import Catchup, Live, ReadPage, Reset
 from relay.core.events import Event
@@ -123,7 +124,7 @@ async def _poll(
     deadline = anyio.current_time() + wait
     # Registered, not live, for the catch-up: the router skips it until it goes live.
     target = _PollTarget(claims.sub)
-    router.add(target)
+    router.add(target, audience_keys(claims))
     router.subscribe(target, sub)
     # Catch up from the log as a websocket replay does: at least one page (so even wait=0 moves
     # on), at most MAX_PAGES, answering with the first events found or where it stopped. The
@@ -135,7 +136,7 @@ async def _poll(
     try:
         step = catchup.start(await source.state(), anyio.current_time())
         while isinstance(step, ReadPage):
-            page = await source.page(claims.sub, sub, step.after, step.upto, step.limit)
+            page = await source.page(audience_keys(claims), sub, step.after, step.upto, step.limit)
             if found := catchup.feed(page):
                 return wire.poll(found, catchup.after)
             step = catchup.next(anyio.current_time())

@@ -69,15 +69,17 @@ def repeated_header(headers: Headers) -> str | None:
     return None
 
 
-def cors_headers(origin: str | None) -> list[tuple[str, str]]:
-    """CORS for long-polling from a browser app on another origin. The Origin was checked
-    against the allow-list already; the token travels in a header, never in cookies."""
+def cors_headers(
+    origin: str | None, methods: str = "GET, OPTIONS", headers: str = "Authorization"
+) -> list[tuple[str, str]]:
+    """CORS for a browser app on another origin (long-polls, streams, tickets). The Origin was
+    checked against the allow-list already; the token travels in a header, never in cookies."""
     if origin is None:
         return []
     return [
         ("Access-Control-Allow-Origin", origin),
-        ("Access-Control-Allow-Methods", "GET, OPTIONS"),
-        ("Access-Control-Allow-Headers", "Authorization"),
+        ("Access-Control-Allow-Methods", methods),
+        ("Access-Control-Allow-Headers", headers),
         ("Access-Control-Max-Age", "600"),
         ("Vary", "Origin"),
     ]

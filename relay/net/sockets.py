@@ -35,15 +35,30 @@ class LimitedServerConnection(ServerConnection):
     frames alike. Pings are answered inside the library and never reach the relay's reader, so
     this is the one place that sees them all. Past the budget the connection is failed at once:
     a close frame 1008 ``rate_limited`` goes out, and what the client sends next is discarded
-    unparsed (no pong, no message). ``inbound_limits`` is set per server (WebsocketShell)."""
+    unparsed (no pong, no message). ``inbound_limits`` is set per server (WebsocketShell).
+
+    A request the relay answers with a stream of its own (SSE, relay/net/sse.py) sets
+    ``streaming``: from then on the client has nothing to send, so any byte it sends aborts the
+    socket (websockets would parse it as a frame) and its end of the stream (EOF) closes it."""
 
     inbound_limits = InboundLimits()
+    streaming = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.inbound = InboundBudget(self.inbound_limits, time.monotonic())
         self.limited = False
         self.on_limited: Callable[[], None] = lambda: None
+
+    def data_received(self, data: bytes) -> None:
+        if self.streaming:
+            self.transport.abort()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        if not self.streaming:  # streaming, returning None is enough: asyncio closes the socket
+            super().eof_received()
 
     def process_event(self, event: WsEvent) -> None:
         if self.limited:

@@ -89,7 +89,9 @@ class Settings:
         "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
     )
     max_connections: int = _setting(
-        20000, positive_int, "open websocket connections plus long-polls in flight per process"
+        20000,
+        positive_int,
+        "open websockets and SSE streams plus long-polls in flight per process",
     )
     max_connections_per_ip: int = _setting(200, positive_int, "open connections per client address")
     connect_rate_per_ip: float = _setting(
@@ -123,6 +125,24 @@ class Settings:
     insecure_dev: bool = _setting(
         False, parse_bool, "allow starting without any JWT key (development only)"
     )
+    anonymous_roles: tuple[str, ...] = _setting(
+        ("anon",),
+        parse_list,
+        "token roles accepted without a sub: anonymous visitors, who get rows whose audience "
+        "names role:<role> (empty: every token needs a sub)",
+    )
+    supabase: bool = _setting(
+        True,
+        parse_bool,
+        "serve the Supabase Realtime dialect at /realtime/v1/websocket and /socket/websocket",
+    )
+    supabase_publishable_keys: tuple[str, ...] = _setting(
+        (),
+        parse_list,
+        "comma-separated sb_publishable_... keys accepted as an apikey for role anon "
+        "(Supabase's new API keys, without a gateway that swaps them for a JWT)",
+        secret=True,
+    )
     # Protocol limits
     max_message_bytes: int = _setting(65536, parse_size, "largest client frame accepted")
     max_subscriptions: int = _setting(100, positive_int, "subscriptions per connection")
@@ -145,6 +165,11 @@ class Settings:
     queue_max_bytes: int = _setting(1 << 20, parse_size, "outbound bytes buffered per connection")
     slow_client_timeout: float = _setting(
         30.0, parse_duration, "a connection that does not drain for this long is aborted"
+    )
+    sse_heartbeat: float = _setting(
+        15.0,
+        parse_duration,
+        "an SSE stream gets a comment this often (keeps proxies from idling it out)",
     )
     # Pipeline
     listen_window: float = _setting(5.0, parse_duration, "LISTEN wait between heartbeat queries")

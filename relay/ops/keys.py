@@ -44,5 +44,6 @@ def build_authenticator(settings: Settings) -> Authenticator:
             audience=settings.jwt_audience or None,
             issuer=settings.jwt_issuer or None,
             leeway=settings.jwt_leeway,
+            anonymous_roles=frozenset(settings.anonymous_roles),
         )
     )

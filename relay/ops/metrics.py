@@ -24,36 +24,60 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 
 class _Connections(Collector):
-    """relay_connections (gauge) beside relay_connections_total (counter), and relay_long_polls.
+    """relay_connections (gauge) beside relay_connections_total (counter), both by transport:
+    ``websocket``, ``sse`` (streams) and ``long_poll`` (requests in flight; ``polls``); and
+    relay_websockets, the open websockets by dialect (``v1``, ``supabase``).
 
     prometheus-client's own classes refuse that pair in one registry (the counter claims the
-    bare name too), although the text exposition format has no conflict. The gauge counts what
-    RELAY_MAX_CONNECTIONS bounds: open websockets plus long-polls in flight (``polls``).
+    bare name too), although the text exposition format has no conflict. The gauge's sum over
+    transports is what RELAY_MAX_CONNECTIONS bounds.
     """
 
+    TRANSPORTS = ("websocket", "sse", "long_poll")
+
     def __init__(self) -> None:
-        self.open = 0
-        self.accepted = 0
+        self.open = dict.fromkeys(self.TRANSPORTS, 0)
+        self.accepted = dict.fromkeys(self.TRANSPORTS, 0)
         self.polls: Callable[[], int] = lambda: 0
+        self.dialects: dict[str, int] = {"v1": 0, "supabase": 0}  # open websockets by dialect
 
-    def opened(self) -> None:
-        self.open += 1
-        self.accepted += 1
+    def opened(self, transport: str, dialect: str = "v1") -> None:
+        self.open[transport] += 1
+        self.accepted[transport] += 1
+        if transport == "websocket":
+            self.dialects[dialect] = self.dialects.get(dialect, 0) + 1
 
-    def closed(self) -> None:
-        self.open -= 1
+    def closed(self, transport: str, dialect: str = "v1") -> None:
+        self.open[transport] -= 1
+        if transport == "websocket":
+            self.dialects[dialect] -= 1
+
+    def polled(self) -> None:
+        """A long-poll request was admitted (those in flight are counted by ``polls``)."""
+        self.accepted["long_poll"] += 1
 
     def collect(self) -> Iterator[Metric]:
-        polls = self.polls()
-        yield GaugeMetricFamily(
+        gauge = GaugeMetricFamily(
             "relay_connections",
-            "Open websocket connections plus long-polls in flight (bounded by max_connections)",
-            value=self.open + polls,
+            "Open connections by transport, long-polls in flight included (their sum is bounded "
+            "by max_connections)",
+            labels=["transport"],
         )
-        yield GaugeMetricFamily("relay_long_polls", "Long-poll requests in flight", value=polls)
-        yield CounterMetricFamily(
-            "relay_connections", "Websocket connections accepted", value=self.accepted
+        counter = CounterMetricFamily(
+            "relay_connections", "Connections accepted by transport", labels=["transport"]
         )
+        for transport in self.TRANSPORTS:
+            open_now = self.polls() if transport == "long_poll" else self.open[transport]
+            gauge.add_metric([transport], open_now)
+            counter.add_metric([transport], self.accepted[transport])
+        websockets = GaugeMetricFamily(
+            "relay_websockets", "Open websocket connections, by dialect", labels=["dialect"]
+        )
+        for dialect, count in sorted(self.dialects.items()):
+            websockets.add_metric([dialect], count)
+        yield gauge
+        yield websockets
+        yield counter
 
 
 class WeightedHistogram(Collector):

@@ -2,7 +2,8 @@
 
 Policy: every ``heartbeat_interval`` seconds (every ``DEFAULT_INTERVAL`` when heartbeats are
 off) it reloads the catalog of tracked tables and reads the log's head, and reports them through
-the callbacks it was handed (``on_catalog``, ``on_head``): it never writes another object's state.
+the callbacks it was handed (``on_catalog``, ``on_column_types``, ``on_head``): it never writes
+another object's state.
 With heartbeats on it then writes one (``relay.heartbeat``), which travels inbox, sequencer, log,
 every replica. Each round runs under ``query_timeout``; its connection is kept by the supervised
 loop (relay/pg/supervise.py), which logs ``maintenance_failed`` and reconnects with backoff.
@@ -16,7 +17,15 @@ from typing import Final
 
 import anyio
 
-from relay.pg.queries import AsyncConn, Catalog, read_catalog, read_head, write_heartbeat
+from relay.core.phoenix import ColumnTypes
+from relay.pg.queries import (
+    AsyncConn,
+    Catalog,
+    read_catalog,
+    read_column_types,
+    read_head,
+    write_heartbeat,
+)
 from relay.pg.supervise import Supervisor
 
 __all__ = ["DEFAULT_INTERVAL", "Maintenance"]
@@ -36,6 +45,7 @@ class Maintenance:
         query_timeout: float,
         on_catalog: Callable[[Catalog], None],
         on_head: Callable[[int], None],
+        on_column_types: Callable[[ColumnTypes], None] | None = None,
         application_name: str = "pgrelay-maintenance",
         rng: random.Random | None = None,
     ) -> None:
@@ -44,6 +54,7 @@ class Maintenance:
         self.query_timeout = query_timeout
         self.on_catalog = on_catalog
         self.on_head = on_head
+        self.on_column_types = on_column_types
         self.supervisor = Supervisor(
             dsn,
             application_name=application_name,
@@ -60,7 +71,10 @@ class Maintenance:
         interval = self.heartbeat_interval or DEFAULT_INTERVAL
         while True:
             with anyio.fail_after(self.query_timeout):
-                self.on_catalog(await read_catalog(conn))
+                catalog = await read_catalog(conn)
+                self.on_catalog(catalog)
+                if self.on_column_types is not None:
+                    self.on_column_types(await read_column_types(conn, catalog))
                 head = await read_head(conn)
                 if head is not None:
                     self.on_head(head)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
@@ -22,6 +23,7 @@ from psycopg.rows import TupleRow
 
 from relay.core.filters import ColumnValues, RowFilter
 from relay.core.log import LogState, ReplayPage
+from relay.core.phoenix import ColumnTypes
 from relay.errors import DatabaseError
 from relay.pg.rows import event_from_row
 
@@ -42,6 +44,7 @@ __all__ = [
     "preflight",
     "prune",
     "read_catalog",
+    "read_column_types",
     "read_head",
     "read_log_after",
     "read_log_state",
@@ -56,13 +59,16 @@ SCHEMA_VERSION: Final = 5  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"
-    " audience, committed_at, truncated"
+    " audience, committed_at, truncated, old_values::text, old_audience"
 )
 # The same columns as stored (jsonb), for SQL that still has to look inside the values.
 LOG_STORED_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk, row_data, old_key, changed, audience, committed_at,"
-    " truncated"
+    " truncated, old_values, old_audience"
 )
+# The frames an UPDATE can be delivered as besides itself: a move-out is a DELETE, an entry an
+# INSERT (relay/core/moves.py). A replay for either reads the UPDATEs too.
+MOVE_OPS: Final = frozenset({"INSERT", "DELETE"})
 READ_BATCH: Final = 1000  # log rows the reader reads per query
 # One replay query (websocket replay or long-poll catch-up) examines at most this many of the
 # user's log rows of the table, however few match the subscription's ops and filter: its
@@ -120,15 +126,35 @@ async def read_head(conn: AsyncConn) -> int | None:
 
 async def read_catalog(conn: AsyncConn) -> Catalog:
     """Every tracked table with the columns its events carry: the whitelist (or every column)
-    and the primary key, which events always carry."""
+    and the primary key, which events always carry. The whitelist is kept by attribute number,
+    so a whitelisted column is named as it is now, renamed or not (as capture carries it)."""
     cur = await conn.execute(
-        "SELECT n.nspname, c.relname, t.pk_columns::text[] || coalesce(t.columns::text[], ARRAY("
+        "SELECT n.nspname, c.relname, t.pk_columns::text[] || ARRAY("
         "  SELECT a.attname::text FROM pg_attribute AS a"
-        "   WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped))"
+        "   WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped"
+        "     AND (t.column_nums IS NULL OR a.attnum = ANY (t.column_nums)))"
         " FROM relay.tracked AS t"
         " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
     )
     return {(str(s), str(t)): frozenset(cols) for s, t, cols in await cur.fetchall()}
+
+
+async def read_column_types(conn: AsyncConn, catalog: Catalog) -> ColumnTypes:
+    """The carried columns of every tracked table (``catalog``) with their type names
+    (pg_type.typname: ``int8``, ``_text``...), in column order: what the Supabase dialect's
+    changes list in ``columns`` (relay/core/phoenix.py)."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname, a.attname::text, ty.typname::text FROM relay.tracked AS t"
+        " JOIN pg_class AS c ON c.oid = t.tbl JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute AS a ON a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped"
+        " JOIN pg_type AS ty ON ty.oid = a.atttypid"
+        " ORDER BY n.nspname, c.relname, a.attnum"
+    )
+    types: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for schema, table, column, type_name in await cur.fetchall():
+        if column in catalog.get((schema, table), ()):
+            types.setdefault((schema, table), []).append((column, type_name))
+    return {table: tuple(columns) for table, columns in types.items()}
 
 
 async def check_direct_connection(conn: AsyncConn) -> None:
@@ -292,34 +318,54 @@ def replay_filter_sql(
 
     It mirrors RowFilter.matches: a column is looked up in ``row_data``, else in ``pk``; when
     ``row_data`` is not an object (a truncated event, its values unknown) only conditions on
-    key columns are checked and the others pass. It may keep a row Python then rejects (numbers
-    compare as doubles), never the other way round. Client values travel only as parameters.
+    key columns are checked and the others pass. An UPDATE is also kept when the row before it
+    matches (RowFilter.matched_before: ``old_values``, else ``row_data``, else ``old_key``): it
+    may be a move-out, and with INSERT or DELETE among the ops every UPDATE is read (an entry or
+    a move-out is delivered as one). It may keep a row Python then rejects (numbers compare as
+    doubles), never the other way round. Client values travel only as parameters.
     """
     conditions: list[str] = []
     params: dict[str, Any] = {}
-    if ops != ALL_OPS:
+    read_ops = ops | {"UPDATE"} if ops & MOVE_OPS else ops
+    if read_ops != ALL_OPS:
         conditions.append("op = ANY(%(ops)s::text[])")
-        params["ops"] = sorted(ops)
+        params["ops"] = sorted(read_ops)
+    after: list[str] = []
+    before: list[str] = []
     for n, values in enumerate(row_filter.by_type()):
         if not _sendable(values.column, encoding):  # no row or key can have this column
-            conditions.append("jsonb_typeof(row_data) IS DISTINCT FROM 'object'")
+            after.append("jsonb_typeof(row_data) IS DISTINCT FROM 'object'")
+            before.append(after[-1])
             continue
         params[f"c{n}"] = values.column
+        c = f"%(c{n})s"
         in_row, row_params = _value_matches(
-            f"coalesce(row_data -> %(c{n})s, pk -> %(c{n})s)", values, n, encoding
+            f"coalesce(row_data -> {c}, pk -> {c})", values, n, encoding
         )
-        in_key, _ = _value_matches(f"pk -> %(c{n})s", values, n, encoding)
+        in_key, _ = _value_matches(f"pk -> {c}", values, n, encoding)
+        was_in_row, _ = _value_matches(
+            f"coalesce(old_values -> {c}, row_data -> {c}, old_key -> {c})", values, n, encoding
+        )
+        was_in_key, _ = _value_matches(f"old_key -> {c}", values, n, encoding)
         params.update(row_params)
-        conditions.append(
+        after.append(
             f"CASE WHEN jsonb_typeof(row_data) = 'object' THEN {in_row}"
-            f" ELSE NOT pk ? %(c{n})s OR {in_key} END"
+            f" ELSE NOT pk ? {c} OR {in_key} END"
         )
+        before.append(
+            f"CASE WHEN jsonb_typeof(row_data) = 'object' THEN {was_in_row}"
+            f" ELSE NOT old_key ? {c} OR {was_in_key} END"
+        )
+    if after:
+        now = " AND ".join(f"({c})" for c in after)
+        then = " AND ".join(f"({c})" for c in before)
+        conditions.append(f"({now}) OR (op = 'UPDATE' AND {then})")
     return " AND ".join(f"({c})" for c in conditions) or "true", params
 
 
 def replay_query(
     *,
-    user: str,
+    keys: Sequence[str],
     table: str,
     schema: str | None,
     after: int,
@@ -339,14 +385,15 @@ def replay_query(
         f"SELECT keep, k, {LOG_COLUMNS} FROM ("  # noqa: S608
         f" SELECT s.*, ({condition}) AS keep, row_number() OVER (ORDER BY s.pos) AS k FROM ("
         f"  SELECT {LOG_STORED_COLUMNS} FROM relay.log"
-        "   WHERE pos > %(after)s AND pos <= %(upto)s AND table_name = %(table)s"
+        "   WHERE pos > %(after)s AND pos <= %(upto)s"
+        "   AND (%(table)s = '' OR table_name = %(table)s)"  # '': every table (ANY_TABLE)
         "   AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
-        "   AND audience @> ARRAY[%(user)s]::text[]"
+        "   AND (audience && %(keys)s::text[] OR old_audience && %(keys)s::text[])"
         "   ORDER BY pos LIMIT %(scan)s) AS s"
         ") AS w WHERE keep OR k = %(scan)s ORDER BY pos LIMIT %(limit)s"
     )
     params.update(
-        after=after, upto=upto, table=table, schema=schema, user=user,
+        after=after, upto=upto, table=table, schema=schema, keys=list(keys),
         scan=max(scan, limit), limit=limit,
     )  # fmt: skip
     return query, params
@@ -355,7 +402,7 @@ def replay_query(
 async def fetch_replay(
     conn: AsyncConn,
     *,
-    user: str,
+    keys: Sequence[str],
     table: str,
     schema: str | None,
     after: int,
@@ -365,20 +412,27 @@ async def fetch_replay(
     row_filter: RowFilter | None = None,
     scan: int = REPLAY_SCAN_ROWS,
 ) -> ReplayPage:
-    """One page of the log between two positions, for one user and table, in position order.
+    """One page of the log between two positions, for one reader and table (every table for
+    ANY_TABLE), in position order.
 
-    Audience and table are filtered in SQL (the GIN index on audience keeps one user's replay
-    from scanning everyone's events). The query examines at most ``scan`` of those rows (at least
-    ``limit``) and returns at most ``limit`` of them: the ones the subscription's ops and filter
-    can match (``replay_filter_sql``), which the caller still matches exactly. ``scanned_to``
-    says where the next page starts: after the last row returned when the page is full, after
-    the last row examined when the scan bound was hit, else ``upto``.
+    Audience and table are filtered in SQL: rows whose audience or old audience (an UPDATE's
+    move-out goes to the old audience) holds one of the reader's ``keys`` (its user id and role
+    key: relay/core/audience.py; the GIN index on audience and the partial one on old audience
+    keep one user's replay from scanning everyone's events). The query examines at most ``scan``
+    of those rows (at least ``limit``) and returns at most ``limit`` of them: the ones the
+    subscription's ops and filter can match (``replay_filter_sql``), which the caller still
+    decides exactly (``Subscription.delivery``). ``scanned_to`` says where the next page starts:
+    after the last row returned when the page is full, after the last row examined when the scan
+    bound was hit, else ``upto``.
     """
     query, params = replay_query(
-        user=user, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
+        keys=keys, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
         ops=ops, row_filter=row_filter or RowFilter(), encoding=conn.info.encoding,
     )  # fmt: skip
-    cur = await conn.execute(query, params)
+    # Never prepared: after a few runs of one query text a prepared statement may get a generic
+    # plan, blind to the user and the positions, which scanned the whole log: about 100 times
+    # slower on a log of a million rows (BENCHMARKS.md).
+    cur = await conn.execute(query, params, prepare=False)
     rows = await cur.fetchall()
     events = [event_from_row(row[2:]) for row in rows if row[0]]
     if len(events) == limit:

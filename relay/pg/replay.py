@@ -30,7 +30,7 @@ dead connection met (figures in docs/operations.md, section 1).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -90,11 +90,11 @@ class PoolLogSource:
         return await self._read(read_log_state)
 
     async def page(
-        self, user: str, sub: Subscription, after: int, upto: int, limit: int
+        self, keys: Sequence[str], sub: Subscription, after: int, upto: int, limit: int
     ) -> ReplayPage:
         async def query(conn: AsyncConn) -> ReplayPage:
             return await fetch_replay(
-                conn, user=user, table=sub.table, schema=sub.schema, after=after, upto=upto,
+                conn, keys=keys, table=sub.table, schema=sub.schema, after=after, upto=upto,
                 limit=limit, ops=sub.ops, row_filter=sub.filter,
             )  # fmt: skip
 

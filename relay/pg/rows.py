@@ -25,7 +25,12 @@ def decode_event(row: Sequence[Any]) -> tuple[Event, str | None]:
     of its JSON text); the second item then names the reason (UNCARRIABLE_REASONS). The event is
     encoded here, once, so routing and every transport send the same text.
     """
-    pos, schema, table, op, pk, row_data, old_key, changed, audience, committed_at, truncated = row
+    (pos, schema, table, op, pk, row_data, old_key, changed, audience, committed_at, truncated,
+     old_values, old_audience) = row  # fmt: skip
+    # Never sent, only matched: a member that cannot be decoded becomes text, which no filter
+    # value equals (as an object or array in it would not).
+    before = decode_key(old_values)
+    audience_before = None if old_audience is None else frozenset(old_audience)
     try:
         event = Event(
             pos=pos,
@@ -39,6 +44,8 @@ def decode_event(row: Sequence[Any]) -> tuple[Event, str | None]:
             audience=frozenset(audience),
             committed_at=committed_at,
             truncated=truncated,
+            old_values=before,
+            old_audience=audience_before,
         )
         event.encoded()
         return event, None
@@ -56,6 +63,7 @@ def decode_event(row: Sequence[Any]) -> tuple[Event, str | None]:
         audience=frozenset(audience),
         committed_at=committed_at,
         truncated=True,
+        old_audience=audience_before,
     )
     event.encoded()
     return event, reason

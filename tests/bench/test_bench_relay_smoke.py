@@ -35,4 +35,6 @@ def test_quick_relay_benchmark_reports_every_section(tmp_path: Path) -> None:
     assert not missing, f"sections missing: {missing}"
     assert positions == sorted(positions), "sections out of order"
     assert "| pgrelay | 1,000" in text, "no latency row for the relay"
+    assert "| pgrelay, Supabase dialect | 1,000" in text, "no latency row for the Supabase dialect"
+    assert "Server CPU per event, the Supabase dialect" in text
     assert "| pgrelay | 100 | 2,000 |" in text, "no fan-out row for the relay"

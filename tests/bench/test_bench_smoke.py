@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.support.paths import REPO
+from tests.support.paths import FIXTURES, REPO
 
 pytestmark = pytest.mark.pg
 
@@ -52,3 +53,19 @@ def test_quick_benchmark_with_python_writers() -> None:
     report = quick_run("--client", "python")
     assert_every_cell(report)
     assert "- Workload: each writer (one Python process, one connection)" in report
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_capture_cost_counts_instructions_against_a_baseline() -> None:
+    """`bench.capture_cost` exits 0 with one row per chosen case: both scripts' counts and their
+    difference (the untracked UPDATE costs the same under both)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.capture_cost", "--case", "untracked",
+         "--baseline", str(FIXTURES / "install-v3.sql")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "| case | install-v3.sql | sql/install.sql | difference |" == lines[0]
+    assert re.fullmatch(r"\| untracked UPDATE \| ([\d,]+) k \| \1 k \| [+-]0 k \|", lines[2])
+    assert 3 == len(lines)

@@ -163,7 +163,9 @@ BAD_OPS: list[Any] = [
 BAD_FILTERS: list[Any] = [
     [], "project_id", 5, True,
     {"project_id": ["a", "b"]},
-    {"project_id": {"eq": "a"}},
+    {"project_id": {"like": "a"}},
+    {"project_id": {"lt": None}},
+    {"project_id": {"not": {"eq": 1, "in": [2]}}},
     {"project_id": {"in": []}},
     {"project_id": {"in": list(range(101))}},
     {"project_id": {"in": "a"}},

@@ -71,6 +71,23 @@ its budget by up to one socket read (about 2,000 pings); a row nested too deep t
 delivered `truncated` to a filtered live subscription whose filter names a non-key column (a
 filter fails open on unknown values), while a replay, which pre-filters the stored jsonb in SQL,
 may leave it out.
+### Server-Sent Events (issue 15)
+
+A stream is a connection like a websocket's (the same queue, slow-consumer rule and limits), so
+the rows above hold for it; these are its own, each pinned by an end-to-end test against a real
+relay and PostgreSQL (not timed; figures are the tests' bounds).
+
+| Fault or attack | Outcome | Test |
+| --- | --- | --- |
+| A drop mid-stream, the server side closing (FIN) or the network cut (RST), new connections refused for a second | Chromium's own EventSource reconnects with `Last-Event-ID`: all 45 of the user's rows once, in commit order, each event's `lastEventId` its cursor; no reset | tests/demo/test_eventsource.py |
+| The same through the JS client's `transport: 'sse'` (a Node TCP proxy ending or destroying the connections) | 40 of 40 rows once, in order, across two subscriptions | clients/js/test/sse.relay.test.js |
+| A stream resumed on another replica | exactly the rows after its id | tests/net/test_sse.py |
+| A client that never reads (a raw socket with a 4 KiB receive buffer; a Chromium tab whose main thread is busy) while 24 MB are written for it | overflow resets, then aborted past `RELAY_SLOW_CLIENT_TIMEOUT` (`relay_drops_total{reason="slow_client"}` 1); a reading stream beside it got 400 of 400 events in order; the tab, once free, resumed by itself and has every event once | tests/net/test_sse.py, tests/demo/test_eventsource.py |
+| Bytes sent on a stream after its request (a pipelined request, garbage) | the socket is aborted (websockets never parses them as frames) | tests/net/test_sse.py |
+| A ticket used from another client address, on another replica, or made up | 401 `unknown_ticket`, counted in `relay_auth_failures_total` | tests/net/test_sse.py, tests/core/test_tickets.py |
+| A ticket redeemed while a stream holds it | the newer stream (its token verified again) replaces the older, which gets `error` `replaced`; one stream per ticket | tests/net/test_sse.py |
+| Tickets asked for without end | at most 10,000 kept; past that the oldest no stream holds is forgotten | tests/core/test_tickets.py |
+| Streams beyond `RELAY_MAX_CONNECTIONS` or the per-address limits, from a refused origin | 503, 429, 403, as for websockets | tests/net/test_sse.py |
 """
 
 # What the figures alone do not say: the analysis of the runs (kept by hand; update with them).
@@ -98,7 +115,7 @@ by hand in `tests/chaos/report.py`):
    scenarios 1 and 2 above were re-run with it.
 2. **Reconnect storms time out on the replay pool** (scenario 7, in 3 of 5 full runs on this
    machine). `relay/app.py` `run_relay` gives replays an `AsyncConnectionPool(max_size=4)`;
-   `relay/net/connection.py` `Connection._replay` takes a connection from it for `read_log_state`, then
+   `relay/net/connection.py` `Connection._catch_up` takes a connection from it for `read_log_state`, then
    again for every `fetch_replay` page, each time waiting at most `2 x RELAY_QUERY_TIMEOUT` (4 s
    here), and on `PoolTimeout` closes the client with 1011 `replay_unavailable`. When 2,000
    clients resume at once, 4,000 or more acquisitions queue on 4 connections: 1,993 and 2,809
@@ -381,7 +398,9 @@ def render(data: dict[str, Any]) -> str:
         "limits, kill switch (tests/net/test_handshake.py), methods (tests/net/test_longpoll.py). "
         "Routing against an oracle: "
         "tests/core/test_routing_properties.py (hypothesis; `RELAY_LONG_PROPERTY=1` pushes it to "
-        "100,000 events).\n"
+        "100,000 events). Rows moving between owners, audiences and filters, live and resumed: "
+        "tests/core/test_moving_rows.py (every subscription's view ends as the database's, no "
+        "value leaked; 100,000+ events with `RELAY_LONG_PROPERTY=1`).\n"
     )
     out.append(HOSTILE.strip() + "\n")
     out.append(FINDINGS.strip() + "\n")
@@ -437,7 +456,7 @@ def _method_and_commands(entries: dict[str, Any]) -> list[str]:
         "## Reproduce\n",
         "```sh",
         "make test                      # includes the short runs (tests/chaos, not marked slow)",
-        "make chaos                     # RELAY_LONG_PROPERTY=1 routing property test, then",
+        "make chaos                     # RELAY_LONG_PROPERTY=1 routing property tests, then",
         "                               # the full runs: pytest -m slow tests/chaos",
         "python -m tests.chaos.report   # this file, from tests/chaos/results/last-run.json",
         ".venv/bin/pytest -m slow 'tests/chaos/test_chaos.py::test_clients_that_never_read[full]'",

@@ -113,7 +113,7 @@ def refused(auth: Authenticator, token: object, now: float = NOW) -> str:
 def test_valid_hs256() -> None:
     """An HS256 token signed with the configured secret is accepted."""
     got = hs_only().verify(hs256(claims(role="x")), NOW)
-    assert Claims(sub="alice", exp=NOW + 300, raw=got.raw) == got
+    assert Claims(sub="alice", exp=NOW + 300, raw=got.raw, role="x") == got
     assert "x" == got.raw["role"]
 
 
@@ -294,6 +294,41 @@ def test_missing_or_invalid_sub(sub: object) -> None:
     assert "missing_sub" == refused(hs_only(), hs256(claims(sub=sub)))
 
 
+@pytest.mark.parametrize("role", [None, "", "anon", 7])
+def test_no_sub_is_refused_without_anonymous_roles(role: object) -> None:
+    """With no anonymous roles configured, a token without sub is refused whatever its role."""
+    assert "missing_sub" == refused(hs_only(), hs256(claims(sub=None, role=role)))
+
+
+def test_anonymous_role_without_sub_is_an_anonymous_token() -> None:
+    """A token with no sub whose role is an anonymous role is accepted with an empty sub; any
+    other role without sub is still missing_sub."""
+    auth = hs_only(anonymous_roles=frozenset({"anon"}))
+    got = auth.verify(hs256(claims(sub=None, role="anon")), NOW)
+    assert ("", "anon") == (got.sub, got.role)
+    assert "missing_sub" == refused(auth, hs256(claims(sub=None, role="authenticated")))
+    assert "missing_sub" == refused(auth, hs256(claims(sub=None)))
+
+
+@pytest.mark.parametrize("sub", ["role:anon", "role:", "role:authenticated"])
+def test_a_sub_posing_as_a_role_key_is_refused(sub: str) -> None:
+    """A sub starting with role: is refused (reserved_sub): no user id can reach role rows."""
+    assert "reserved_sub" == refused(hs_only(), hs256(claims(sub=sub, role="anon")))
+
+
+def test_require_role() -> None:
+    """verify(require_role=True) refuses a token without a string role (missing_role)."""
+    auth = hs_only()
+    for role in (None, "", 5):
+        with pytest.raises(AuthError) as err:
+            auth.verify(hs256(claims(role=role)), NOW, require_role=True)
+        assert "missing_role" == err.value.reason
+    assert (
+        "authenticated"
+        == auth.verify(hs256(claims(role="authenticated")), NOW, require_role=True).role
+    )
+
+
 def test_audience_when_configured() -> None:
     """With an audience configured, aud must be it or a list containing it."""
     auth = hs_only(audience="relay")
@@ -399,6 +434,8 @@ def test_reason_set_is_exactly_what_is_tested() -> None:
         "not_yet_valid",
         "missing_exp",
         "missing_sub",
+        "reserved_sub",
+        "missing_role",
         "bad_audience",
         "bad_issuer",
         "sub_changed",

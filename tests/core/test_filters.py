@@ -44,8 +44,19 @@ BAD_FILTERS: list[tuple[str, object, str]] = [
     ("not an object", [{"a": 1}], "must be a JSON object or null, not an array"),
     ("a string", "a=1", "must be a JSON object or null, not a string"),
     ("bare array value", {"a": [1, 2]}, 'column "a": use {"in": [...]}'),
-    ("nested object", {"a": {"b": 1}}, 'column "a": an object condition must be exactly'),
-    ("in plus another key", {"a": {"in": [1], "x": 2}}, 'column "a": an object condition'),
+    ("unknown operator", {"a": {"b": 1}}, 'column "a": unknown operator "b"; an object'),
+    ("in plus another key", {"a": {"in": [1], "x": 2}}, 'column "a": unknown operator "x"'),
+    ("no operator", {"a": {}}, 'column "a": an object condition needs an operator'),
+    ("not of two", {"a": {"not": {"eq": 1, "lt": 2}}}, '"not" takes an object of one operator'),
+    ("not of not", {"a": {"not": {"not": {"eq": 1}}}}, '"not" takes an object of one operator'),
+    ("lt null", {"a": {"lt": None}}, '"lt" compares with a number, a string or a boolean'),
+    ("gt object", {"a": {"gt": {"b": 1}}}, 'the value of "gt" must be a JSON scalar'),
+    ("neq array", {"a": {"neq": [1]}}, 'the value of "neq" must be a JSON scalar'),
+    (
+        "33 conditions",
+        {f"c{i}": {"gt": 0, "lt": 9} for i in range(16)} | {"c0": {"gt": 0, "lt": 9, "neq": 5}},
+        "conditions; at most 32",
+    ),
     ("101 in values", {"a": {"in": list(range(101))}}, '"in" must have 1 to 100 values, not 101'),
     ("empty in", {"a": {"in": []}}, '"in" must have 1 to 100 values, not 0'),
     ("in not an array", {"a": {"in": 1}}, 'column "a": "in" must be an array'),
@@ -205,3 +216,77 @@ def test_truncated_event_fails_open_on_other_columns() -> None:
     assert RowFilter.parse({"status": "closed"}).matches(event)
     assert RowFilter.parse({"id": 7, "status": "closed"}).matches(event)
     assert not RowFilter.parse({"id": 8, "status": "closed"}).matches(event)
+
+
+# --- comparison operators and not -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "row_value", "expected"),
+    [
+        ({"gt": 5}, 6, True),
+        ({"gt": 5}, 5, False),
+        ({"gte": 5}, 5.0, True),
+        ({"lt": 5}, 4.5, True),
+        ({"lte": 5}, 5, True),
+        ({"lte": 5}, 6, False),
+        ({"gt": 10**30}, 1e31, True),
+        ({"gt": "b"}, "c", True),
+        ({"gt": "b"}, "B", False),  # code point order: "B" < "b"
+        ({"lt": "é"}, "z", True),
+        ({"gt": False}, True, True),
+        ({"gt": 5}, "6", False),  # another kind has no order against a number
+        ({"gt": "5"}, 6, False),
+        ({"gt": 0}, True, False),
+        ({"gt": 0}, None, False),
+        ({"gt": 0}, [1], False),
+        ({"neq": 5}, 6, True),
+        ({"neq": 5}, 5.0, False),
+        ({"neq": 5}, "5", True),
+        ({"neq": 5}, None, False),  # null satisfies only eq and in
+        ({"neq": None}, 0, True),
+        ({"eq": 5}, 5, True),
+        ({"not": {"eq": 5}}, 6, True),
+        ({"not": {"eq": 5}}, 5, False),
+        ({"not": {"eq": 5}}, None, False),
+        ({"not": {"in": [1, 2]}}, 3, True),
+        ({"not": {"in": [1, 2]}}, 2, False),
+        ({"not": {"lt": 5}}, 5, True),
+        ({"not": {"lt": 5}}, "a", False),  # no order either way
+        ({"gte": 18, "lt": 65}, 18, True),
+        ({"gte": 18, "lt": 65}, 65, False),
+        ({"in": [1, 2], "neq": 2}, 2, False),
+        ({"in": [1, 2], "neq": 2}, 1, True),
+    ],
+)
+def test_operators(condition: dict[str, object], row_value: object, expected: bool) -> None:
+    """Each operator, not, and several operators on one column (AND) decide as SQL would."""
+    assert expected == matches({"a": condition}, {"a": row_value})
+
+
+def test_conditions_are_not_clauses_and_fail_open_in_sql() -> None:
+    """eq and in stay clauses (narrowed in SQL); other operators are conditions by_type leaves
+    out, so a replay's SQL reads them unfiltered and the match is exact in Python."""
+    row_filter = RowFilter.parse({"a": {"eq": 1, "gt": 0}, "b": {"not": {"in": ["x"]}}})
+    assert ("a", "b") == row_filter.columns
+    assert [("a", (1,))] == list(row_filter.clauses)
+    assert [("a", "gt", False), ("b", "in", True)] == [
+        (c.column, c.op, c.negate) for c in row_filter.conditions
+    ]
+    assert ("a",) == tuple(values.column for values in row_filter.by_type())
+
+
+def test_conditions_on_truncated_events_check_pk_only() -> None:
+    """With no row, a condition on a pk column is checked against the pk, others pass."""
+    event = make_event(1, pk={"id": 7}, truncated=True)
+    assert RowFilter.parse({"id": {"gt": 5}, "status": {"lt": "a"}}).matches(event)
+    assert not RowFilter.parse({"id": {"not": {"eq": 7}}}).matches(event)
+
+
+def test_conditions_count_in_the_cost() -> None:
+    """A condition costs a clause of its values plus CONDITION_BYTES."""
+    from relay.core.filters import CLAUSE_BYTES, CONDITION_BYTES, VALUE_BYTES
+
+    assert (
+        CLAUSE_BYTES + 1 + VALUE_BYTES + CONDITION_BYTES == RowFilter.parse({"a": {"gt": 5}}).cost
+    )

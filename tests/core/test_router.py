@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -92,9 +92,14 @@ class CountingAudience(frozenset[str]):
         type(self).probed += 1
         return super().__contains__(item)
 
+    def isdisjoint(self, other: Iterable[object]) -> bool:
+        type(self).probed += 1  # the decision's probe with a connection's keys (one call)
+        return super().isdisjoint(other)
+
 
 def test_routing_walks_the_smaller_side() -> None:
-    """A big audience is probed once per connected user; a small one is iterated, not probed."""
+    """A big audience is probed once per connected user; a small one is iterated instead. The
+    decision (relay/core/moves.py) probes it once more per subscription it delivers to."""
     router = Router()
     for i in range(3):
         connect(router, f"u{i}", f"c{i}", make_sub())
@@ -102,14 +107,14 @@ def test_routing_walks_the_smaller_side() -> None:
     big = CountingAudience(f"u{i}" for i in range(1_000))
     event = replace(make_event(1), audience=big)
     assert 3 == router.route(event, 0.0).delivered
-    assert (0, 3) == (CountingAudience.iterated, CountingAudience.probed)
+    assert (0, 3 + 3) == (CountingAudience.iterated, CountingAudience.probed)
 
     for i in range(3, 1_000):
         connect(router, f"u{i}", f"c{i}", make_sub())
     CountingAudience.iterated = CountingAudience.probed = 0
     small = CountingAudience({"u7", "nobody"})
     assert 1 == router.route(replace(make_event(2), audience=small), 0.0).delivered
-    assert (1, 0) == (CountingAudience.iterated, CountingAudience.probed)
+    assert (1, 0 + 1) == (CountingAudience.iterated, CountingAudience.probed)
 
 
 # --- matching ------------------------------------------------------------------------------
@@ -360,3 +365,101 @@ def test_offer_may_change_the_router() -> None:
     assert 2 == router.route(make_event(1), 0.0).delivered
     assert ([("a", 1)], [("a", 1)]) == (closing.received, other.received)
     assert (1, 1) == (router.connection_count, router.user_count)
+
+
+# --- audience keys: role audiences ---------------------------------------------------------
+
+
+def keyed(
+    router: Router, user: str, conn_id: str, keys: list[str], *subs: Subscription
+) -> RecordingTarget:
+    target = RecordingTarget(user, conn_id)
+    router.add(target, keys)
+    for sub in subs:
+        router.subscribe(target, sub)
+    return target
+
+
+def test_role_keys_reach_every_holder_and_nobody_else() -> None:
+    """A row whose audience names role:anon reaches anonymous and only those connections; one
+    naming a user never reaches an anonymous connection, whatever its filters."""
+    router = Router()
+    anon = keyed(router, "", "c1", ["role:anon"], make_sub())
+    alice = keyed(router, "alice", "c2", ["alice", "role:authenticated"], make_sub())
+    bob = keyed(router, "bob", "c3", ["bob", "role:authenticated"], make_sub())
+    router.route(make_event(1, audience=["role:anon"]), 0.0)
+    router.route(make_event(2, audience=["alice"]), 0.0)
+    router.route(make_event(3, audience=["role:authenticated"]), 0.0)
+    router.route(make_event(4, audience=["alice", "role:anon", "role:authenticated"]), 0.0)
+    router.route(make_event(5, audience=[""]), 0.0)  # an empty owner value: nobody
+    assert [("s1", 1), ("s1", 4)] == anon.received
+    assert [("s1", 2), ("s1", 3), ("s1", 4)] == alice.received  # 4 once, under two keys
+    assert [("s1", 3), ("s1", 4)] == bob.received
+
+
+def test_a_connection_under_several_keys_is_removed_from_all() -> None:
+    """remove() drops the connection from every key it was indexed under."""
+    router = Router()
+    alice = keyed(router, "alice", "c1", ["alice", "role:authenticated"], make_sub())
+    assert (1, 2) == (router.connection_count, router.user_count)
+    router.remove(alice)
+    assert (0, 0) == (router.connection_count, router.user_count)
+    assert 0 == router.route(make_event(1, audience=["role:authenticated", "alice"]), 0.0).delivered
+
+
+def test_any_table_subscription_gets_every_table() -> None:
+    """A subscription to ANY_TABLE (Supabase's schema-only binding) matches every table of its
+    schema, beside the connection's table subscriptions."""
+    from relay.core.subscription import ANY_TABLE
+
+    router = Router()
+    alice = connect(router, "alice", "c1", make_sub("all", table=ANY_TABLE, schema="public"),
+                    make_sub("items"))  # fmt: skip
+    router.route(make_event(1, table="items"), 0.0)
+    router.route(make_event(2, table="other"), 0.0)
+    router.route(make_event(3, table="other", schema="private"), 0.0)
+    assert [("items", 1), ("all", 1), ("all", 2)] == alice.received
+    router.unsubscribe(alice, "all")
+    router.route(make_event(4, table="other"), 0.0)
+    assert 3 == len(alice.received)
+
+
+def test_a_catching_up_subscription_under_two_keys_holds_an_event_once() -> None:
+    """A connection indexed under two keys of an event's audience holds it once for its
+    catch-up, as it would deliver it once."""
+    router = Router()
+    sub = make_sub(live=False)
+    sub.held, sub.hold_max = [], 10
+    keyed(router, "alice", "c1", ["alice", "role:authenticated"], sub)
+    router.route(make_event(1, audience=["alice", "role:authenticated"]), 0.0)
+    assert [1] == [event.pos for event in sub.held]
+
+
+def test_a_connection_in_the_old_audience_by_a_role_key_gets_the_move_out() -> None:
+    """An UPDATE taking a public row private: a connection reached only by its role key is
+    routed the move-out (the old audience is walked too); the owner the UPDATE; a connection
+    held under two keys of the old audience is offered it once."""
+    router = Router()
+    anon = keyed(router, "", "c1", ["role:anon"], make_sub())
+    bob = keyed(router, "bob", "c2", ["bob", "role:authenticated"], make_sub())
+    owner = keyed(router, "alice", "c3", ["alice", "role:authenticated"], make_sub())
+    event = make_event(1, op="UPDATE", row={"id": 1, "title": "secret"}, old_values={"title": "x"},
+                       audience=["alice"], old_audience=["alice", "role:anon", "role:authenticated",
+                                                         "bob"])  # fmt: skip
+    assert 3 == router.route(event, 0.0).delivered
+    assert [("s1", 1)] == anon.received == bob.received == owner.received
+    assert event.moved_out() is anon.events[0] is bob.events[0]
+    assert event is owner.events[0]
+
+
+def test_a_catching_up_subscription_holds_the_form_it_is_sent() -> None:
+    """While catching up, the router holds the move-out (not the UPDATE) for a connection only
+    in the old audience, once though two of its keys are in it."""
+    router = Router()
+    sub = make_sub(live=False)
+    sub.held, sub.hold_max = [], 10
+    keyed(router, "bob", "c1", ["bob", "role:authenticated"], sub)
+    event = make_event(1, op="UPDATE", old_values={}, audience=["alice"],
+                       old_audience=["bob", "role:authenticated"])  # fmt: skip
+    router.route(event, 0.0)
+    assert [event.moved_out()] == sub.held

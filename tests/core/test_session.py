@@ -272,9 +272,11 @@ def test_a_failed_unsubscribe_is_told_apart_from_a_failed_subscribe_of_the_same_
     send(session, {"type": "subscribe", "id": "s", "table": "nope"})
     send(session, {"type": "unsubscribe", "id": "s"})
     send(session, {"type": "what"})
+    send(session, {"type": ["subscribe"]})  # a type that cannot be a set member: no request
     assert [
         ("subscribe", "unknown_table", "s"),
         ("unsubscribe", "bad_message", "s"),
+        (None, "bad_message", None),
         (None, "bad_message", None),
     ] == [(f.get("request"), f["code"], f.get("id")) for f in frames(session)]
 
@@ -326,3 +328,14 @@ def test_control_frames_past_the_bound_abort_the_connection() -> None:
     for _ in range(11):
         send(session, {"type": "ping"})
     assert [Abort("control_overflow")] == list(session.tick(NOW))
+
+
+@pytest.mark.parametrize("kind", [["subscribe"], {"a": 1}, 5, None])
+def test_a_type_that_is_not_a_string_is_a_bad_message(kind: object) -> None:
+    """A message whose type is not a string (an array: unhashable) is refused with bad_message
+    naming no request, not a crash."""
+    session = authed()
+    send(session, {"type": kind, "id": "x"})
+    assert [("error", "bad_message", None)] == [
+        (f["type"], f["code"], f.get("request")) for f in frames(session)
+    ]

@@ -39,7 +39,21 @@ def nested(depth: int) -> str:
 
 def row(pos: int, pk: str, data: str | None, old: str | None = None) -> tuple[Any, ...]:
     """A relay.log row in LOG_COLUMNS order, its JSON columns as text."""
-    return (pos, "public", "docs", "UPDATE", pk, data, old, ["doc"], ["alice"], TS, False)
+    return (
+        pos,
+        "public",
+        "docs",
+        "UPDATE",
+        pk,
+        data,
+        old,
+        ["doc"],
+        ["alice"],
+        TS,
+        False,
+        None,
+        None,
+    )
 
 
 def frame(event: Event) -> dict[str, Any]:
@@ -197,6 +211,26 @@ def test_undecodable_text_becomes_a_truncated_event_too() -> None:
     """A row that is not JSON at all (cannot happen from jsonb) is still an event: truncated."""
     event, problem = decode_event(row(9, '{"id": 1}', "{nope"))
     assert ("invalid", None, True) == (problem, event.row, event.truncated)
+
+
+def test_old_values_and_audience_are_read_and_a_bad_old_value_never_matches() -> None:
+    """An UPDATE's old values and old audience come with the event; an old value too deep to
+    decode is kept as its text (which no filter value equals) and the event stays whole."""
+    deep = nested(2000)
+    base = row(9, '{"id": 1}', '{"id": 1, "v": "b", "doc": 1}', '{"id": 1}')[:-2]
+    event, problem = decode_event((*base, '{"v": "a", "doc": ' + deep + "}", ["bob"]))
+    assert (None, False, frozenset({"bob"})) == (problem, event.truncated, event.old_audience)
+    assert event.old_values is not None
+    assert ("a", RawJSON) == (event.old_values["v"], type(event.old_values["doc"]))
+    assert RowFilter.parse({"v": "a"}).matched_before(event)
+    assert not RowFilter.parse({"doc": 1}).matched_before(event)
+    truncated, problem = decode_event((*base[:5], '{"id": 1, "d": ' + deep + "}", *base[6:],
+                                       '{"v": "a"}', ["bob"]))  # fmt: skip
+    assert ("too_deep", None, frozenset({"bob"})) == (
+        problem,
+        truncated.old_values,
+        truncated.old_audience,
+    )
 
 
 # -- filters -------------------------------------------------------------------------------------

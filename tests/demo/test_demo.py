@@ -103,8 +103,8 @@ def test_page_and_its_assets_are_served(demo_relay: RelayProcess) -> None:
 
 def test_browser_client_is_served_with_its_imports(demo_relay: RelayProcess) -> None:
     """/client.js and the modules it imports are clients/js/src as is; nothing outside it is."""
-    for name in ("client.js", "backoff.js", "errors.js", "shared.js", "tabs.js", "timers.js",
-                 "token.js"):  # fmt: skip
+    for name in ("client.js", "backoff.js", "errors.js", "shared.js", "sse.js", "tabs.js",
+                 "timers.js", "token.js"):  # fmt: skip
         status, content_type, body = http(demo_relay, f"/{name}")
         assert (200, "text/javascript; charset=utf-8", (CLIENT_SRC / name).read_bytes()) == (
             status,

@@ -60,7 +60,11 @@ def ids(dsn: str, query: str) -> list[int]:
 
 def connections(relay: RelayProcess) -> tuple[float, float]:
     """Websocket connections open at the relay now, and accepted since it started."""
-    return relay.metric("relay_connections"), relay.metric("relay_connections_total")
+    websocket = 'transport="websocket"'
+    return (
+        relay.metric("relay_connections", websocket),
+        relay.metric("relay_connections_total", websocket),
+    )
 
 
 def write(dsn: str, first: int, count: int, pause: float = 0.0) -> None:
@@ -134,11 +138,11 @@ def test_tabs_share_one_socket_and_survive_the_leader_closing(
     assert ["follower", "leader"] == roles
     assert [2, 2] == [browser.js(s, "window.got.confirmed") for s in (a2, a3)]  # confirmed anew
     wait_until(
-        lambda: relay.metric("relay_connections") == 2.0,
+        lambda: connections(relay)[0] == 2.0,
         10,
         "the closed leader's socket to be gone at the relay",
     )
-    assert 3.0 == relay.metric("relay_connections_total")  # alice's two leaders, and bob
+    assert 3.0 == connections(relay)[1]  # alice's two leaders, and bob
 
 
 DASHBOARD = """(() => document.querySelector('#status').dataset.state === 'live'

@@ -22,7 +22,7 @@ from websockets.server import ServerProtocol
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
-from relay.net.connection import forget_handshake
+from relay.net.websocket import forget_handshake
 from tests.support.clients import Client, close_of, poll
 from tests.support.processes import relay_process
 

@@ -176,8 +176,11 @@ def test_long_polls_count_against_max_connections(relay_db: str) -> None:
             )
         )
         thread.start()
-        wait_until(lambda: relay.metric("relay_long_polls") == 1.0, 10, "a long-poll in flight")
-        assert 2.0 == relay.metric("relay_connections")
+        in_flight = 'transport="long_poll"'
+        wait_until(
+            lambda: relay.metric("relay_connections", in_flight) == 1.0, 10, "a long-poll in flight"
+        )
+        assert 1.0 == relay.metric("relay_connections", 'transport="websocket"')
 
         assert (503, "too many connections\n") == raw_poll(relay.port, "carol", table="generations")
         with pytest.raises(InvalidStatus) as refused:
@@ -190,6 +193,8 @@ def test_long_polls_count_against_max_connections(relay_db: str) -> None:
         assert [(200, ["live"])] == [
             (status, [e["row"]["project_id"] for e in body["events"]]) for status, body in waiting
         ]
-        wait_until(lambda: relay.metric("relay_long_polls") == 0.0, 10, "the long-poll counted out")
+        wait_until(
+            lambda: relay.metric("relay_connections", in_flight) == 0.0, 10, "the poll counted out"
+        )
         assert 200 == poll(relay, "carol", table="generations")[0]
         websocket.close()

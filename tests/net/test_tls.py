@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import ipaddress
 import json
 import ssl
@@ -61,3 +62,20 @@ def test_tls_serves_wss_with_the_configured_certificate(relay_db: str, tmp_path:
         with ws_connect(url, ssl=context, open_timeout=5,
                         additional_headers={"Authorization": f"Bearer {token('alice')}"}) as ws:  # fmt: skip
             assert "ready" == json.loads(ws.recv(5))["type"]
+
+
+def test_tls_serves_server_sent_events(relay_db: str, tmp_path: Path) -> None:
+    """An SSE stream over https:// starts as over http://: retry, then the ready event."""
+    cert, key = self_signed(tmp_path)
+    env = {"RELAY_TLS_CERT": str(cert), "RELAY_TLS_KEY": str(key)}
+    with relay_process(relay_db, env) as relay:
+        context = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", relay.port, context=context, timeout=5)
+        conn.request("GET", "/v1/sse?table=thumbnails",
+                     headers={"Authorization": f"Bearer {token('alice')}"})  # fmt: skip
+        response = conn.getresponse()
+        assert (200, "text/event-stream") == (response.status, response.getheader("Content-Type"))
+        lines = [response.readline() for _ in range(4)]
+        assert lines[0].startswith(b"retry: ") and lines[2] == b"event: ready\n", lines
+        assert "alice" == json.loads(lines[3][len(b"data: ") :])["user"]
+        conn.close()

@@ -98,6 +98,71 @@ def test_filters_and_ops_select_events(relay: RelayProcess, relay_db: str) -> No
     assert [] == client.quiet(0.5)
 
 
+def test_comparison_operators_select_live_and_replayed_events(
+    relay: RelayProcess, relay_db: str
+) -> None:
+    """gt, lte, neq and not select the same events live and by replay (the replay's SQL reads
+    them unfiltered; the match is exact)."""
+    flt = {"id": {"gt": 1, "lte": 4, "neq": 3}, "project_id": {"not": {"in": ["p9"]}}}
+    client = connect(relay, "alice")
+    client.subscribe("live", "thumbnails", filter=flt, ops=["INSERT"])
+    start = client.subscribe("all", "thumbnails", ops=["INSERT"])["cursor"]
+    for n in range(1, 7):
+        add_thumbnail(relay_db, "alice", "p9" if n == 4 else "p1", title=f"t{n}")
+    got = client.events(7)
+    assert ["t2"] == [e["row"]["title"] for e in got if e["sub"] == "live"]
+    again = connect(relay, "alice")
+    again.subscribe("replay", "thumbnails", filter=flt, ops=["INSERT"], since=start)
+    assert ["t2"] == [e["row"]["title"] for e in again.frames if e["type"] == "event"]
+    assert [] == again.quiet(0.5)
+
+
+GALLERY = (
+    "CREATE TABLE gallery (id int PRIMARY KEY, owner text NOT NULL, public boolean NOT NULL)",
+    "CREATE FUNCTION gallery_audience(g gallery) RETURNS text[] LANGUAGE sql AS $$ SELECT CASE"
+    " WHEN g.public THEN ARRAY[g.owner, 'role:anon', 'role:authenticated'] ELSE ARRAY[g.owner]"
+    " END $$",
+    "SELECT relay.track('gallery', audience => 'gallery_audience')",
+)
+
+
+def test_role_audiences_reach_anonymous_and_role_holders_live_and_by_replay(
+    relay_db: str,
+) -> None:
+    """An anonymous token (role anon, no sub) gets exactly the rows naming role:anon, a token
+    with role authenticated those naming it and its own, live and by replay; a sub posing as a
+    role key is refused."""
+    write(relay_db, *GALLERY)
+    with relay_process(relay_db) as relay:
+        anon = Client(relay.url)
+        anon.send({"type": "auth", "token": jwt.encode(
+            {"role": "anon", "exp": time.time() + 60}, SECRET, "HS256")})  # fmt: skip
+        assert "" == anon.expect("ready")["user"]
+        carol = Client(relay.url)
+        carol.send({"type": "auth", "token": token("carol", role="authenticated")})
+        carol.expect("ready")
+        start = anon.subscribe("g", "gallery")["cursor"]
+        carol.subscribe("g", "gallery")
+        write(
+            relay_db,
+            "INSERT INTO gallery VALUES (1, 'dave', true), (2, 'dave', false), (3, 'carol', false)",
+        )
+        assert [1] == [e["pk"]["id"] for e in anon.events(1)]
+        assert [1, 3] == sorted(e["pk"]["id"] for e in carol.events(2))
+        replayed = Client(relay.url)
+        replayed.send({"type": "auth", "token": jwt.encode(
+            {"role": "anon", "exp": time.time() + 60}, SECRET, "HS256")})  # fmt: skip
+        replayed.expect("ready")
+        replayed.subscribe("g", "gallery", since=start)
+        assert [1] == [e["pk"]["id"] for e in replayed.frames if e["type"] == "event"]
+        assert [] == anon.quiet(0.5) + replayed.quiet(0.1)
+        posing = Client(relay.url)
+        posing.send({"type": "auth", "token": token("role:anon", role="anon")})
+        with pytest.raises(ConnectionClosed) as closed:
+            posing.recv()
+        assert (4001, "reserved_sub") == close_of(closed.value)
+
+
 def test_subscribe_then_write_never_misses_the_first_event(
     relay: RelayProcess, relay_db: str
 ) -> None:
@@ -439,7 +504,8 @@ def test_health_and_metrics_endpoints(relay: RelayProcess) -> None:
     assert 404 == relay.http("/metrics")[0]  # not on the client port by default
     status, body = relay.scrape()
     assert 200 == status
-    for name in ("relay_listener_up 1.0", "relay_connections 0.0", "relay_sequencer_leader 1.0"):
+    for name in ("relay_listener_up 1.0", 'relay_connections{transport="websocket"} 0.0',
+                 "relay_sequencer_leader 1.0"):  # fmt: skip
         assert name in body
     assert 404 == relay.http("/nope")[0]
 

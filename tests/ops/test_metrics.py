@@ -112,8 +112,10 @@ def test_delivery_metrics_move_with_events(relay_db: str) -> None:
         wait_until(lambda: relay.metric("relay_deliveries_total") == 1.0, 5, "delivery counted")
         assert 1.0 == relay.metric("relay_events_total", 'op="INSERT",table="generations"')
         assert 1.0 == relay.metric("relay_delivery_lag_seconds_count")
-        assert 1.0 == relay.metric("relay_connections")
-        assert 1.0 == relay.metric("relay_connections_total")
+        websocket = 'transport="websocket"'
+        assert 1.0 == relay.metric("relay_connections", websocket)
+        assert 1.0 == relay.metric("relay_connections_total", websocket)
+        assert 0.0 == relay.metric("relay_connections", 'transport="sse"')
 
 
 def test_separate_metrics_port_serves_metrics_and_hides_them_on_the_main_port(

@@ -168,7 +168,7 @@ def test_writer_cannot_forge_an_event(relay_db: str, roles: Roles) -> None:
     with connect(relay_db) as conn:
         row = conn.execute(
             """SELECT ROW('{"id": 7}', NULL, '{"id": 7, "user_id": "victim"}', NULL,"""
-            " ARRAY['victim'], false)::relay.handover::text"
+            " ARRAY['victim'], false, NULL, ARRAY['victim'])::relay.handover::text"
         ).fetchone()
         assert row is not None
         forged = row[0]
@@ -202,7 +202,8 @@ def test_writer_cannot_forge_an_event(relay_db: str, roles: Roles) -> None:
             (op, pk, audience) for _, op, pk, _, _, _, audience, _ in log_events(conn)
         ]
         assert (0,) == conn.execute(
-            "SELECT count(*) FROM relay.log WHERE 'victim' = ANY (audience)"
+            "SELECT count(*) FROM relay.log"
+            " WHERE 'victim' = ANY (audience) OR 'victim' = ANY (old_audience)"
         ).fetchone()
 
 

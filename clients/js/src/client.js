@@ -12,6 +12,7 @@
 import { backoffDelay } from './backoff.js';
 import { RelayError } from './errors.js';
 import { createSharedClient, sharing } from './shared.js';
+import { sseTransport } from './sse.js';
 import { timerFactory } from './timers.js';
 import { MAX_TIMER_MS, refreshDelay, tokenExpiry } from './token.js';
 
@@ -19,13 +20,14 @@ export { RelayError };
 
 const WS_PATH = '/v1/ws';
 const POLL_PATH = '/v1/poll';
+const SSE_PATH = '/v1/sse';
 const OPEN = 1; // WebSocket.OPEN, the same in every implementation
 const CLOSE_AUTH = 4001; // the relay refused or timed out the token
 const CLOSE_CLIENT = 4000; // our own closes (ping timeout, token provider failed)
 const MAX_POLL_WAIT_S = 25;
 const QUICK_POLL_MS = 1000; // an empty answer faster than this waits this long before the next
 
-/** The websocket and long-poll endpoints under a base URL (http(s) or ws(s), any path prefix). */
+/** The websocket, long-poll and SSE endpoints under a base URL (http(s) or ws(s), any path prefix). */
 export function endpoints(url, pollUrl) {
   const base = new URL(url, globalThis.location?.href);
   const at = (path, schemes) => {
@@ -40,6 +42,7 @@ export function endpoints(url, pollUrl) {
   return {
     ws: at(WS_PATH, { 'http:': 'ws:', 'https:': 'wss:' }),
     poll: pollUrl ? new URL(pollUrl, at('/', toHttp)).href : at(POLL_PATH, toHttp),
+    sse: at(SSE_PATH, toHttp),
   };
 }
 
@@ -49,6 +52,9 @@ export function createClient(options) {
   const { url, token } = options ?? {};
   if (typeof url !== 'string' || !url) throw new TypeError('createClient: url is required');
   if (typeof token !== 'function') throw new TypeError('createClient: token must be a function');
+  if (![undefined, 'websocket', 'sse'].includes(options.transport)) {
+    throw new TypeError("createClient: transport is 'websocket' or 'sse'");
+  }
   const given = (name) => (options[name] === undefined ? globalThis[name] : options[name]);
   if (!given('WebSocket') && !given('fetch')) {
     throw new TypeError('createClient: no WebSocket (pass one, e.g. from "ws") and no fetch');
@@ -63,7 +69,8 @@ function createSocketClient(options) {
   const {
     url,
     token,
-    WebSocket: WS = globalThis.WebSocket,
+    transport = 'websocket',
+    WebSocket: webSocket = globalThis.WebSocket,
     fetch: fetchImpl = globalThis.fetch?.bind(globalThis),
     pollUrl,
     onState,
@@ -81,11 +88,22 @@ function createSocketClient(options) {
     timers = globalThis,
     now = Date.now,
   } = options ?? {};
+  const urls = endpoints(url, pollUrl);
+  // The streaming transport: a websocket, or SSE over fetch shaped like one (sse.js).
+  const streams =
+    transport === 'sse' && fetchImpl
+      ? sseTransport({
+          url: urls.sse,
+          fetch: fetchImpl,
+          subscriptions: () => [...subs.values()].map(subscribeMessage),
+          timers,
+        })
+      : null;
+  const WS = transport === 'sse' ? streams && streams.open : webSocket;
   const backoffOptions = {
     initialMs: backoff?.initialMs ?? 500,
     capMs: backoff?.capMs ?? 30_000,
   };
-  const urls = endpoints(url, pollUrl);
   const timer = timerFactory(timers);
   const wait = Math.min(MAX_POLL_WAIT_S, Math.max(1, pollWaitS));
 
@@ -205,7 +223,7 @@ function createSocketClient(options) {
     if (mode === 'ws') setState(waitingState());
     let ws;
     try {
-      ws = new WS(urls.ws);
+      ws = streams ? streams.open() : new WS(urls.ws);
     } catch (err) {
       report(new RelayError('connect_failed', 'could not create a WebSocket', { cause: err }));
       socketGone(CLOSE_CLIENT, 'constructor_failed', true);
@@ -353,14 +371,18 @@ function createSocketClient(options) {
     setState('live');
   }
 
-  function sendSubscribe(sub) {
+  function subscribeMessage(sub) {
     const message = { type: 'subscribe', id: sub.id, table: sub.table };
     if (sub.schema !== undefined) message.schema = sub.schema;
     if (sub.filter !== undefined) message.filter = sub.filter;
     if (sub.ops !== undefined) message.ops = sub.ops;
     if (sub.coalesceMs !== undefined) message.coalesce_ms = sub.coalesceMs;
     if (sub.cursor) message.since = sub.cursor;
-    sub.sent = send(message);
+    return message;
+  }
+
+  function sendSubscribe(sub) {
+    sub.sent = send(subscribeMessage(sub));
   }
 
   function refreshTime(value) {

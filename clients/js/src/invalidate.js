@@ -4,8 +4,9 @@
  *
  * A rule: { table, schema?, filter?, ops?, columns?, when?, keys, resetKeys? }
  *   ops      only these operations ('INSERT', 'UPDATE', 'DELETE'); all when absent
- *   columns  an UPDATE matches only if it changed one of these (INSERT and DELETE always match;
- *            so does an UPDATE whose row was too large to send, whose changes are unknown)
+ *   columns  an UPDATE matches only if it changed one of these (INSERT and DELETE always match,
+ *            move-outs and entries too; so does an UPDATE whose row was too large to send,
+ *            whose changes are unknown)
  *   when     (event) => boolean, a last say on whether the event matches
  *   keys     an array of cache keys, or (event) => array of cache keys. A key is whatever the
  *            cache uses: an array for TanStack Query (['thumbnails', 7]), a string for SWR

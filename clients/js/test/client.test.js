@@ -374,14 +374,16 @@ test('subscribing from onState("live") sends that subscription once', async () =
   client.close();
 });
 
-test('endpoints: /v1/ws and /v1/poll under the base URL, schemes mapped', () => {
+test('endpoints: /v1/ws, /v1/poll and /v1/sse under the base URL, schemes mapped', () => {
   assert.deepEqual(endpoints('ws://127.0.0.1:8080'), {
     ws: 'ws://127.0.0.1:8080/v1/ws',
     poll: 'http://127.0.0.1:8080/v1/poll',
+    sse: 'http://127.0.0.1:8080/v1/sse',
   });
   assert.deepEqual(endpoints('https://example.com/relay/?x=1'), {
     ws: 'wss://example.com/relay/v1/ws',
     poll: 'https://example.com/relay/v1/poll',
+    sse: 'https://example.com/relay/v1/sse',
   });
   assert.equal(endpoints('wss://a.example', '/poll-here').poll, 'https://a.example/poll-here');
 });

@@ -78,6 +78,21 @@ test('rules match by ops, changed columns and when; one subscription per table',
   assert.deepEqual(flushed, [['clicks', 'list', 'project:p9']]);
 });
 
+test('a move-out is a removal and an entry an addition to the rules', async () => {
+  const { clock, client, flushed } = setup([
+    { table: 'thumbnails', filter: { project_id: 'p1' }, ops: ['INSERT', 'DELETE'],
+      keys: (e) => [['thumbnail', e.pk.id], ['project', 'p1']] },
+    { table: 'thumbnails', filter: { project_id: 'p1' }, ops: ['UPDATE'], columns: ['title'],
+      keys: ['titles'] },
+  ]);
+  const { onEvent } = client.subs[0].handlers;
+  const movedOut = { ...update(4, []), op: 'DELETE', row: null, old: { id: 4 }, moved: 'out' };
+  onEvent(movedOut); // the row left the filter: no values, its key only
+  onEvent({ ...insert(5, { project_id: 'p1' }), moved: 'in' });
+  await clock.advance(500);
+  assert.deepEqual(flushed, [[['thumbnail', 4], ['project', 'p1'], ['thumbnail', 5]]]);
+});
+
 test('ops of rules sharing a subscription are merged', () => {
   const { client } = setup([
     { table: 't', ops: ['INSERT'], keys: ['a'] },

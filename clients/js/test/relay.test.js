@@ -256,3 +256,29 @@ test(
     }
   },
 );
+
+test('a row handed to another user leaves one view and enters the other', integration, async () => {
+  const alice = newUser();
+  const bob = newUser();
+  const aliceClient = connect(alice);
+  const bobClient = connect(bob);
+  try {
+    await waitFor(() => aliceClient.state === 'live' && bobClient.state === 'live', { what: 'live' });
+    const mine = await subscribed(aliceClient, 'thumbnails');
+    const theirs = await subscribed(bobClient, 'thumbnails');
+    await sql(addThumbnail(alice, 'draft'));
+    await waitFor(() => mine.events.length === 1, { what: 'the INSERT' });
+    const { id } = mine.events[0].row;
+    const q = (s) => `'${s.replace(/'/g, "''")}'`;
+    await sql(`UPDATE thumbnails SET user_id = ${q(bob)}, title = 'for bob only' WHERE id = ${id}`);
+    await waitFor(() => mine.events.length === 2 && theirs.events.length === 1, { what: 'the moves' });
+    const [out] = mine.events.slice(1);
+    assert.deepEqual([out.op, out.moved, out.pk, out.row, out.changed], ['DELETE', 'out', { id }, null, []]);
+    assert.ok(!JSON.stringify(mine.events).includes('for bob only'));
+    const [entry] = theirs.events;
+    assert.deepEqual([entry.op, entry.moved, entry.row.title, entry.row.user_id], ['INSERT', 'in', 'for bob only', bob]);
+  } finally {
+    aliceClient.close();
+    bobClient.close();
+  }
+});

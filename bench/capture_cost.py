@@ -1,0 +1,199 @@
+"""What change capture costs a writing transaction, in CPU instructions, path by path.
+
+Each case is a one-row write transaction of one kind (an UPDATE of a carried column, an owner
+hand-over, an INSERT, ...). A single-user backend (``postgres --single``, no client, no other
+process) runs it 200 times and 1,200 times under valgrind's cachegrind, each time from a copy of
+the same data folder; the difference divided by 1,000 is the count per transaction, start-up
+and shut-down cancelled out. An instruction count is exact: the neighbours of a shared machine
+cannot disturb it, where they swing throughput by a factor of 3 (BENCHMARKS.md). It says nothing
+about waits (fsync, locks, NOTIFY): bench/write_overhead.py measures those.
+
+    python -m bench.capture_cost [--baseline FILE] [--case WORDS ...] [--out FILE]
+
+``--baseline`` measures an earlier install script too (tests/support/fixtures/install-v3.sql,
+say) and prints both side by side. Needs valgrind on the PATH. Writes Markdown to stdout (and to
+--out), progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from relay.demo.pgserver import SERVER_USER, PgServer
+from relay.ops.datafiles import install_script
+
+__all__ = ["CASES", "Case", "main", "measure"]
+
+SMALL, LARGE = 200, 1200
+ROWS = 2000
+
+SCHEMA = """
+CREATE TABLE public.thumbnails (
+    id bigint PRIMARY KEY, user_id text NOT NULL, project_id text NOT NULL,
+    title text NOT NULL DEFAULT '', share_click_count bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE public.plain (LIKE public.thumbnails INCLUDING ALL);
+CREATE TABLE public.generations (LIKE public.thumbnails INCLUDING ALL);
+CREATE TABLE public.teams (id int PRIMARY KEY, members text[] NOT NULL);
+CREATE TABLE public.docs (LIKE public.thumbnails INCLUDING ALL);
+CREATE FUNCTION public.doc_readers(d public.docs) RETURNS text[] LANGUAGE sql STABLE
+    AS 'SELECT members FROM public.teams WHERE id = length(d.project_id)';
+INSERT INTO public.teams SELECT g, ARRAY['user-' || g, 'user-0'] FROM generate_series(1, 20) AS g;
+"""
+FILL = """
+INSERT INTO public.{table} (id, user_id, project_id, title)
+SELECT g, 'user-' || (g % 500), 'p-' || (g % 7), 'Thumbnail ' || g
+  FROM generate_series(1, {rows}) AS g
+"""
+TRACK = """
+SELECT relay.track('public.thumbnails', owner_column => 'user_id',
+                   columns => ARRAY['id', 'user_id', 'project_id', 'title', 'share_click_count']);
+SELECT relay.track('public.generations', owner_column => 'user_id');
+SELECT relay.track('public.docs', audience => 'public.doc_readers',
+                   columns => ARRAY['id', 'project_id', 'title', 'share_click_count']);
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of write transaction; ``{i}`` in ``sql`` is the transaction's number."""
+
+    name: str
+    sql: str
+
+
+# Rows cycle through ids 1..ROWS, so an UPDATE never meets a row it changed in the same run.
+CASES = (
+    Case("untracked UPDATE", "UPDATE plain SET share_click_count = share_click_count + 1 "
+         "WHERE id = {row}"),
+    Case("whitelist, owner: UPDATE of a carried column", "UPDATE thumbnails SET "
+         "share_click_count = share_click_count + 1 WHERE id = {row}"),
+    Case("whitelist, owner: UPDATE of a column not carried", "UPDATE thumbnails SET "
+         "created_at = created_at + interval '1 s' WHERE id = {row}"),
+    Case("whitelist, owner: UPDATE handing the row to another owner", "UPDATE thumbnails SET "
+         "user_id = 'other-' || {i} WHERE id = {row}"),
+    Case("whitelist, owner: INSERT", "INSERT INTO thumbnails (id, user_id, project_id) "
+         "VALUES ({i} + 1000000, 'user-1', 'p-1')"),
+    Case("whitelist, owner: DELETE", "DELETE FROM thumbnails WHERE id = {row}"),
+    Case("no whitelist, owner: UPDATE", "UPDATE generations SET "
+         "share_click_count = share_click_count + 1 WHERE id = {row}"),
+    Case("audience function: UPDATE of a carried column", "UPDATE docs SET "
+         "share_click_count = share_click_count + 1 WHERE id = {row}"),
+    Case("audience function: UPDATE changing its answer", "UPDATE docs SET "
+         "project_id = project_id || 'x' WHERE id = {row}"),
+    Case("audience function: UPDATE of a column not carried", "UPDATE docs SET "
+         "created_at = created_at + interval '1 s' WHERE id = {row}"),
+)  # fmt: skip
+
+
+def _prepare(folder: Path, script: str) -> PgServer:
+    """A stopped server whose database ``bench`` holds the tables, tracked with ``script``."""
+    server = PgServer(folder, settings={"fsync": "off"})
+    with server.running():
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        with psycopg.connect(server.dsn("bench"), autocommit=True) as conn:
+            conn.execute(script)
+            conn.execute(SCHEMA)
+            for table in ("plain", "thumbnails", "generations", "docs"):
+                conn.execute(FILL.format(table=table, rows=ROWS))
+            conn.execute(TRACK)
+            conn.execute("VACUUM ANALYZE")
+            conn.execute("CHECKPOINT")
+    return server
+
+
+def _instructions(server: PgServer, case: Case, count: int, scratch: Path) -> int:
+    """Instructions a single-user backend executes for ``count`` transactions of the case."""
+    data = scratch / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    subprocess.run(["cp", "-a", str(server.pgdata), str(data)], check=True)
+    workload = "\n".join(
+        case.sql.format(i=i, row=i % ROWS + 1) + ";" for i in range(count)
+    )  # one statement, one transaction, per line
+    argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+            str(server.bindir / "postgres"), "--single", "-D", str(data), "-c", "fsync=off",
+            "bench"]  # fmt: skip
+    user = {"user": SERVER_USER, "group": SERVER_USER} if os.geteuid() == 0 else {}
+    result = subprocess.run(
+        argv, input=workload + "\n", capture_output=True, text=True, check=False, **user
+    )  # type: ignore[call-overload]
+    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
+    if result.returncode != 0 or found is None or "ERROR" in result.stdout + result.stderr:
+        raise RuntimeError(f"{case.name}: the backend failed:\n{result.stderr[-3000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def measure(script: str, cases: tuple[Case, ...]) -> dict[str, float]:
+    """Instructions per transaction of each case, with the given install script."""
+    folder = Path(tempfile.mkdtemp(prefix="pgrelay-capture-cost-"))
+    try:
+        folder.chmod(0o755)
+        server = _prepare(folder / "pg", script)
+        scratch = folder / "scratch"
+        scratch.mkdir()
+        if os.geteuid() == 0:  # the backend runs as the server's user
+            shutil.chown(scratch, SERVER_USER, SERVER_USER)
+        per_transaction: dict[str, float] = {}
+        for case in cases:
+            small = _instructions(server, case, SMALL, scratch)
+            large = _instructions(server, case, LARGE, scratch)
+            per_transaction[case.name] = (large - small) / (LARGE - SMALL)
+            print(f"{case.name}: {per_transaction[case.name] / 1000:.0f} k", file=sys.stderr)
+        return per_transaction
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def render(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per case, one column per script, in thousands."""
+    names = list(results)
+    head = "| case | " + " | ".join(names) + (" | difference |" if len(names) == 2 else " |")
+    lines = [head, "|---|" + "---:|" * (len(names) + (len(names) == 2))]
+    for case in next(iter(results.values())):
+        counts = [results[name][case] for name in names]
+        cells = [f"{count / 1000:,.0f} k" for count in counts]
+        if len(counts) == 2:
+            cells.append(f"{(counts[1] - counts[0]) / 1000:+,.0f} k")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.capture_cost", description=__doc__)
+    parser.add_argument("--baseline", type=Path, help="an earlier install script to compare")
+    parser.add_argument(
+        "--case", action="append", help="only the cases whose name contains this (repeatable)"
+    )
+    parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not on the PATH", file=sys.stderr)
+        return 2
+    cases = tuple(
+        case for case in CASES if not args.case or any(words in case.name for words in args.case)
+    )
+    results: dict[str, dict[str, float]] = {}
+    if args.baseline is not None:
+        results[args.baseline.name] = measure(args.baseline.read_text(), cases)
+    results["sql/install.sql"] = measure(install_script(), cases)
+    text = render(results)
+    sys.stdout.write(text)
+    if args.out is not None:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
