@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
@@ -139,6 +140,7 @@ def test_forgetting_the_handshake_frees_every_header_the_client_sent() -> None:
         b"Cookie: session=secret\r\n\r\n"
     )
     [request] = protocol.events_received()
+    assert isinstance(request, Request)
     held = SimpleNamespace(request=request, response=protocol.accept(request))
     del request
 
