@@ -3,9 +3,10 @@
 Policy: every replica competes for an advisory session lock, polling for it every
 ``TAKEOVER_INTERVAL``. The holder moves committed inbox rows into the log
 (``relay.sequence_batch``, one transaction and one ``relay_log`` notification per batch) by an
-adaptive poll of the inbox (relay/core/pacing.py): ``batch_window`` after a batch that moved rows,
-backing off to ``poll_interval`` while the inbox stays empty; with notify on, a writer's doorbell
-cuts the wait short. It prunes the log to its retention at most every ``prune_interval``.
+adaptive poll of the inbox (relay/core/pacing.py): ``batch_window`` after a batch that moved rows
+(stretched under heavy load), backing off to ``poll_interval`` while the inbox stays empty;
+with notify on, a writer's doorbell cuts the wait short. It prunes the log to its retention at
+most every ``prune_interval``.
 If the holder dies its backend goes, the lock is released and another replica takes over within
 ``TAKEOVER_INTERVAL``. Its connection is kept by the supervised loop (relay/pg/supervise.py);
 every query runs under ``query_timeout``.
