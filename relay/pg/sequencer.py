@@ -105,11 +105,14 @@ class Sequencer:
         self._set_leader(True)
         pacer = PollPacer(self.batch_window, self.poll_interval)
         while True:
+            started = anyio.current_time()
             moved = await self._timed(sequence_batch(conn, self.batch))
-            wait = pacer.after(moved, self.batch)
-            if wait == 0:
-                continue  # a full batch: more is waiting
             await self._maybe_prune(conn)
+            # The window runs from the start of the look: what committed while the batch was
+            # sequenced is already waiting. A full batch waits not at all.
+            wait = pacer.after(moved, self.batch) - (anyio.current_time() - started)
+            if wait <= 0:
+                continue
             # With notify on (relay.configure), a writer's doorbell ends the wait early; without
             # it (the default), this is the poll.
             async for _ in conn.notifies(timeout=wait, stop_after=1):
