@@ -44,7 +44,6 @@ rows from users who may not see them, and it never fails open.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -52,7 +51,8 @@ from typing import Final
 
 from relay.core.conditions import COMPARISONS, OPERATORS, Condition
 from relay.core.events import Event, JSONValue
-from relay.core.jsonkeys import FALSE, TRUE, UNMATCHABLE, Keys, key, keys_of, rank
+from relay.core.jsonkeys import UNMATCHABLE, Keys, key, keys_of, rank
+from relay.core.prefilter import ColumnValues, column_values
 from relay.errors import ProtocolError
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "SET_BYTES",
     "STRING_BYTES",
     "VALUE_BYTES",
-    "ColumnValues",
     "RowFilter",
 ]
 
@@ -102,59 +101,6 @@ def _clause_cost(column: str, keys: Keys) -> int:
     name = len(column) if column.isascii() else 4 * len(column)
     values = sum(_value_cost(value) for value in keys)
     return CLAUSE_BYTES + name + values + (SET_BYTES if isinstance(keys, frozenset) else 0)
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnValues:
-    """One filter column's values split by JSON type: what a query needs to narrow a read in SQL.
-
-    ``numbers`` holds each number as its nearest double, leaving out those beyond the double
-    range (``beyond_doubles`` says some were): a query that compares numbers as doubles below
-    that range and lets every larger number through accepts every number ``RowFilter.matches``
-    accepts, and perhaps a few more (relay/pg/queries.py). A narrowing, never a drop: the exact
-    match is still ``matches``.
-    """
-
-    column: str
-    strings: tuple[str, ...]
-    numbers: tuple[float, ...]
-    booleans: tuple[bool, ...]
-    null: bool
-    beyond_doubles: bool = False
-
-
-def _as_double(key: int | float | Decimal) -> float | None:
-    try:
-        number = float(key)
-    except OverflowError:  # an int past the double range
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _column_values(column: str, keys: Keys) -> ColumnValues:
-    strings: list[str] = []
-    numbers: set[float] = set()
-    booleans: list[bool] = []
-    beyond = False
-    for value in keys:
-        if value is TRUE or value is FALSE:
-            booleans.append(value is TRUE)
-        elif isinstance(value, str):
-            strings.append(value)
-        elif isinstance(value, int | float | Decimal):
-            number = _as_double(value)
-            if number is None:
-                beyond = True
-            else:
-                numbers.add(number)
-    return ColumnValues(
-        column=column,
-        strings=tuple(sorted(strings)),
-        numbers=tuple(sorted(numbers)),
-        booleans=tuple(sorted(booleans)),
-        null=None in keys,
-        beyond_doubles=beyond,
-    )
 
 
 def _quote(column: str) -> str:
@@ -334,7 +280,7 @@ class RowFilter:
     def by_type(self) -> tuple[ColumnValues, ...]:
         """Each clause's values split by JSON type, for narrowing a log read in SQL. The other
         conditions are not narrowed in SQL (the read fails open for them)."""
-        return tuple(_column_values(column, keys) for column, keys in self.clauses)
+        return tuple(column_values(column, keys) for column, keys in self.clauses)
 
     def matches(self, event: Event) -> bool:
         """Whether the event's row meets every condition.

@@ -41,7 +41,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from relay.core.log import LogState, ReplayPage
 from relay.core.subscription import Subscription
 from relay.errors import LogUnavailable
-from relay.pg.queries import AsyncConn, fetch_replay, read_log_state
+from relay.pg.queries import AsyncConn, read_log_state
+from relay.pg.replay_query import fetch_replay
 from relay.pg.supervise import one_line
 
 __all__ = ["POOL_RECONNECT_TIMEOUT", "PoolLogSource", "replay_pool"]

@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from relay.net.longpoll import MAX_PAGES
-from relay.pg.queries import REPLAY_SCAN_ROWS
+from relay.pg.replay_query import REPLAY_SCAN_ROWS
 from tests.net.test_longpoll import insert
 from tests.support.clients import Client, poll
 from tests.support.processes import relay_process

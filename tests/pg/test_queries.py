@@ -1,4 +1,4 @@
-"""The relay's SQL (relay/pg/queries.py) against a real server: replay pages are bounded by
+"""The relay's SQL (relay/pg/queries.py, replay_query.py) against a real server: replay pages are bounded by
 scan and limit, and the replay pre-filter never drops a row the relay's filter matches."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import psycopg
 import pytest
 
 from relay.core.events import OPS
-from relay.core.filters import ColumnValues, RowFilter
-from relay.pg.queries import fetch_replay, read_catalog, replay_filter_sql
+from relay.core.filters import RowFilter
+from relay.core.prefilter import ColumnValues
+from relay.pg.queries import read_catalog
 from relay.pg.reader import rung_head
+from relay.pg.replay_query import fetch_replay, replay_filter_sql
 from tests.support.factories import make_event, make_sub
 
 pytestmark = pytest.mark.pg

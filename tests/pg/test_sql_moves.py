@@ -13,7 +13,8 @@ import pytest
 from relay.core.events import OPS
 from relay.core.filters import RowFilter
 from relay.ops.datafiles import install_script, uninstall_script
-from relay.pg.queries import SCHEMA_VERSION, replay_query
+from relay.pg.queries import SCHEMA_VERSION
+from relay.pg.replay_query import replay_query
 from tests.pg.test_sql import catalog_fingerprint, connect, sequence_all
 from tests.support.paths import FIXTURES, example_path
 
