@@ -10,8 +10,9 @@ decides the result; ``--client python`` runs the earlier Python writer processes
 The modes compare the untracked table with the same table under ``relay.capture``, NOTIFY on
 and off. While a tracked mode runs, the relay's own sequencer (``relay.pg.sequencer``, with the
 relay's default settings, in a process of its own) moves the inbox into the log exactly as in
-production: with notify on it runs a batch on each ``relay_inbox`` doorbell; with notify off it
-polls every ``RELAY_POLL_INTERVAL`` (50 ms); either way it loops while a batch is full. "bare
+production: it polls the inbox adaptively, ``RELAY_BATCH_WINDOW`` (1 ms; ``--batch-window``) after
+a batch that moved rows, doubling up to ``RELAY_POLL_INTERVAL`` (20 ms) while it finds none; with
+notify on a ``relay_inbox`` doorbell ends the wait; it loops at once while a batch is full. "bare
 outbox trigger" is a diagnostic: a minimal trigger appending to the same inbox (no NOTIFY, so
 the sequencer polls), to tell the cost of the extra durable row from the capture function's.
 
@@ -22,7 +23,7 @@ server's background processes, the load generator and the sequencer process; and
 other processes on the machine used meanwhile.
 
     python -m bench.write_overhead [--seconds N] [--repeats N] [--client pgbench|python]
-                                   [--out FILE] [--short | --quick]
+                                   [--out FILE] [--short | --quick] [--batch-window S]
 
 Writes Markdown to stdout (and to --out), progress to stderr. Exits 1 when a run's counts do
 not add up (commits against increments and captured events), never because of speed.
@@ -125,15 +126,15 @@ CREATE TRIGGER bench_bare_outbox AFTER UPDATE ON public.thumbnails
 # -- the sequencer process (it opens its own connection) ----------------------------------
 
 
-def _sequencer(dsn: str, ready: Semaphore) -> None:
-    """The relay's sequencer with its default settings, until terminated."""
+def _sequencer(dsn: str, ready: Semaphore, batch_window: float) -> None:
+    """The relay's sequencer with its default settings (but ``batch_window``), until terminated."""
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # no log lines
     sequencer = Sequencer(
         dsn,
         on_leader=lambda leader: ready.release() if leader else None,
         query_timeout=RELAY.query_timeout,
-        listen_window=RELAY.listen_window,
-        poll_interval=RELAY.poll_interval,
+        poll_interval=max(RELAY.poll_interval, batch_window),
+        batch_window=batch_window,
         batch=RELAY.sequencer_batch,
         retention=RELAY.retention,
         prune_interval=RELAY.prune_interval,
@@ -179,9 +180,9 @@ def _wait_drained(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
     return False
 
 
-def _start_sequencer(ctx: ForkServerContext, dsn: str) -> ForkServerProcess:
+def _start_sequencer(ctx: ForkServerContext, dsn: str, batch_window: float) -> ForkServerProcess:
     ready = ctx.Semaphore(0)
-    proc = ctx.Process(target=_sequencer, args=(dsn, ready), daemon=True)
+    proc = ctx.Process(target=_sequencer, args=(dsn, ready, batch_window), daemon=True)
     proc.start()
     if not ready.acquire(timeout=CONNECT_TIMEOUT):
         _stop(proc)
@@ -206,9 +207,10 @@ def run_cell(
     writers: int,
     seconds: float,
     load: Load,
+    batch_window: float = RELAY.batch_window,
 ) -> Run:
     """Measures one run of one cell in the database at dsn (prepared for mode)."""
-    seq_proc = _start_sequencer(ctx, dsn) if mode in SEQUENCED else None
+    seq_proc = _start_sequencer(ctx, dsn, batch_window) if mode in SEQUENCED else None
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             sequencer = [seq_proc.pid] if seq_proc and seq_proc.pid else []
@@ -267,6 +269,7 @@ def run_all(
     load: Load,
     progress: Callable[[str], None],
     loads: list[float],
+    batch_window: float = RELAY.batch_window,
 ) -> list[Cell]:
     """Every cell, repeats interleaved (round robin) so slow drift hits every mode alike."""
     # Children fork from a clean server process that has imported psycopg once: quick to
@@ -286,7 +289,7 @@ def run_all(
         for (mode, writers), cell in cells.items():
             _prepare(dsn, mode, script)
             loads.append(os.getloadavg()[0])
-            run = run_cell(ctx, dsn, postmaster, mode, writers, seconds, load)
+            run = run_cell(ctx, dsn, postmaster, mode, writers, seconds, load, batch_window)
             cell.runs.append(run)
             done += 1
             progress(
@@ -320,6 +323,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="install this script instead of sql/install.sql (to measure a candidate trigger)",
     )
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=RELAY.batch_window,
+        help=f"the sequencer's RELAY_BATCH_WINDOW in seconds (default {RELAY.batch_window:g})",
+    )
     args = parser.parse_args(argv)
     if args.short:
         args.seconds = 2
@@ -338,6 +347,8 @@ def _command(args: argparse.Namespace) -> str:
         words += [f"--seconds {args.seconds}", f"--repeats {args.repeats}"]
     if args.client != "pgbench":
         words.append(f"--client {args.client}")
+    if args.batch_window != RELAY.batch_window:
+        words.append(f"--batch-window {args.batch_window:g}")
     if args.install_sql:
         words.append(f"--install-sql {args.install_sql.name}")
     return " ".join(words)
@@ -373,7 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"client {args.client}"
             )
             try:
-                cells = run_all(server, args.seconds, args.repeats, script, load, progress, loads)
+                cells = run_all(
+                    server, args.seconds, args.repeats, script, load, progress, loads,
+                    args.batch_window,
+                )  # fmt: skip
             except BenchError as exc:
                 progress(f"bench: {exc}")
                 return 1

@@ -75,8 +75,9 @@ def render(cells: Sequence[Cell], setup: Setup) -> str:
         workload,
         "- Tracked modes and the bare trigger: the relay's sequencer (`relay.pg.sequencer`, "
         f"batches of {RELAY.sequencer_batch}, looping while a batch is full) in a process of "
-        "its own: with notify on, a batch per `relay_inbox` doorbell; with notify off and for "
-        f"the bare trigger, a poll every {RELAY.poll_interval * 1000:g} ms",
+        "its own, polling the inbox adaptively (the command's batch window after a batch that "
+        f"moved rows, doubling to {RELAY.poll_interval * 1000:g} ms while it finds none); with "
+        "notify on, a `relay_inbox` doorbell ends its wait",
         f"- Load average (1 min) before the runs: {min(setup.load):.2f} to "
         f"{max(setup.load):.2f}, median {statistics.median(setup.load):.2f}",
         f"- Install script: {setup.script}",

@@ -9,11 +9,13 @@
 -- schema; only the relay's own code runs with its rights (docs/operations.md, section 2).
 --
 -- Design, in short (docs/operations.md has the long form):
---   * a row trigger on each tracked table appends to relay.inbox (unsequenced) and rings
---     NOTIFY relay_inbox with an empty payload: a doorbell, never the data;
+--   * a row trigger on each tracked table appends to relay.inbox (unsequenced); it rings
+--     NOTIFY relay_inbox (an empty payload: a doorbell, never the data) only with notify on,
+--     off by default: the relay's sequencer polls the inbox instead;
 --   * one sequencer at a time (relay.sequence_batch, serialised on relay.head's row lock;
 --     the relay elects it with an advisory lock) moves committed inbox rows into relay.log,
---     numbering them with strictly increasing, gap-free positions, then rings relay_log;
+--     numbering them with strictly increasing, gap-free positions, then rings relay_log once
+--     per batch with the new head as the payload;
 --   * readers tail relay.log by position. A position is visible only once every smaller
 --     position is, whatever order the writers committed in.
 
@@ -32,7 +34,7 @@ CREATE TABLE IF NOT EXISTS relay.settings (
     singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     epoch          uuid        NOT NULL DEFAULT gen_random_uuid(),
     schema_version integer     NOT NULL DEFAULT 0,
-    notify         boolean     NOT NULL DEFAULT true,
+    notify         boolean     NOT NULL DEFAULT false,
     max_row_bytes  integer     NOT NULL DEFAULT 65536 CHECK (max_row_bytes > 0),
     installed_at   timestamptz NOT NULL DEFAULT now(),
     upgraded_at    timestamptz NOT NULL DEFAULT now()
@@ -145,6 +147,16 @@ BEGIN
                       AND a.attname = ANY (t.columns)
                     ORDER BY a.attnum), '{}')
          WHERE t.columns IS NOT NULL AND EXISTS (SELECT FROM pg_class WHERE oid = t.tbl);
+    END IF;
+
+    IF current_version < 5 THEN
+        -- The writers' doorbell is off by default: a NOTIFY in a writer's transaction takes a
+        -- database-wide lock at commit, serialising concurrent writers, and the relay's
+        -- sequencer polls the inbox instead (docs/operations.md, "The doorbell"). Earlier
+        -- versions had it on by default; an upgrade switches it off once.
+        -- relay.configure(notify => true) turns it back on.
+        ALTER TABLE relay.settings ALTER COLUMN notify SET DEFAULT false;
+        UPDATE relay.settings SET notify = false;
     END IF;
 END
 $migrate$;
@@ -438,6 +450,8 @@ $append$;
 -- Moves committed inbox rows into the log. Returns how many it moved.
 -- Positions are numbered from relay.head under its row lock, so two sequencers can never
 -- interleave; what one batch cannot see yet (uncommitted) a later batch moves, higher up.
+-- A batch that moved rows rings relay_log once, with the new head as the payload, so readers
+-- learn it once per batch and skip a read for a head they have already read.
 CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence$
 DECLARE
@@ -445,7 +459,8 @@ DECLARE
     moved     bigint;
     commit_ts boolean := current_setting('track_commit_timestamp') = 'on';
 BEGIN
-    -- Polling an empty inbox (notify off) must stay cheap: no row lock, no transaction id.
+    -- The relay polls the inbox (every millisecond or two under load): a look at an empty inbox
+    -- must stay cheap: no row lock, no transaction id.
     IF NOT EXISTS (SELECT FROM relay.inbox) THEN
         RETURN 0;
     END IF;
@@ -471,7 +486,7 @@ BEGIN
 
     IF moved > 0 THEN
         UPDATE relay.head SET pos = head_pos + moved;
-        PERFORM pg_notify('relay_log', '');
+        PERFORM pg_notify('relay_log', (head_pos + moved)::text);
     END IF;
     RETURN moved;
 END
@@ -501,7 +516,8 @@ END
 $prune$;
 
 -- Writes a heartbeat into the inbox, with no audience: it travels the same path as row events
--- (inbox, sequencer, log, readers) and is delivered to nobody. Returns its inbox id.
+-- (inbox, sequencer, log, readers) and is delivered to nobody; it rings the inbox doorbell
+-- when writers do (notify on). Returns its inbox id.
 CREATE OR REPLACE FUNCTION relay.heartbeat(source text DEFAULT '') RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $heartbeat$
 DECLARE
@@ -510,7 +526,9 @@ BEGIN
     INSERT INTO relay.inbox (table_schema, table_name, op, pk, audience)
     VALUES ('relay', 'heartbeat', 'HEARTBEAT', jsonb_build_object('source', source), '{}')
     RETURNING id INTO inbox_id;
-    PERFORM pg_notify('relay_inbox', '');
+    IF (SELECT s.notify FROM relay.settings AS s) THEN
+        PERFORM pg_notify('relay_inbox', '');
+    END IF;
     RETURN inbox_id;
 END
 $heartbeat$;
@@ -701,6 +719,6 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 4, upgraded_at = now() WHERE schema_version < 4;
+UPDATE relay.settings SET schema_version = 5, upgraded_at = now() WHERE schema_version < 5;
 
 COMMIT;

@@ -28,9 +28,20 @@ from relay.net.hub import Hub
 from relay.net.responses import bearer_token
 from relay.net.sockets import RATE_LIMITED, LimitedServerConnection
 
-__all__ = ["WEBSOCKET", "WebsocketConnection"]
+__all__ = ["WEBSOCKET", "WebsocketConnection", "forget_handshake"]
 
 WEBSOCKET: Final = "websocket"
+
+
+def forget_handshake(ws: ServerConnection) -> None:
+    """Drops the handshake's headers, which websockets keeps for the connection's whole life
+    (cookies, user agent...: only the token was needed). The objects stay (websockets checks that
+    the request exists), empty. The request's headers are emptied in place: the protocol's parser,
+    a generator running as long as the connection, holds the same request in a local variable."""
+    if ws.request is not None:
+        ws.request.headers.clear()
+    if ws.response is not None:
+        ws.response = dataclasses.replace(ws.response, headers=Headers(), body=b"")
 
 
 class WebsocketConnection(Connection):
@@ -114,14 +125,7 @@ class WebsocketConnection(Connection):
             return
 
     def _forget_handshake(self) -> None:
-        """websockets keeps the handshake's request and response, with every header a browser
-        sent (cookies, user agent...), for the connection's whole life; only the token was
-        needed. The objects stay (websockets checks that the request exists), empty."""
-        ws = self.ws
-        if ws.request is not None:
-            ws.request = dataclasses.replace(ws.request, headers=Headers())
-        if ws.response is not None:
-            ws.response = dataclasses.replace(ws.response, headers=Headers(), body=b"")
+        forget_handshake(self.ws)
 
     def _limited(self) -> bool:
         return isinstance(self.ws, LimitedServerConnection) and self.ws.limited

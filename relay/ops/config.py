@@ -177,7 +177,12 @@ class Settings:
         3.0, parse_duration, "a database call taking longer means the connection is dead"
     )
     poll_interval: float = _setting(
-        0.05, parse_duration, "inbox polling interval when the database has notify off"
+        0.02, parse_duration, "longest wait between the sequencer's looks at an idle inbox"
+    )
+    batch_window: float = _setting(
+        0.001,
+        parse_duration,
+        "sequencer's wait after a batch; what commits meanwhile joins the next",
     )
     sequencer_batch: int = _setting(
         1000, positive_int, "inbox rows moved per sequencer transaction"
@@ -255,6 +260,10 @@ class Settings:
             raise ConfigError("TLS needs both RELAY_TLS_CERT and RELAY_TLS_KEY")
         if self.query_timeout <= 0 or self.listen_window <= 0:
             raise ConfigError("RELAY_QUERY_TIMEOUT and RELAY_LISTEN_WINDOW must be greater than 0")
+        if not 0 < self.batch_window <= self.poll_interval:
+            raise ConfigError(
+                "RELAY_BATCH_WINDOW must be greater than 0 and at most RELAY_POLL_INTERVAL"
+            )
         if self.request_timeout <= 0:
             raise ConfigError("RELAY_REQUEST_TIMEOUT must be greater than 0")
         if self.metrics_port and self.metrics_port == self.port:

@@ -44,13 +44,12 @@ __all__ = [
     "read_head",
     "read_log_after",
     "read_log_state",
-    "read_notify",
     "sequence_batch",
     "try_sequencer_lock",
     "write_heartbeat",
 ]
 
-SCHEMA_VERSION: Final = 4  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 5  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"
@@ -236,12 +235,6 @@ async def prune(conn: AsyncConn, retention: float, limit: int) -> int:
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def read_notify(conn: AsyncConn) -> bool:
-    """Whether writers ring the inbox doorbell (``relay.settings.notify``)."""
-    row = await (await conn.execute("SELECT notify FROM relay.settings")).fetchone()
-    return bool(row and row[0])
 
 
 async def write_heartbeat(conn: AsyncConn, source: str) -> None:

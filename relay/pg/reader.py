@@ -2,13 +2,15 @@
 
 Policy: it LISTENs on ``relay_log`` and waits for the doorbell in windows
 (``notifies(timeout=listen_window)``); between windows it reads the log, which doubles as the
-heartbeat query. Every database call runs under ``query_timeout``, so a backend that hangs
-(SIGSTOP, a dead network path) is detected in about one window plus one timeout; a killed backend
-or a restart fails at once. On any failure the supervised loop (relay/pg/supervise.py) reconnects
-with capped, jittered backoff; the reader LISTENs again and reads on from its last position:
-nothing committed during the gap is lost. If the log's epoch changed, or its head or pruning
-horizon no longer contain the last position (a restore, or events pruned while it was away), it
-reads from the head: the hub resets its clients.
+heartbeat query. The sequencer rings once per batch with the new head as the payload: a doorbell
+for a head already read (batches that one read took together) costs no query. Every database
+call runs under ``query_timeout``, so a backend that hangs (SIGSTOP, a dead network path) is
+detected in about one window plus one timeout; a killed backend or a restart fails at once. On
+any failure the supervised loop (relay/pg/supervise.py) reconnects with capped, jittered
+backoff; the reader LISTENs again and reads on from its last position: nothing committed during
+the gap is lost. If the log's epoch changed, or its head or pruning horizon no longer contain the
+last position (a restore, or events pruned while it was away), it reads from the head: the hub
+resets its clients.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from relay.pg.queries import (
 from relay.pg.rows import decode_event
 from relay.pg.supervise import Supervisor
 
-__all__ = ["LogReader"]
+__all__ = ["LogReader", "rung_head"]
 
 log = structlog.get_logger("relay.pg.reader")
 
@@ -43,6 +45,11 @@ def _ignore_uncarriable(event: Event, reason: str) -> None:
 
 def _nothing() -> None:
     pass
+
+
+def rung_head(payload: str) -> int | None:
+    """The head a ``relay_log`` doorbell carries; None for one without (an older sequencer)."""
+    return int(payload) if payload.isascii() and payload.isdigit() else None
 
 
 class LogReader:
@@ -126,8 +133,20 @@ class LogReader:
             if self._task_status is not None:  # ready once the log was read up to its head
                 self._task_status.started()
                 self._task_status = None
-            async for _ in conn.notifies(timeout=window, stop_after=1):
-                pass
+            await self._wait_for_news(conn, window)
+
+    async def _wait_for_news(self, conn: AsyncConn, window: float) -> None:
+        """Returns on a doorbell for a head past ``last_pos`` (or one without a head), or when
+        ``window`` passes without one."""
+        while True:
+            news = False
+            rang = False
+            async for note in conn.notifies(timeout=window, stop_after=1):
+                rang = True
+                head = rung_head(note.payload)
+                news = head is None or self.last_pos is None or head > self.last_pos
+            if news or not rang:
+                return
 
     async def _read_all(self, conn: AsyncConn) -> None:
         while True:

@@ -2,8 +2,11 @@
 
 Policy: every replica competes for an advisory session lock, polling for it every
 ``TAKEOVER_INTERVAL``. The holder moves committed inbox rows into the log
-(``relay.sequence_batch``) whenever the inbox doorbell rings, or every ``poll_interval`` when the
-database has notify off, and prunes the log to its retention at most every ``prune_interval``.
+(``relay.sequence_batch``, one transaction and one ``relay_log`` notification per batch) by an
+adaptive poll of the inbox (relay/core/pacing.py): ``batch_window`` after a batch that moved rows
+(stretched under heavy load), backing off to ``poll_interval`` while the inbox stays empty;
+with notify on, a writer's doorbell cuts the wait short. It prunes the log to its retention at
+most every ``prune_interval``.
 If the holder dies its backend goes, the lock is released and another replica takes over within
 ``TAKEOVER_INTERVAL``. Its connection is kept by the supervised loop (relay/pg/supervise.py);
 every query runs under ``query_timeout``.
@@ -18,12 +21,12 @@ from typing import Final, TypeVar
 import anyio
 import structlog
 
+from relay.core.pacing import PollPacer
 from relay.pg.queries import (
     AsyncConn,
     listen,
     ping,
     prune,
-    read_notify,
     sequence_batch,
     try_sequencer_lock,
 )
@@ -52,8 +55,8 @@ class Sequencer:
         *,
         on_leader: Callable[[bool], None],
         query_timeout: float,
-        listen_window: float,
         poll_interval: float,
+        batch_window: float,
         batch: int,
         retention: float,
         prune_interval: float,
@@ -62,8 +65,8 @@ class Sequencer:
     ) -> None:
         self.on_leader = on_leader
         self.query_timeout = query_timeout
-        self.listen_window = listen_window
         self.poll_interval = poll_interval
+        self.batch_window = batch_window
         self.batch = batch
         self.retention = retention
         self.prune_interval = prune_interval
@@ -100,15 +103,19 @@ class Sequencer:
             await anyio.sleep(TAKEOVER_INTERVAL)
         await self._timed(listen(conn, "relay_inbox"))
         self._set_leader(True)
+        pacer = PollPacer(self.batch_window, self.poll_interval)
         while True:
-            while await self._timed(sequence_batch(conn, self.batch)) >= self.batch:
-                pass  # a full batch: more is waiting
+            started = anyio.current_time()
+            moved = await self._timed(sequence_batch(conn, self.batch))
             await self._maybe_prune(conn)
-            # Read each time: a DBA may switch notify off (or on) while the relay runs. Without
-            # the writers' doorbell the inbox is polled every poll_interval.
-            notify = await self._timed(read_notify(conn))
-            window = self.listen_window if notify else min(self.listen_window, self.poll_interval)
-            async for _ in conn.notifies(timeout=window, stop_after=1):
+            # The window runs from the start of the look: what committed while the batch was
+            # sequenced is already waiting. A full batch waits not at all.
+            wait = pacer.after(moved, self.batch) - (anyio.current_time() - started)
+            if wait <= 0:
+                continue
+            # With notify on (relay.configure), a writer's doorbell ends the wait early; without
+            # it (the default), this is the poll.
+            async for _ in conn.notifies(timeout=wait, stop_after=1):
                 pass
 
     async def _maybe_prune(self, conn: AsyncConn) -> None:

@@ -4,20 +4,26 @@ per-address limits, and JWKS keys (with the algorithm-confusion refusal)."""
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
+from relay.net.websocket import forget_handshake
 from tests.support.clients import Client, close_of, poll
 from tests.support.processes import relay_process
 
@@ -122,3 +128,26 @@ def test_jwks_keys_accept_rs256_and_refuse_algorithm_confusion(
         with pytest.raises(ConnectionClosed) as closed:
             bad.recv(5)
         assert (4001, "bad_algorithm") == close_of(closed.value)
+
+
+def test_forgetting_the_handshake_frees_every_header_the_client_sent() -> None:
+    """After forget_handshake no Headers object holding the client's Cookie is alive, though the
+    protocol's parser still holds the request (it was kept for the connection's life before)."""
+    protocol = ServerProtocol()
+    protocol.receive_data(
+        b"GET /v1/ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Cookie: session=secret\r\n\r\n"
+    )
+    [request] = protocol.events_received()
+    assert isinstance(request, Request)
+    held = SimpleNamespace(request=request, response=protocol.accept(request))
+    del request
+
+    def cookies() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is Headers and "Cookie" in o)
+
+    assert 1 == cookies()
+    forget_handshake(held)  # type: ignore[arg-type]
+    assert (0, [], 101) == (cookies(), list(held.request.headers), held.response.status_code)
+    assert protocol.parser is not None  # still running, still holding the request

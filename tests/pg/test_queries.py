@@ -13,6 +13,7 @@ from relay.core.events import OPS
 from relay.core.filters import RowFilter
 from relay.core.prefilter import ColumnValues
 from relay.pg.queries import read_catalog
+from relay.pg.reader import rung_head
 from relay.pg.replay_query import fetch_replay, replay_filter_sql
 from tests.support.factories import make_event, make_sub
 
@@ -185,3 +186,10 @@ def test_catalog_names_a_renamed_whitelisted_column_as_it_is_now(relay_db: str) 
         conn.execute("ALTER TABLE thumbnails RENAME COLUMN title TO caption")
         conn.execute("ALTER TABLE thumbnails RENAME COLUMN created_at TO made_at")
     assert {"id", "user_id", "project_id", "caption", "share_click_count"} == anyio.run(catalog)
+
+
+def test_a_relay_log_doorbell_carries_the_head_or_nothing() -> None:
+    """rung_head reads the head a batch's doorbell carries; an empty or foreign payload is None."""
+    assert (42, 0, None, None, None) == (
+        rung_head("42"), rung_head("0"), rung_head(""), rung_head("-1"), rung_head("²"),
+    )  # fmt: skip

@@ -264,10 +264,17 @@ def test_one_megabyte_row_commits_and_its_event_is_truncated(relay_db: str) -> N
         assert (len(big),) == conn.execute("SELECT length(url) FROM generations").fetchone()
 
 
-def test_notify_is_a_constant_doorbell_and_can_be_switched_off(relay_db: str) -> None:
-    """Triggers NOTIFY relay_inbox with an empty payload; relay.configure(notify => false) stops it."""
+def test_notify_is_off_by_default_and_a_constant_doorbell_when_on(relay_db: str) -> None:
+    """Writers ring nothing by default; with notify on, one NOTIFY relay_inbox with an empty payload
+    per transaction; relay.configure(notify => false) stops it again."""
     with connect(relay_db) as listener, connect(relay_db) as writer:
         listener.execute("LISTEN relay_inbox")
+        writer.execute("INSERT INTO generations (user_id, project_id) VALUES ('u1', 'default')")
+        writer.execute("SELECT relay.heartbeat('default')")
+        assert [] == list(listener.notifies(timeout=0.5))
+        assert [(False,)] == writer.execute("SELECT notify FROM relay.settings").fetchall()
+
+        writer.execute("SELECT relay.configure(notify => true)")
         with writer.transaction():
             for i in range(3):
                 writer.execute(
@@ -279,17 +286,23 @@ def test_notify_is_a_constant_doorbell_and_can_be_switched_off(relay_db: str) ->
         writer.execute("SELECT relay.configure(notify => false)")
         writer.execute("INSERT INTO generations (user_id, project_id) VALUES ('u1', 'quiet')")
         assert [] == list(listener.notifies(timeout=0.5))
-        assert 4 == sequence_all(writer)  # the events are captured all the same
+        assert 6 == sequence_all(writer)  # the events are captured all the same
 
 
-def test_sequencer_rings_relay_log_once_per_batch(relay_db: str) -> None:
-    """A batch that moved rows rings relay_log once; an empty batch rings nothing."""
+def test_sequencer_rings_relay_log_once_per_batch_with_the_head(relay_db: str) -> None:
+    """A batch that moved rows rings relay_log once with the new head as the payload; an empty
+    batch rings nothing."""
     with connect(relay_db) as listener, connect(relay_db) as conn:
         listener.execute("LISTEN relay_log")
         conn.execute("INSERT INTO generations (user_id, project_id) VALUES ('u1', 'p1')")
         conn.execute("SELECT relay.sequence_batch()")
         conn.execute("SELECT relay.sequence_batch()")
-        assert [("relay_log", "")] == [
+        for i in range(3):
+            conn.execute(
+                "INSERT INTO generations (user_id, project_id) VALUES ('u1', %s)", (str(i),)
+            )
+        conn.execute("SELECT relay.sequence_batch()")
+        assert [("relay_log", "1"), ("relay_log", "4")] == [
             (n.channel, n.payload) for n in listener.notifies(timeout=1.0, stop_after=3)
         ]
 
@@ -487,10 +500,43 @@ def test_upgrade_from_version_1_keeps_data_epoch_and_tracking(empty_db: str) -> 
         assert strip == [row for row in catalog_fingerprint(conn) if row[0] != "settings"]
 
 
+def test_upgrade_from_version_3_switches_the_writers_doorbell_off(empty_db: str) -> None:
+    """Installing over version 3 keeps log, positions, epoch and tracking, turns notify off once
+    (and leaves it as a DBA sets it after), and rings relay_log with the head from then on."""
+    with connect(empty_db) as conn, connect(empty_db) as listener:
+        conn.execute((FIXTURES / "install-v3.sql").read_text())
+        conn.execute(example_path().read_text())
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        sequence_all(conn)
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p2')")
+        before = conn.execute("SELECT epoch, schema_version, notify FROM relay.settings").fetchone()
+        assert before is not None and (3, True) == before[1:]
+
+        conn.execute(install_script())
+
+        assert (before[0], SCHEMA_VERSION, False) == conn.execute(
+            "SELECT epoch, schema_version, notify FROM relay.settings"
+        ).fetchone()
+        listener.execute("LISTEN relay_log")
+        conn.execute("SELECT increment_thumbnail_share_click_count(1)")
+        assert 2 == sequence_all(conn)
+        assert [("relay_log", "3")] == [
+            (n.channel, n.payload) for n in listener.notifies(timeout=1.0, stop_after=2)
+        ]
+        assert [(1, "INSERT"), (2, "INSERT"), (3, "UPDATE")] == conn.execute(
+            "SELECT pos, op FROM relay.log ORDER BY pos"
+        ).fetchall()
+        conn.execute("SELECT relay.configure(notify => true)")
+        conn.execute(install_script())  # again: the DBA's choice stays
+        assert (True,) == conn.execute("SELECT notify FROM relay.settings").fetchone()
+
+
 def test_heartbeat_travels_the_event_path_to_nobody(relay_db: str) -> None:
-    """relay.heartbeat() rings the inbox doorbell and lands in the log with an empty audience."""
+    """relay.heartbeat() rings the inbox doorbell with notify on and lands in the log with an
+    empty audience."""
     with connect(relay_db) as listener, connect(relay_db) as conn:
         listener.execute("LISTEN relay_inbox")
+        conn.execute("SELECT relay.configure(notify => true)")
         conn.execute("SELECT relay.heartbeat('replica-1')")
         assert ["relay_inbox"] == [n.channel for n in listener.notifies(timeout=1.0, stop_after=1)]
         assert 1 == sequence_all(conn)
