@@ -10,7 +10,7 @@
  */
 
 import { backoffDelay } from './backoff.js';
-import { RelayError } from './errors.js';
+import { RelayError, callbackCaller } from './errors.js';
 import { createSharedClient, sharing } from './shared.js';
 import { sseTransport } from './sse.js';
 import { timerFactory } from './timers.js';
@@ -88,6 +88,7 @@ function createSocketClient(options) {
     timers = globalThis,
     now = Date.now,
   } = options ?? {};
+  const call = callbackCaller(onError); // an exception in an app callback never breaks us
   const urls = endpoints(url, pollUrl);
   // The streaming transport: a websocket, or SSE over fetch shaped like one (sse.js).
   const streams =
@@ -151,23 +152,6 @@ function createSocketClient(options) {
     if (typeof onError === 'function') call(onError, error);
   }
 
-  /** Calls an app callback; an exception in it never breaks the client. */
-  function call(fn, arg) {
-    if (typeof fn !== 'function') return;
-    try {
-      fn(arg);
-    } catch (err) {
-      if (typeof onError === 'function' && fn !== onError) {
-        try {
-          onError(new RelayError('callback_failed', 'a callback threw', { cause: err }));
-          return;
-        } catch {
-          // fall through to the console
-        }
-      }
-      console.error('pgrelay: a callback threw', err);
-    }
-  }
 
   function offline() {
     return globalThis.navigator?.onLine === false;

@@ -15,7 +15,7 @@
  */
 
 import { backoffDelay } from './backoff.js';
-import { RelayError } from './errors.js';
+import { RelayError, callbackCaller } from './errors.js';
 import { TabCore, groupName, memberName } from './tabs.js';
 import { timerFactory } from './timers.js';
 import { tokenExpiry, tokenSubject } from './token.js';
@@ -46,6 +46,7 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
     timers = globalThis,
     now = Date.now,
   } = options;
+  const call = callbackCaller(onError); // an exception in an app callback never breaks us
   const member = randomId(random);
   const core = new TabCore(member);
   const timer = timerFactory(timers);
@@ -68,22 +69,6 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
 
   // -- plumbing -------------------------------------------------------------------------------
 
-  function call(fn, arg) {
-    if (typeof fn !== 'function') return;
-    try {
-      fn(arg);
-    } catch (err) {
-      if (typeof onError === 'function' && fn !== onError) {
-        try {
-          onError(new RelayError('callback_failed', 'a callback threw', { cause: err }));
-          return;
-        } catch {
-          // fall through to the console
-        }
-      }
-      console.error('pgrelay: a callback threw', err);
-    }
-  }
 
   function setState(next) {
     if (next === state) return;
