@@ -4,7 +4,6 @@ real relay and a real PostgreSQL: runs the Node suite in tests/supabase/test/.""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -12,6 +11,8 @@ from collections.abc import Mapping
 import pytest
 
 from tests.support.databases import write
+from tests.support.node import node_tool
+from tests.support.node import npm_ci as install
 from tests.support.paths import REPO
 from tests.support.processes import RelayProcess, relay_process
 from tests.support.tokens import SECRET
@@ -32,30 +33,9 @@ GALLERY = (
 )
 
 
-def tool(name: str) -> str:
-    """The path of a Node tool; missing fails under CI and skips elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not on PATH: the Supabase clients cannot be tested"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def npm_ci() -> None:
     """Installs the pinned Supabase clients from the lock file, once."""
-    if (SUITE / "node_modules" / "@supabase" / "realtime-js").is_dir():
-        return
-    result = subprocess.run(
-        [tool("npm"), "ci", "--no-audit", "--no-fund"],
-        cwd=SUITE,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+    install(SUITE, "node_modules/@supabase/realtime-js")
 
 
 def node_env(relay: RelayProcess, dsn: str) -> Mapping[str, str]:
@@ -72,7 +52,7 @@ def node_env(relay: RelayProcess, dsn: str) -> Mapping[str, str]:
 def test_realtime_js_suite_passes_against_a_real_relay(relay_db: str) -> None:
     """`node --test tests/supabase/test/` passes: the postgres_changes API of a Supabase app,
     unmodified, through pgrelay."""
-    node = tool("node")
+    node = node_tool("node")
     npm_ci()
     write(relay_db, *GALLERY)
     with relay_process(relay_db, RELAY_ENV) as relay:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.supabase.test_realtime_js import RELAY_ENV, SUITE, node_env, npm_ci, tool
+from tests.supabase.test_realtime_js import RELAY_ENV, SUITE, node_env, npm_ci
 from tests.support.databases import write
+from tests.support.node import node_tool
 from tests.support.processes import free_port, relay_process
 
 pytestmark = pytest.mark.pg
@@ -31,7 +32,7 @@ class App:
 
     def __init__(self, env: dict[str, str], user: str, mode: str) -> None:
         self.process = subprocess.Popen(
-            [tool("node"), "scripts/restart.mjs", user, mode],
+            [node_tool("node"), "scripts/restart.mjs", user, mode],
             cwd=SUITE, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
 

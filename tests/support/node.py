@@ -24,9 +24,10 @@ def node_tool(name: str) -> str:
     return path
 
 
-def npm_ci(folder: Path) -> None:
-    """Installs a package's dev dependencies from its lock file, once."""
-    if (folder / "node_modules").is_dir():
+def npm_ci(folder: Path, installed: str = "node_modules") -> None:
+    """Installs a package's dev dependencies from its lock file, once: unless ``installed`` (a
+    folder under ``folder``, e.g. one pinned package's) is there already."""
+    if (folder / installed).is_dir():
         return
     result = subprocess.run(
         [node_tool("npm"), "ci", "--no-audit", "--no-fund"],
