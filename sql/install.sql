@@ -12,7 +12,7 @@
 --   * a row trigger on each tracked table appends to relay.inbox (unsequenced); it rings
 --     NOTIFY relay_inbox (an empty payload: a doorbell, never the data) only with notify on,
 --     off by default: the relay's sequencer polls the inbox instead;
---   * one sequencer at a time (relay.sequence_batch, serialised on relay.head's row lock;
+--   * one sequencer at a time (relay.sequence_log, serialised on relay.head's row lock;
 --     the relay elects it with an advisory lock) moves committed inbox rows into relay.log,
 --     numbering them with strictly increasing, gap-free positions, then rings relay_log once
 --     per batch with the new head as the payload;
@@ -447,12 +447,17 @@ BEGIN
 END
 $append$;
 
--- Moves committed inbox rows into the log. Returns how many it moved.
+-- Moves committed inbox rows into the log and returns them, in position order, in the shape the
+-- relay reads the log in (relay/pg/queries.py LOG_COLUMNS: the JSON columns as text): the
+-- leader's relay delivers them without reading them back.
 -- Positions are numbered from relay.head under its row lock, so two sequencers can never
 -- interleave; what one batch cannot see yet (uncommitted) a later batch moves, higher up.
 -- A batch that moved rows rings relay_log once, with the new head as the payload, so readers
 -- learn it once per batch and skip a read for a head they have already read.
-CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
+CREATE OR REPLACE FUNCTION relay.sequence_log(max_rows integer DEFAULT 1000)
+RETURNS TABLE (pos bigint, table_schema name, table_name name, op text, pk text, row_data text,
+               old_key text, changed text[], audience text[], committed_at timestamptz,
+               truncated boolean, old_values text, old_audience text[])
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence$
 DECLARE
     head_pos  bigint;
@@ -462,35 +467,47 @@ BEGIN
     -- The relay polls the inbox (every millisecond or two under load): a look at an empty inbox
     -- must stay cheap: no row lock, no transaction id.
     IF NOT EXISTS (SELECT FROM relay.inbox) THEN
-        RETURN 0;
+        RETURN;
     END IF;
-    SELECT pos INTO head_pos FROM relay.head FOR UPDATE;
+    SELECT h.pos INTO head_pos FROM relay.head AS h FOR UPDATE;
 
+    RETURN QUERY
     WITH batch AS (
-        SELECT id FROM relay.inbox ORDER BY id LIMIT max_rows
+        SELECT i.id FROM relay.inbox AS i ORDER BY i.id LIMIT max_rows
     ), taken AS (
         DELETE FROM relay.inbox AS i USING batch WHERE i.id = batch.id
         RETURNING i.*, i.xmin AS writer_xid
+    ), logged AS (
+        INSERT INTO relay.log AS l (pos, table_schema, table_name, op, pk, old_key, row_data,
+                                    changed, audience, truncated, old_values, old_audience,
+                                    captured_at, committed_at)
+        SELECT head_pos + row_number() OVER (ORDER BY t.id),
+               t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data, t.changed,
+               t.audience, t.truncated, t.old_values, t.old_audience, t.captured_at,
+               -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
+               coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(t.writer_xid) END,
+                        t.captured_at)
+          FROM taken AS t
+        RETURNING l.pos, l.table_schema, l.table_name, l.op, l.pk::text, l.row_data::text,
+                  l.old_key::text, l.changed, l.audience, l.committed_at, l.truncated,
+                  l.old_values::text, l.old_audience
     )
-    INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data, changed,
-                           audience, truncated, old_values, old_audience, captured_at,
-                           committed_at)
-    SELECT head_pos + row_number() OVER (ORDER BY t.id),
-           t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data, t.changed,
-           t.audience, t.truncated, t.old_values, t.old_audience, t.captured_at,
-           -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
-           coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(t.writer_xid) END,
-                    t.captured_at)
-      FROM taken AS t;
+    SELECT * FROM logged ORDER BY 1;
     GET DIAGNOSTICS moved = ROW_COUNT;
 
     IF moved > 0 THEN
         UPDATE relay.head SET pos = head_pos + moved;
         PERFORM pg_notify('relay_log', (head_pos + moved)::text);
     END IF;
-    RETURN moved;
 END
 $sequence$;
+
+-- relay.sequence_log counting the rows it moved: what relays before schema version 6 call (a
+-- rolling upgrade runs both), and a DBA may call by hand.
+CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $batch$
+    SELECT count(*) FROM relay.sequence_log(max_rows);
+$batch$;
 
 -- Deletes log rows sequenced before now() - older_than, at most max_rows per call, oldest
 -- first. Returns how many it deleted; call again while it returns max_rows.
@@ -701,8 +718,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $grant$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA relay TO %s', role);
     EXECUTE format('GRANT SELECT ON relay.log, relay.head, relay.settings, relay.tracked TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_batch(integer), '
-                   'relay.prune(interval, integer), relay.heartbeat(text) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_log(integer), '
+                   'relay.sequence_batch(integer), relay.prune(interval, integer), '
+                   'relay.heartbeat(text) TO %s', role);
 END
 $grant$;
 
@@ -719,6 +737,21 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 5, upgraded_at = now() WHERE schema_version < 5;
+-- A role granted the relay's rights before version 6 may run relay.sequence_log too.
+DO $regrant$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN
+        SELECT a.grantee::regrole FROM pg_proc AS p, aclexplode(p.proacl) AS a
+         WHERE p.oid = 'relay.sequence_batch(integer)'::regprocedure
+           AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_log(integer) TO %s', grantee);
+    END LOOP;
+END
+$regrant$;
+
+UPDATE relay.settings SET schema_version = 6, upgraded_at = now() WHERE schema_version < 6;
 
 COMMIT;

@@ -2,7 +2,7 @@
 
 Policy: every replica competes for an advisory session lock, polling for it every
 ``TAKEOVER_INTERVAL``. The holder moves committed inbox rows into the log
-(``relay.sequence_batch``, one transaction and one ``relay_log`` notification per batch) by an
+(``relay.sequence_log``, one transaction and one ``relay_log`` notification per batch) by an
 adaptive poll of the inbox (relay/core/pacing.py): ``batch_window`` after a batch that moved rows
 (stretched under heavy load), backing off to ``poll_interval`` while the inbox stays empty;
 with notify on, a writer's doorbell cuts the wait short. It prunes the log to its retention at
@@ -27,7 +27,7 @@ from relay.pg.queries import (
     listen,
     ping,
     prune,
-    sequence_batch,
+    sequence_log,
     try_sequencer_lock,
 )
 from relay.pg.supervise import Supervisor
@@ -106,7 +106,7 @@ class Sequencer:
         pacer = PollPacer(self.batch_window, self.poll_interval)
         while True:
             started = anyio.current_time()
-            moved = await self._timed(sequence_batch(conn, self.batch))
+            moved = len(await self._timed(sequence_log(conn, self.batch)))
             await self._maybe_prune(conn)
             # The window runs from the start of the look: what committed while the batch was
             # sequenced is already waiting. A full batch waits not at all.
