@@ -46,6 +46,7 @@ __all__ = [
     "read_log_state",
     "sequence_log",
     "try_sequencer_lock",
+    "unlisten",
     "write_heartbeat",
 ]
 
@@ -199,6 +200,11 @@ async def preflight(dsn: str, timeout: float) -> Catalog:
 async def listen(conn: AsyncConn, channel: str) -> None:
     """LISTEN on ``channel``: its notifications arrive through ``conn.notifies()``."""
     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+async def unlisten(conn: AsyncConn, channel: str) -> None:
+    """UNLISTEN ``channel``: its notifications stop coming to ``conn``."""
+    await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
 
 
 async def ping(conn: AsyncConn) -> None:
