@@ -67,10 +67,20 @@ async def until(predicate: Callable[[], object], what: str) -> None:
     """Waits (yielding to the relay's tasks) until predicate is true; fails naming what did not
     happen within TIMEOUT."""
     with anyio.move_on_after(TIMEOUT):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - the relay's tasks change what it reads
             await anyio.sleep(0.005)
         return
     raise AssertionError(f"not within {TIMEOUT}s: {what}")
+
+
+def has(items: Sequence[object], count: int) -> Callable[[], bool]:
+    """True once ``items`` holds ``count`` items."""
+    return lambda: len(items) == count
+
+
+def more_than(items: Sequence[object], count: int) -> Callable[[], bool]:
+    """True once ``items`` holds more than ``count`` items."""
+    return lambda: len(items) > count
 
 
 async def write(dsn: str, *projects: str) -> None:
@@ -108,7 +118,7 @@ async def settled(replica: Replica, dsn: str, first: int) -> int:
     while FROM_HANDOFF not in replica.sources:
         assert number < first + 50, "no batch was ever handed to the reader"
         await write(dsn, str(number))
-        await until(lambda n=number: len(replica.positions) == n, f"event {number} delivered")
+        await until(has(replica.positions, number), f"event {number} delivered")
         number += 1
     return number
 
@@ -127,7 +137,7 @@ def test_the_leaders_reader_delivers_its_own_batches_without_reading_the_log(rel
             sources = len(replica.sources)
             for i in range(number, number + 20):
                 await write(relay_db, str(i))
-                await until(lambda i=i: len(replica.positions) == i, f"event {i} delivered")
+                await until(has(replica.positions, i), f"event {i} delivered")
             assert [FROM_HANDOFF] * 20 == replica.sources[sources:]
             assert list(range(1, number + 20)) == replica.positions
             tasks.cancel_scope.cancel()
@@ -200,7 +210,7 @@ def test_leader_losing_its_connection_mid_batch_neither_skips_nor_duplicates(
                         return (1,) == await cur.fetchone()
 
                     with anyio.fail_after(TIMEOUT):
-                        while not await sequencer_blocked():
+                        while not await sequencer_blocked():  # noqa: ASYNC110 - a server's state
                             await anyio.sleep(0.005)
                 await terminate(relay_db, "test-sequencer-a")
                 await until(lambda: not replica.sequencer.leader, "the role is lost")
@@ -247,7 +257,7 @@ def test_reader_reconnecting_with_batches_pending_reads_the_log_once(relay_db: s
             holding[0] = True
             for i in range(number, number + 3):
                 await write(relay_db, str(i))
-                await until(lambda n=len(held): len(held) > n, f"event {i} sequenced")
+                await until(more_than(held, len(held)), f"event {i} sequenced")
             holding[0] = False
             await terminate(relay_db, "test-reader-a")
             await until(lambda: len(replica.positions) == number + 2, "the held events delivered")
@@ -290,7 +300,8 @@ def test_role_moving_to_another_replica_keeps_both_readers_gap_free(relay_db: st
             number = await settled(b, relay_db, number)
             for i in range(number, number + 10):
                 await write(relay_db, str(i))
-                await until(lambda i=i: len(a.positions) == len(b.positions) == i, f"event {i}")
+                await until(has(a.positions, i), f"event {i} at A")
+                await until(has(b.positions, i), f"event {i} at B")
             assert list(range(1, number + 10)) == a.positions == b.positions
             assert FROM_HANDOFF not in a.sources[a_sources:]
             assert [FROM_HANDOFF] * 10 == b.sources[-10:]
