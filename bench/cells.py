@@ -7,7 +7,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from bench.plan import FanoutRun, LatencyRun, StackResult
+from bench.plan import FanoutRun, LatencyRun, Results, StackResult
 
 __all__ = [
     "fanout_cell",
@@ -19,6 +19,7 @@ __all__ = [
     "fmt_ratio",
     "fmt_status",
     "latency_cell",
+    "latency_summary",
     "median",
     "stack_label",
     "sustained_best",
@@ -114,3 +115,21 @@ def fanout_max(stack: StackResult) -> tuple[float, int]:
         if math.isnan(best) or rate > best:
             best, at = rate, conns
     return best, at
+
+
+def latency_summary(results: Results) -> str:
+    """The latency cells as a plain table: medians over the repeats, the server's CPU per
+    event, what else ran on the machine (cores, the most of any repeat), losses."""
+    lines = [
+        "stack  rate/s  users  runs  p50 ms  p99 ms  cpu us/event  others  lost  dup",
+    ]
+    for name, stack in results.stacks.items():
+        for (rate, users), runs in sorted(stack.latency.items()):
+            cell = latency_cell(runs)
+            lines.append(
+                f"{name:5}  {rate:6}  {users:5}  {len(runs):4}  {fmt_ms(cell['p50']):>6}  "
+                f"{fmt_ms(cell['p99']):>6}  {cell['cpu_us']:12.0f}  {cell['others']:6.2f}  "
+                f"{cell['lost']:4}  {cell['duplicates']:3}"
+            )
+    lines += [f"{key}: {value}" for key, value in results.machine.items() if "load" in key]
+    return "\n".join(lines)
