@@ -17,7 +17,7 @@ websockets' raw ``broadcast()`` to the same clients.
 
     python -m bench.relay_bench [--quick] [--out BENCHMARKS.md] [--plots DIR] [--no-profile]
     python -m bench.relay_bench --only latency [--rates 1000,4500] [--users 100,1000]
-                                [--repeats N] [--no-peer] [--json FILE]
+                                [--repeats N] [--no-peer] [--relay-env NAME=VALUE] [--json FILE]
 
 Writes its Markdown region (between the relay-bench markers) into --out, leaving the rest of
 the file as it is; progress goes to stderr. --quick (under a minute) is the smoke mode of the
@@ -88,6 +88,8 @@ class Stack:
 
 class Bench(Measure):
     """The whole run: the limits, then each stack's cells, alternating between the stacks."""
+
+    relay_env: dict[str, str] = {}  # settings for the relay process (replaced, never changed)
 
     def run_stacks(self, stacks: list[Stack]) -> None:
         """Measures the stacks side by side: each cell's runs alternate between them, so a
@@ -326,7 +328,7 @@ class Bench(Measure):
             peer.why_not = f"not installed here: {', '.join(missing)}"
             log(f"peer skipped: {peer.why_not}")
         with contextlib.ExitStack() as stack:
-            relay_server = RelayServer(self.db.dsn("relay")).start()
+            relay_server = RelayServer(self.db.dsn("relay"), self.relay_env).start()
             stack.callback(relay_server.stop)
             self.servers[relay_server.pid] = relay_server
             stacks = [Stack(relay_server, self.db.dsn("relay"), relay, SwarmGroup(2), 200)]
@@ -361,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", help="with --only: users, comma-separated (plan's if unset)")
     parser.add_argument("--repeats", type=int, help="with --only: runs per cell (plan's if unset)")
     parser.add_argument("--no-peer", action="store_true", help="with --only: the relay alone")
+    parser.add_argument(
+        "--relay-env", action="append", default=[], metavar="NAME=VALUE",
+        help="with --only: a setting for the relay (RELAY_EVENT_LOOP=uvloop)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.only:
@@ -396,6 +402,7 @@ def latency_only(plan: Plan, args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         bench = Bench(plan, Path(tmp), profile=False)
+        bench.relay_env = dict(item.split("=", 1) for item in args.relay_env)
         results = bench.run_latency(peer=not args.no_peer)
     if args.json:
         args.json.write_text(json.dumps(results_to_json(results), indent=1))
