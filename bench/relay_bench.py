@@ -24,7 +24,8 @@ the file as it is; progress goes to stderr. --quick (under a minute) is the smok
 test suite: tiny runs, every section present, numbers meaningless. --only latency measures the
 commit-to-client latency cells alone (the full plan's, or those chosen) and prints a summary
 table instead of the region (medians per cell, the relay's CPU per event, the load average): for
-A/B comparisons of one change; it writes no report.
+A/B comparisons of one change; it writes no report (--json keeps the runs, and the py-spy
+profile of the first run at 1,000 events/s over 1,000 users unless --no-profile).
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ def latency_only(plan: Plan, args: argparse.Namespace) -> int:
         repeats=args.repeats or plan.repeats,
     )
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        bench = Bench(plan, Path(tmp), profile=False)
+        bench = Bench(plan, Path(tmp), profile=not args.no_profile and not args.quick)
         bench.relay_env = dict(item.split("=", 1) for item in args.relay_env)
         results = bench.run_latency(peer=not args.no_peer)
     if args.json:
