@@ -118,6 +118,7 @@ class LogReader:
         self.leading = False  # this process's sequencer holds the role (``lead``)
         self._listening = False  # LISTENing on relay_log on the current connection
         self._waiting: anyio.CancelScope | None = None  # the wait for news, while it waits
+        self._must_read = False  # hand() found a gap while the reader waited
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -128,10 +129,18 @@ class LogReader:
 
     def hand(self, rows: Sequence[Sequence[Any]]) -> None:
         """The rows this process's sequencer just moved and committed, in position order
-        (LOG_COLUMNS): delivered without reading the log when they continue the position."""
-        if rows:
-            self.handoff.offer(rows[0][0], rows)
-            self._wake()
+        (LOG_COLUMNS): delivered without reading the log when they continue the position.
+
+        A reader parked waiting for news (no query in flight) delivers them at once, in this
+        call; a busy one takes them at its next look. Where they do not continue the position,
+        the parked reader is woken to read the log.
+        """
+        if not rows:
+            return
+        self.handoff.offer(rows[0][0], rows)
+        if self._waiting is not None and not self._take_handed():
+            self._must_read = True
+            self._waiting.cancel()
 
     def lead(self, leading: bool) -> None:
         """Whether this process's sequencer holds the role: while it does, its batches come
@@ -192,23 +201,30 @@ class LogReader:
         that does not continue it, a change of leadership, or ``listen_window`` without news."""
         deadline = anyio.current_time() + self.listen_window
         while True:
-            taken = self.handoff.take(self.last_pos)
-            if taken == READ_LOG:
-                return
-            if taken != WAIT:
-                assert not isinstance(taken, str)
-                self._deliver(taken, FROM_HANDOFF)
-                self.on_caught_up()
-                continue
-            if self._listening == self.leading:
-                return  # LISTEN or UNLISTEN, then read the log
+            if not self._take_handed() or self._listening == self.leading:
+                return  # a gap, or LISTEN or UNLISTEN: then read the log
             remaining = deadline - anyio.current_time()
-            if remaining <= 0 or await self._news(conn, remaining):
+            self._must_read = False
+            if remaining <= 0 or await self._news(conn, remaining) or self._must_read:
                 return
+
+    def _take_handed(self) -> bool:
+        """Delivers the handed batches that continue the position; False when the next
+        positions must be read from the log."""
+        while True:
+            taken = self.handoff.take(self.last_pos)
+            if taken == WAIT:
+                return True
+            if taken == READ_LOG:
+                return False
+            assert not isinstance(taken, str)
+            self._deliver(taken, FROM_HANDOFF)
+            self.on_caught_up()
 
     async def _news(self, conn: AsyncConn, timeout: float) -> bool:
         """Waits up to ``timeout`` for a doorbell; True for one with news, False when the wait
-        ended without (a doorbell for a head already read, ``hand`` or ``lead``, the timeout)."""
+        ended without (a doorbell for a head already read, ``hand`` or ``lead``, the timeout).
+        While it waits, ``hand`` may deliver: no query is in flight."""
         news = False
         with anyio.CancelScope() as scope:
             self._waiting = scope
