@@ -142,6 +142,11 @@ class LogReader:
             self._must_read = True
             self._waiting.cancel()
 
+    @property
+    def waiting(self) -> bool:
+        """True while the reader waits for news: no query in flight, ``hand`` delivers at once."""
+        return self._waiting is not None
+
     def lead(self, leading: bool) -> None:
         """Whether this process's sequencer holds the role: while it does, its batches come
         through ``hand`` and the reader stops listening on relay_log."""

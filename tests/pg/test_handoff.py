@@ -145,6 +145,31 @@ def test_the_leaders_reader_delivers_its_own_batches_without_reading_the_log(rel
     run(body)
 
 
+def test_a_waiting_reader_delivers_a_handed_batch_within_the_hand_call(relay_db: str) -> None:
+    """The test plays the leader's sequencer (relay.sequence_log on its own connection): a batch
+    handed to a reader that waits for news is delivered before ``hand`` returns, no log read."""
+
+    async def body() -> None:
+        replica = Replica(relay_db, "a")
+        reader = replica.reader
+        reader.lead(True)
+        async with (
+            await psycopg.AsyncConnection.connect(relay_db, autocommit=True) as conn,
+            anyio.create_task_group() as tasks,
+        ):
+            await tasks.start(reader.run)
+            for i in range(1, 4):
+                await until(lambda: reader.waiting, "the reader waits")
+                await write(relay_db, str(i))
+                cur = await conn.execute("SELECT * FROM relay.sequence_log(1000)")
+                reader.hand(await cur.fetchall())
+                assert list(range(1, i + 1)) == replica.positions
+            assert [FROM_HANDOFF] * 3 == replica.sources
+            tasks.cancel_scope.cancel()
+
+    run(body)
+
+
 def test_a_batch_never_handed_is_read_from_the_log_in_order(relay_db: str) -> None:
     """A batch the reader is not handed (its answer lost): the next handed batch does not
     continue the position, so the reader reads the log: nothing skipped, nothing twice."""
