@@ -158,6 +158,18 @@ BEGIN
         ALTER TABLE relay.settings ALTER COLUMN notify SET DEFAULT false;
         UPDATE relay.settings SET notify = false;
     END IF;
+
+    IF current_version < 6 THEN
+        -- Lean capture: a writer's trigger hands the row as it is (row_to_json, the old row too
+        -- for an UPDATE, and an audience function's answers) and the sequencer shapes the event
+        -- set-based, a batch at a time: whitelist, key, old key, changed columns and their old
+        -- values, an owner column's audiences, max_row_bytes (relay._shape). captured is that
+        -- hand-over (a JSON array, as text: see relay.capture); tbl names the table for its
+        -- tracking row. Rows written before this version carry the shaped event as before
+        -- (captured NULL) and are moved as they are.
+        ALTER TABLE relay.inbox ADD COLUMN tbl oid, ADD COLUMN captured text,
+            ALTER COLUMN pk DROP NOT NULL, ALTER COLUMN audience DROP NOT NULL;
+    END IF;
 END
 $migrate$;
 
@@ -193,8 +205,10 @@ $pick$;
 -- The capture trigger. Arguments, fixed by relay._attach:
 --   0 owner column ('' when an audience function is used), 1 audience function oid ('' if none),
 --   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal),
---   4 with a whitelist, the table's other columns when the trigger was attached (text[] literal),
---   5 with a whitelist, the whitelisted columns' attribute numbers (int2[] literal).
+--   4 unused since version 6 (kept so the arguments of older triggers keep their places),
+--   5 with a whitelist, the whitelisted columns' attribute numbers (int2[] literal),
+--   6 the notify setting when the trigger was attached ('t' or 'f'; relay.configure re-attaches
+--     every tracked table when it changes; a trigger without it reads relay.settings).
 -- Capture is two row triggers on each tracked table, fired in name order for every row:
 --   relay_capture (this function, SECURITY INVOKER) converts the row and runs the audience
 --     function with the writer's rights, never the schema owner's (a column type's cast to json
@@ -207,214 +221,91 @@ $pick$;
 -- no role but the schema owner can attach them to a table of its own: a writer's only way to an
 -- event is a write to a tracked table. Whatever a writer puts into relay.captured before is
 -- overwritten by relay_capture before relay_capture_append reads it.
--- Capture never fails a write that would succeed untracked: a row to_jsonb refuses (json
--- holding \u0000 or a lone surrogate, a value over jsonb's 256 MB limit, a cast that raises) is
--- captured all the same, flagged truncated: with a whitelist the whitelisted columns are tried
--- alone, else (or if they fail too) the event carries the key only, and if even the key cannot
--- be converted its values are null. Errors of the audience function, the application's own
--- code, fail the write as any trigger's would.
--- An UPDATE also carries what the relay needs to tell, per subscriber, a row that stays in view
--- from one that leaves it (a move-out) or enters it (an entry): the old values of the carried
--- columns it changed (old_values; NULL when the values are not carried: truncated) and the old
--- row's audience when it differs from the new one (old_audience; else NULL). An UPDATE that
--- changes no carried column is an event only when it changes the audience.
--- It runs inside every writing transaction, where each distinct expression below is prepared
--- anew and each query starts an executor: so the common paths run one query (the settings; the
--- INSERT is relay_capture_append's) and few expressions. An UPDATE that changes neither a carried
--- column nor the audience returns early. The exception block around to_jsonb costs no
--- transaction id.
+-- Lean (version 6): the writer's transaction does only what needs the writer: the conversion of
+-- the row (row_to_json: each value's text, no jsonb built), and of the old row for an UPDATE,
+-- and the audience function's answers in the writer's snapshot. It hands them over as the text
+-- of one JSON array, [new row, old row, audience, old audience] (JSON null where there is none;
+-- the audiences as text[] literals, only with an audience function), and relay._shape builds the
+-- event from it when the sequencer moves it, a batch at a time: whitelist, key, old key, the
+-- changed columns and their old values, an owner column's audiences, max_row_bytes (see there).
+-- An UPDATE that changes nothing (NEW *= OLD) is no event, and hands nothing over.
+-- Capture never fails a write that would succeed untracked: a row row_to_json refuses (a cast
+-- that raises, a value too large) is handed over all the same, from the slow path below: with a
+-- whitelist the whitelisted columns are tried alone (with the key and owner columns), else (or
+-- if they fail too) the key and owner columns alone, flagged key only (a fifth element, true);
+-- a key that cannot be converted either travels with null values. So is a row whose JSON text
+-- jsonb would refuse (a json column holding \u0000, say): the sequencer never meets one.
+-- Errors of the audience function, the application's own code, fail the write as any
+-- trigger's would. The exception block around the conversion costs no transaction id.
 CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $capture$
 DECLARE
-    whitelist     text[]  := CASE WHEN TG_ARGV[2] = '' THEN NULL ELSE TG_ARGV[2]::text[] END;
-    new_full      jsonb;  -- NULL for a DELETE
-    old_full      jsonb;  -- NULL for an INSERT
-    unconvertible boolean := false;  -- to_jsonb refused the row
-    key_only      boolean := false;  -- and the event carries the key alone
-    key_cols      text[];
-    owner_cols    text[];
-    left_out      text[];
-    pk_columns    text[];
-    new_row       jsonb;
-    old_row       jsonb;
-    old_values    jsonb;  -- an UPDATE's old values of the changed carried columns
-    key_source    jsonb;
-    row_key       jsonb;
-    old_row_key   jsonb;
-    changed_cols  text[];
-    who           text[];
-    old_who       text[];  -- an UPDATE's old audience, when it differs from the new one
-    ring          boolean;
-    max_row_bytes integer;
-    cut           boolean;
-    handed        text;
-    c             text;
+    handed     text;
+    who        text[];
+    old_who    text[];
+    whitelist  text[];
+    key_cols   text[];
+    new_picked jsonb;
+    old_picked jsonb;
+    key_only   boolean := false;
 BEGIN
+    IF TG_OP = 'UPDATE' AND NEW *= OLD THEN
+        handed := set_config('relay.captured', '', true);  -- nothing changed: no event
+        RETURN NULL;
+    END IF;
+    IF TG_ARGV[1] <> '' THEN
+        -- Both answers of an UPDATE in one statement: each EXECUTE is parsed and planned anew.
+        IF TG_OP = 'UPDATE' THEN
+            EXECUTE format('SELECT %1$s($1), %1$s($2)', TG_ARGV[1]::oid::regproc)
+               INTO who, old_who USING NEW, OLD;
+        ELSIF TG_OP = 'DELETE' THEN
+            EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
+        ELSE
+            EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING NEW;
+        END IF;
+    END IF;
     BEGIN
-        new_full := to_jsonb(NEW);
-        old_full := to_jsonb(OLD);
+        handed := json_build_array(row_to_json(NEW), row_to_json(OLD), who::text, old_who::text);
+        -- What jsonb refuses can only come from a json column's text (an escaped \u0000 or lone
+        -- surrogate) or a value past jsonb's size limit: only then is the cast tried here.
+        IF strpos(handed, '\u') > 0 OR octet_length(handed) > 67108864 THEN
+            PERFORM handed::jsonb;  -- raises for a row the sequencer could not take
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         IF SQLSTATE LIKE '40%' THEN
             RAISE;  -- serialization failure, deadlock: the transaction must see them
         END IF;
-        unconvertible := true;
-    END;
-    IF unconvertible THEN
         -- Slow path (dynamic SQL, only for such rows): the whitelisted columns with the key and
         -- owner columns, or those alone.
         key_cols := TG_ARGV[3]::text[] || CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] END;
-        IF whitelist IS NOT NULL THEN
+        IF TG_ARGV[2] <> '' THEN
+            whitelist := TG_ARGV[2]::text[];
             IF TG_NARGS > 5 THEN  -- the whitelisted columns as they are named now
                 whitelist := ARRAY(SELECT a.attname::text FROM pg_attribute AS a
                                     WHERE a.attrelid = TG_RELID AND NOT a.attisdropped
                                       AND a.attnum = ANY (TG_ARGV[5]::int2[]));
             END IF;
-            new_full := relay._pick(NEW, whitelist || key_cols);
-            old_full := relay._pick(OLD, whitelist || key_cols);
+            new_picked := relay._pick(NEW, whitelist || key_cols);
+            old_picked := relay._pick(OLD, whitelist || key_cols);
         END IF;
-        IF whitelist IS NULL OR (TG_OP <> 'DELETE' AND new_full IS NULL)
-                             OR (TG_OP <> 'INSERT' AND old_full IS NULL) THEN
+        IF whitelist IS NULL OR (TG_OP <> 'DELETE' AND new_picked IS NULL)
+                             OR (TG_OP <> 'INSERT' AND old_picked IS NULL) THEN
             key_only := true;
-            -- A key that cannot be converted either: its values are null; the owner column
-            -- is still tried alone, for the audience.
-            owner_cols := CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] ELSE '{}' END;
             IF TG_OP <> 'DELETE' THEN
-                new_full := coalesce(relay._pick(NEW, key_cols), relay._pick(NEW, owner_cols), '{}');
+                new_picked := coalesce(relay._pick(NEW, key_cols),
+                                       relay._pick(NEW, ARRAY[TG_ARGV[0]]), '{}');
             END IF;
             IF TG_OP <> 'INSERT' THEN
-                old_full := coalesce(relay._pick(OLD, key_cols), relay._pick(OLD, owner_cols), '{}');
+                old_picked := coalesce(relay._pick(OLD, key_cols),
+                                       relay._pick(OLD, ARRAY[TG_ARGV[0]]), '{}');
             END IF;
         END IF;
-    END IF;
+        handed := json_build_array(new_picked, old_picked, who::text, old_who::text, key_only);
+    END;
+    handed := set_config('relay.captured', handed, true);
 
-    IF whitelist IS NULL THEN
-        new_row := new_full;
-        old_row := old_full;
-    ELSE
-        -- The whitelisted values: the row without the columns the whitelist left out when the
-        -- trigger was attached, in one operation. Exact unless a column has appeared since
-        -- (added, renamed), which the check sees; then the whitelist is applied by attribute
-        -- number, under the columns' names of now (a renamed column stays carried).
-        left_out := CASE WHEN TG_NARGS > 4 AND TG_ARGV[4] <> '' THEN TG_ARGV[4]::text[] END;
-        new_row := new_full - left_out;
-        old_row := old_full - left_out;
-        IF left_out IS NULL OR coalesce(new_row, old_row) - whitelist <> '{}' THEN
-            IF TG_NARGS > 5 THEN
-                SELECT coalesce(array_agg(a.attname::text), '{}'),
-                       coalesce(jsonb_object_agg(a.attname, new_full -> a.attname::text)
-                                FILTER (WHERE new_full ? a.attname), '{}'),
-                       coalesce(jsonb_object_agg(a.attname, old_full -> a.attname::text)
-                                FILTER (WHERE old_full ? a.attname), '{}')
-                  INTO whitelist, new_row, old_row
-                  FROM pg_attribute AS a
-                 WHERE a.attrelid = TG_RELID AND NOT a.attisdropped
-                   AND a.attnum = ANY (TG_ARGV[5]::int2[]);
-            ELSE  -- a trigger attached by version 1 or 2: by name
-                SELECT coalesce(jsonb_object_agg(w.c, new_full -> w.c) FILTER (WHERE new_full ? w.c), '{}'),
-                       coalesce(jsonb_object_agg(w.c, old_full -> w.c) FILTER (WHERE old_full ? w.c), '{}')
-                  INTO new_row, old_row
-                  FROM (SELECT DISTINCT unnest(whitelist) AS c) AS w;
-            END IF;
-        END IF;
-    END IF;
-
-    IF TG_OP = 'UPDATE' THEN
-        -- An owner column's old value, when it changed: the old audience.
-        IF TG_ARGV[0] <> '' AND new_full ->> TG_ARGV[0] IS DISTINCT FROM old_full ->> TG_ARGV[0] THEN
-            old_who := CASE WHEN old_full ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
-                            ELSE ARRAY[old_full ->> TG_ARGV[0]] END;
-        END IF;
-        IF key_only THEN
-            NULL;  -- which columns changed, and from what, is unknown
-        ELSIF new_row = old_row THEN
-            -- Nothing the events carry has changed: an event only if the audience has (an owner
-            -- column the whitelist leaves out, or what the audience function reads).
-            IF old_who IS NULL AND (TG_ARGV[0] <> '' OR NEW *= OLD) THEN
-                handed := set_config('relay.captured', '', true);  -- no event: nothing to append
-                RETURN NULL;
-            END IF;
-            changed_cols := '{}';
-            old_values := '{}';
-        ELSIF whitelist IS NULL THEN
-            SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}'),
-                   coalesce(jsonb_object_agg(e.key, old_row -> e.key), '{}')
-              INTO changed_cols, old_values
-              FROM jsonb_each(new_row) AS e
-             WHERE e.value IS DISTINCT FROM old_row -> e.key;
-        ELSE
-            changed_cols := '{}';
-            old_values := '{}';
-            FOREACH c IN ARRAY whitelist LOOP
-                IF new_row -> c IS DISTINCT FROM old_row -> c THEN
-                    changed_cols := changed_cols || c;
-                    old_values := old_values || jsonb_build_object(c, old_row -> c);
-                END IF;
-            END LOOP;
-            IF cardinality(changed_cols) > 1 THEN  -- in name order, each once
-                changed_cols := ARRAY(SELECT DISTINCT u.c FROM unnest(changed_cols) AS u(c)
-                                       ORDER BY u.c);
-            END IF;
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        new_row := old_row;  -- a DELETE carries the old whitelisted values
-    END IF;
-
-    -- Who may see it: the new row's audience, or the old row's for a DELETE; an UPDATE also
-    -- keeps the old row's, when it differs.
-    key_source := coalesce(new_full, old_full);
-    IF TG_ARGV[0] <> '' THEN
-        who := CASE WHEN key_source ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
-                    ELSE ARRAY[key_source ->> TG_ARGV[0]] END;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- Both answers in one statement: each EXECUTE is parsed and planned anew.
-        EXECUTE format('SELECT %1$s($1), %1$s($2)', TG_ARGV[1]::oid::regproc)
-           INTO who, old_who USING NEW, OLD;
-        IF coalesce(old_who, '{}') = coalesce(who, '{}') THEN
-            old_who := NULL;
-            IF old_values = '{}' THEN
-                handed := set_config('relay.captured', '', true);
-                RETURN NULL;  -- neither a carried column nor the audience has changed
-            END IF;
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
-    ELSE
-        EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING NEW;
-    END IF;
-
-    -- The row's key, and its key before an UPDATE or DELETE: plain expressions, no query.
-    pk_columns := TG_ARGV[3]::text[];
-    IF cardinality(pk_columns) = 1 THEN
-        row_key := jsonb_build_object(pk_columns[1], key_source -> pk_columns[1]);
-        IF TG_OP <> 'INSERT' THEN
-            old_row_key := jsonb_build_object(pk_columns[1], old_full -> pk_columns[1]);
-        END IF;
-    ELSE
-        row_key := '{}';
-        FOREACH c IN ARRAY pk_columns LOOP
-            row_key := row_key || jsonb_build_object(c, key_source -> c);
-        END LOOP;
-        IF TG_OP <> 'INSERT' THEN
-            old_row_key := '{}';
-            FOREACH c IN ARRAY pk_columns LOOP
-                old_row_key := old_row_key || jsonb_build_object(c, old_full -> c);
-            END LOOP;
-        END IF;
-    END IF;
-
-    -- Only the two settings used. A row over max_row_bytes (its carried values, or an UPDATE's
-    -- old values of the changed ones), or one to_jsonb refused, travels as its key only,
-    -- flagged truncated; its audiences travel all the same.
-    SELECT s.notify, s.max_row_bytes INTO ring, max_row_bytes FROM relay.settings AS s;
-    cut := key_only OR coalesce(greatest(pg_column_size(new_row), pg_column_size(old_values))
-                                > max_row_bytes, false);
-    handed := set_config('relay.captured',
-        ROW(row_key, old_row_key, CASE WHEN NOT cut THEN new_row END, changed_cols,
-            coalesce(who, '{}'), cut, CASE WHEN NOT cut THEN old_values END, old_who
-           )::relay.handover::text,
-        true);
-
-    IF ring THEN
+    IF (CASE WHEN TG_NARGS > 6 THEN TG_ARGV[6] = 't'
+             ELSE (SELECT s.notify FROM relay.settings AS s) END) THEN
         -- Constant payload: Postgres folds these into one per transaction, and no row can
         -- ever fail to commit because of NOTIFY's 8000-byte limit.
         PERFORM pg_notify('relay_inbox', '');
@@ -423,41 +314,70 @@ BEGIN
 END
 $capture$;
 
--- The privileged step of capture, the trigger relay_capture_append: appends the event
--- relay_capture handed over for this row (see relay.capture) to relay.inbox, as the schema
--- owner, and clears the hand-over (so with relay_capture disabled, nothing is appended). It
--- runs no code but its own; the table and op come from its own TG_*.
+-- The privileged step of capture, the trigger relay_capture_append: appends what relay_capture
+-- handed over for this row (see relay.capture) to relay.inbox, as the schema owner, as it is
+-- (relay._shape reads it when the sequencer moves it), and clears the hand-over (so with
+-- relay_capture disabled, nothing is appended). It runs no code but its own; the table and op
+-- come from its own TG_*.
 CREATE OR REPLACE FUNCTION relay.append_captured() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $append$
 DECLARE
     handed text := current_setting('relay.captured', true);
-    event  relay.handover;
+    cleared text;
 BEGIN
     IF handed IS NULL OR handed = '' THEN
         RETURN NULL;  -- relay_capture found nothing to carry
     END IF;
-    event := handed::relay.handover;
-    handed := set_config('relay.captured', '', true);
-    INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
-                             audience, truncated, old_values, old_audience)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, event.pk, event.old_key, event.row_data,
-            event.changed, event.audience, event.truncated, event.old_values,
-            event.old_audience);
+    cleared := set_config('relay.captured', '', true);
+    INSERT INTO relay.inbox (tbl, table_schema, table_name, op, captured)
+    VALUES (TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, handed);
     RETURN NULL;
 END
 $append$;
+
+-- A captured hand-over (relay.capture) as jsonb, or NULL for text that is not one (no event):
+-- the slow path of the sequencer's cast, taken row by row only for a batch the plain cast
+-- failed. relay.capture hands over only what jsonb accepts, so this meets only text put into
+-- relay.captured while relay_capture was disabled (by the table's owner).
+CREATE OR REPLACE FUNCTION relay._salvage(captured text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $salvage$
+BEGIN
+    RETURN CASE WHEN jsonb_typeof(captured::jsonb) = 'array' THEN captured::jsonb END;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END
+$salvage$;
 
 -- Moves committed inbox rows into the log. Returns how many it moved.
 -- Positions are numbered from relay.head under its row lock, so two sequencers can never
 -- interleave; what one batch cannot see yet (uncommitted) a later batch moves, higher up.
 -- A batch that moved rows rings relay_log once, with the new head as the payload, so readers
 -- learn it once per batch and skip a read for a head they have already read.
+-- Each captured row becomes its event here, set-based, one statement for the batch (the writer
+-- handed the row as it is: relay.capture):
+--   * the table's tracking now (relay.tracked; an event of a table untracked since it was
+--     written is dropped): the whitelist by attribute number under the columns' names of now,
+--     the key columns, the owner column;
+--   * the carried values: the row without the columns the whitelist leaves out, in one
+--     operation (exact unless the row holds a name the catalog does not know now: a column
+--     renamed since the write; then the whitelisted names are picked one by one);
+--   * an UPDATE's changed carried columns, in name order, and their old values; an UPDATE that
+--     changes no carried column and not the audience is no event;
+--   * the audience: the owner column's value (the old row's for a DELETE), or the audience
+--     function's answer the writer handed over; an UPDATE's old audience when it differs;
+--   * a row over max_row_bytes (its carried values, or an UPDATE's old values of the changed
+--     ones), or one handed over key only, travels as its key only, flagged truncated.
+-- Rows written before version 6 carry their event already shaped, and are moved as they are.
+-- A batch holding a row whose text the plain cast to jsonb refuses is taken again, each row
+-- through relay._salvage (one subtransaction per batch in the common case, none per row).
 CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence$
 DECLARE
     head_pos  bigint;
     moved     bigint;
     commit_ts boolean := current_setting('track_commit_timestamp') = 'on';
+    max_bytes integer;
+    salvage   boolean := false;
 BEGIN
     -- The relay polls the inbox (every millisecond or two under load): a look at an empty inbox
     -- must stay cheap: no row lock, no transaction id.
@@ -465,24 +385,139 @@ BEGIN
         RETURN 0;
     END IF;
     SELECT pos INTO head_pos FROM relay.head FOR UPDATE;
+    SELECT s.max_row_bytes INTO max_bytes FROM relay.settings AS s;
 
-    WITH batch AS (
-        SELECT id FROM relay.inbox ORDER BY id LIMIT max_rows
-    ), taken AS (
-        DELETE FROM relay.inbox AS i USING batch WHERE i.id = batch.id
-        RETURNING i.*, i.xmin AS writer_xid
-    )
-    INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data, changed,
-                           audience, truncated, old_values, old_audience, captured_at,
-                           committed_at)
-    SELECT head_pos + row_number() OVER (ORDER BY t.id),
-           t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data, t.changed,
-           t.audience, t.truncated, t.old_values, t.old_audience, t.captured_at,
-           -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
-           coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(t.writer_xid) END,
-                    t.captured_at)
-      FROM taken AS t;
-    GET DIAGNOSTICS moved = ROW_COUNT;
+    LOOP
+        BEGIN
+            WITH batch AS (
+                SELECT id FROM relay.inbox ORDER BY id LIMIT max_rows
+            ), taken AS (
+                DELETE FROM relay.inbox AS i USING batch WHERE i.id = batch.id
+                RETURNING i.*, i.xmin AS writer_xid
+            ), tables AS (  -- each table of the batch once, with its tracking as it is now
+                SELECT tr.tbl, tr.pk_columns::text[] AS key_cols,
+                       tr.owner_column::text AS owner, tr.audience IS NOT NULL AS by_function,
+                       CASE WHEN tr.columns IS NOT NULL THEN coalesce(cur.whitelist, '{}') END
+                           AS whitelist,
+                       coalesce(cur.left_out, '{}') AS left_out
+                  FROM relay.tracked AS tr
+                 CROSS JOIN LATERAL (
+                       SELECT array_agg(a.attname::text) FILTER (WHERE w.carried) AS whitelist,
+                              array_agg(a.attname::text) FILTER (WHERE NOT w.carried) AS left_out
+                         FROM pg_attribute AS a
+                        CROSS JOIN LATERAL (SELECT CASE
+                                WHEN tr.columns IS NULL THEN true
+                                WHEN tr.column_nums IS NOT NULL THEN a.attnum = ANY (tr.column_nums)
+                                ELSE a.attname = ANY (tr.columns) END AS carried) AS w
+                        WHERE a.attrelid = tr.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                       ) AS cur
+                 WHERE tr.tbl IN (SELECT t.tbl FROM taken AS t)
+            ), handed AS (
+                SELECT t.id, t.table_schema, t.table_name, t.op, t.captured_at, t.writer_xid,
+                       tb.key_cols, tb.owner, tb.by_function, tb.whitelist, tb.left_out,
+                       CASE WHEN salvage THEN relay._salvage(t.captured)
+                            ELSE t.captured::jsonb END AS j
+                  FROM taken AS t
+                  JOIN tables AS tb ON tb.tbl = t.tbl
+                 WHERE t.captured IS NOT NULL
+            ), shaped AS (
+                SELECT h.id, h.table_schema, h.table_name, h.op, h.captured_at, h.writer_xid,
+                       k.pk, k.old_key, CASE WHEN NOT c.cut THEN c.carried END AS row_data,
+                       CASE WHEN h.op = 'UPDATE' AND NOT f.key_only THEN d.changed END AS changed,
+                       a.who AS audience, c.cut AS truncated,
+                       CASE WHEN h.op = 'UPDATE' AND NOT f.key_only AND NOT c.cut
+                            THEN d.old_values END AS old_values,
+                       a.old_who AS old_audience
+                  FROM handed AS h
+                 CROSS JOIN LATERAL (
+                       SELECT nullif(h.j -> 0, 'null') AS new_full,
+                              nullif(h.j -> 1, 'null') AS old_full,
+                              coalesce((h.j ->> 4)::boolean, false) AS key_only) AS f
+                 CROSS JOIN LATERAL (
+                       SELECT CASE WHEN h.whitelist IS NULL OR f.new_full IS NULL THEN f.new_full
+                                   WHEN f.new_full - h.left_out - h.whitelist = '{}'
+                                   THEN f.new_full - h.left_out
+                                   ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                           FROM jsonb_each(f.new_full) AS e
+                                          WHERE e.key = ANY (h.whitelist)) END AS new_row,
+                              CASE WHEN h.whitelist IS NULL OR f.old_full IS NULL THEN f.old_full
+                                   WHEN f.old_full - h.left_out - h.whitelist = '{}'
+                                   THEN f.old_full - h.left_out
+                                   ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                           FROM jsonb_each(f.old_full) AS e
+                                          WHERE e.key = ANY (h.whitelist)) END AS old_row) AS w
+                 CROSS JOIN LATERAL (
+                       SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}') AS changed,
+                              coalesce(jsonb_object_agg(e.key, w.old_row -> e.key), '{}')
+                                  AS old_values
+                         FROM jsonb_each(CASE WHEN h.op = 'UPDATE' THEN w.new_row END) AS e
+                        WHERE e.value IS DISTINCT FROM w.old_row -> e.key) AS d
+                 CROSS JOIN LATERAL (
+                       SELECT CASE WHEN h.by_function THEN coalesce((h.j ->> 2)::text[], '{}')
+                                   WHEN coalesce(f.new_full, f.old_full) ->> h.owner IS NULL
+                                   THEN '{}'::text[]
+                                   ELSE ARRAY[coalesce(f.new_full, f.old_full) ->> h.owner]
+                              END AS who,
+                              CASE WHEN h.op <> 'UPDATE' THEN NULL
+                                   WHEN h.by_function THEN nullif(coalesce((h.j ->> 3)::text[], '{}'),
+                                                                  coalesce((h.j ->> 2)::text[], '{}'))
+                                   WHEN f.new_full ->> h.owner IS NOT DISTINCT FROM
+                                        f.old_full ->> h.owner THEN NULL
+                                   WHEN f.old_full ->> h.owner IS NULL THEN '{}'::text[]
+                                   ELSE ARRAY[f.old_full ->> h.owner] END AS old_who) AS a
+                 CROSS JOIN LATERAL (
+                       SELECT CASE WHEN cardinality(h.key_cols) = 1
+                                   THEN jsonb_build_object(h.key_cols[1],
+                                            coalesce(f.new_full, f.old_full) -> h.key_cols[1])
+                                   ELSE (SELECT jsonb_object_agg(c.name,
+                                                    coalesce(f.new_full, f.old_full) -> c.name)
+                                           FROM unnest(h.key_cols) AS c(name)) END AS pk,
+                              CASE WHEN h.op = 'INSERT' THEN NULL
+                                   WHEN cardinality(h.key_cols) = 1
+                                   THEN jsonb_build_object(h.key_cols[1], f.old_full -> h.key_cols[1])
+                                   ELSE (SELECT jsonb_object_agg(c.name, f.old_full -> c.name)
+                                           FROM unnest(h.key_cols) AS c(name)) END AS old_key) AS k
+                 CROSS JOIN LATERAL (
+                       SELECT CASE WHEN h.op = 'DELETE' THEN w.old_row ELSE w.new_row END AS carried,
+                              f.key_only OR coalesce(greatest(
+                                  pg_column_size(CASE WHEN h.op = 'DELETE' THEN w.old_row
+                                                      ELSE w.new_row END),
+                                  pg_column_size(CASE WHEN h.op = 'UPDATE' THEN d.old_values END))
+                                  > max_bytes, false) AS cut) AS c
+                 WHERE h.j IS NOT NULL
+                   AND NOT (h.op = 'UPDATE' AND NOT f.key_only AND d.changed = '{}'
+                            AND a.old_who IS NULL)
+            ), events AS (
+                SELECT s.id, s.table_schema, s.table_name, s.op, s.pk, s.old_key, s.row_data,
+                       s.changed, s.audience, s.truncated, s.old_values, s.old_audience,
+                       s.captured_at, s.writer_xid
+                  FROM shaped AS s
+                 UNION ALL  -- written before version 6, or a heartbeat: shaped already
+                SELECT t.id, t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data,
+                       t.changed, t.audience, t.truncated, t.old_values, t.old_audience,
+                       t.captured_at, t.writer_xid
+                  FROM taken AS t
+                 WHERE t.captured IS NULL
+            )
+            INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data,
+                                   changed, audience, truncated, old_values, old_audience,
+                                   captured_at, committed_at)
+            SELECT head_pos + row_number() OVER (ORDER BY e.id),
+                   e.table_schema, e.table_name, e.op, e.pk, e.old_key, e.row_data, e.changed,
+                   e.audience, e.truncated, e.old_values, e.old_audience, e.captured_at,
+                   -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
+                   coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(e.writer_xid) END,
+                            e.captured_at)
+              FROM events AS e;
+            GET DIAGNOSTICS moved = ROW_COUNT;
+            EXIT;
+        EXCEPTION WHEN OTHERS THEN
+            IF salvage OR SQLSTATE LIKE '40%' OR SQLSTATE = '57014' THEN
+                RAISE;  -- not a value the cast refused: the caller must see it
+            END IF;
+            salvage := true;  -- once more, each row through relay._salvage
+        END;
+    END LOOP;
 
     IF moved > 0 THEN
         UPDATE relay.head SET pos = head_pos + moved;
@@ -533,15 +568,28 @@ BEGIN
 END
 $heartbeat$;
 
--- Changes settings in the one place triggers read them. NULL leaves a setting as it is.
+-- Changes settings in the one place they are kept. NULL leaves a setting as it is. The capture
+-- triggers carry the notify setting as an argument (no query per written row): a change of it
+-- re-attaches every tracked table's triggers, in this transaction.
 CREATE OR REPLACE FUNCTION relay.configure(notify boolean DEFAULT NULL,
                                            max_row_bytes integer DEFAULT NULL)
 RETURNS relay.settings
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $configure$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $configure$
+DECLARE
+    before relay.settings;
+    after  relay.settings;
+BEGIN
+    SELECT * INTO STRICT before FROM relay.settings;
     UPDATE relay.settings AS s
        SET notify = coalesce(configure.notify, s.notify),
            max_row_bytes = coalesce(configure.max_row_bytes, s.max_row_bytes)
-    RETURNING s.*;
+    RETURNING s.* INTO STRICT after;
+    IF after.notify IS DISTINCT FROM before.notify THEN
+        PERFORM relay._attach(t.tbl) FROM relay.tracked AS t
+          WHERE EXISTS (SELECT FROM pg_class AS c WHERE c.oid = t.tbl);
+    END IF;
+    RETURN after;
+END
 $configure$;
 
 -- (Re)creates the capture trigger of a tracked table from its row in relay.tracked.
@@ -550,7 +598,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $attach$
 DECLARE
     t        relay.tracked;
     names    name[];
-    left_out name[];
 BEGIN
     SELECT * INTO STRICT t FROM relay.tracked WHERE relay.tracked.tbl = _attach.tbl;
     IF t.column_nums IS NOT NULL THEN
@@ -565,24 +612,19 @@ BEGIN
             t.columns := names;
         END IF;
     END IF;
-    -- With a whitelist, the columns it leaves out, as they are now: relay.capture drops them
-    -- from the row in one operation (and notices a column that appears later).
-    SELECT array_agg(a.attname ORDER BY a.attnum) INTO left_out
-      FROM pg_attribute AS a
-     WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped
-       AND NOT a.attname = ANY (t.columns);
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', t.tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture_append ON %s', t.tbl);
     EXECUTE format(
         'CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L, %L)',
+        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L, %L, %L)',
         t.tbl,
         coalesce(t.owner_column::text, ''),
         coalesce(t.audience::oid::text, ''),
         coalesce(t.columns::text[]::text, ''),
         t.pk_columns::text[]::text,
-        CASE WHEN t.columns IS NULL THEN '' ELSE coalesce(left_out, '{}')::text END,
-        coalesce(t.column_nums::text, ''));
+        '',  -- unused since version 6
+        coalesce(t.column_nums::text, ''),
+        (SELECT CASE WHEN s.notify THEN 't' ELSE 'f' END FROM relay.settings AS s));
     -- Fires right after relay_capture for each row (triggers fire in name order).
     EXECUTE format(
         'CREATE TRIGGER relay_capture_append AFTER INSERT OR UPDATE OR DELETE ON %s '
@@ -719,6 +761,6 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 5, upgraded_at = now() WHERE schema_version < 5;
+UPDATE relay.settings SET schema_version = 6, upgraded_at = now() WHERE schema_version < 6;
 
 COMMIT;
