@@ -369,9 +369,10 @@ $salvage$;
 --     ones), or one handed over key only, travels as its key only, flagged truncated.
 -- Rows written before version 6 carry their event already shaped, and are moved as they are.
 -- A batch holding a row whose text the plain cast to jsonb refuses is taken again, each row
--- through relay._salvage (one subtransaction per batch in the common case, none per row).
+-- through relay._salvage (one subtransaction per batch in the common case, none per row). Its
+-- plan is prepared once (plan_cache_mode): a batch is one statement, never planned anew.
 CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $sequence$
 DECLARE
     head_pos  bigint;
     moved     bigint;
@@ -389,12 +390,13 @@ BEGIN
 
     LOOP
         BEGIN
-            WITH batch AS (
-                SELECT id FROM relay.inbox ORDER BY id LIMIT max_rows
-            ), taken AS (
-                DELETE FROM relay.inbox AS i USING batch WHERE i.id = batch.id
+            -- Each stage is MATERIALIZED: computed once per row, not once per use.
+            WITH taken AS (
+                DELETE FROM relay.inbox AS i
+                 WHERE i.id = ANY (ARRAY(SELECT b.id FROM relay.inbox AS b
+                                          ORDER BY b.id LIMIT max_rows))
                 RETURNING i.*, i.xmin AS writer_xid
-            ), tables AS (  -- each table of the batch once, with its tracking as it is now
+            ), tables AS MATERIALIZED (  -- each table of the batch once, tracked as it is now
                 SELECT tr.tbl, tr.pk_columns::text[] AS key_cols,
                        tr.owner_column::text AS owner, tr.audience IS NOT NULL AS by_function,
                        CASE WHEN tr.columns IS NOT NULL THEN coalesce(cur.whitelist, '{}') END
@@ -412,86 +414,82 @@ BEGIN
                         WHERE a.attrelid = tr.tbl AND a.attnum > 0 AND NOT a.attisdropped
                        ) AS cur
                  WHERE tr.tbl IN (SELECT t.tbl FROM taken AS t)
-            ), handed AS (
+            ), handed AS MATERIALIZED (  -- the hand-over parsed once
                 SELECT t.id, t.table_schema, t.table_name, t.op, t.captured_at, t.writer_xid,
                        tb.key_cols, tb.owner, tb.by_function, tb.whitelist, tb.left_out,
-                       CASE WHEN salvage THEN relay._salvage(t.captured)
-                            ELSE t.captured::jsonb END AS j
+                       nullif(p.j -> 0, 'null') AS new_full, nullif(p.j -> 1, 'null') AS old_full,
+                       coalesce((p.j ->> 2)::text[], '{}') AS given_who,
+                       coalesce((p.j ->> 3)::text[], '{}') AS given_old_who,
+                       coalesce((p.j ->> 4)::boolean, false) AS key_only
                   FROM taken AS t
                   JOIN tables AS tb ON tb.tbl = t.tbl
-                 WHERE t.captured IS NOT NULL
-            ), shaped AS (
-                SELECT h.id, h.table_schema, h.table_name, h.op, h.captured_at, h.writer_xid,
-                       k.pk, k.old_key, CASE WHEN NOT c.cut THEN c.carried END AS row_data,
-                       CASE WHEN h.op = 'UPDATE' AND NOT f.key_only THEN d.changed END AS changed,
-                       a.who AS audience, c.cut AS truncated,
-                       CASE WHEN h.op = 'UPDATE' AND NOT f.key_only AND NOT c.cut
-                            THEN d.old_values END AS old_values,
-                       a.old_who AS old_audience
+                 CROSS JOIN LATERAL (
+                       SELECT CASE WHEN salvage THEN relay._salvage(t.captured)
+                                   ELSE t.captured::jsonb END AS j
+                       OFFSET 0) AS p
+                 WHERE t.captured IS NOT NULL AND p.j IS NOT NULL
+            ), carried AS MATERIALIZED (  -- the whitelisted values, new and old
+                SELECT h.*,
+                       CASE WHEN h.whitelist IS NULL OR h.new_full IS NULL THEN h.new_full
+                            WHEN h.new_full - h.left_out - h.whitelist = '{}'
+                            THEN h.new_full - h.left_out
+                            ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                    FROM jsonb_each(h.new_full) AS e
+                                   WHERE e.key = ANY (h.whitelist)) END AS new_row,
+                       CASE WHEN h.whitelist IS NULL OR h.old_full IS NULL THEN h.old_full
+                            WHEN h.old_full - h.left_out - h.whitelist = '{}'
+                            THEN h.old_full - h.left_out
+                            ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                    FROM jsonb_each(h.old_full) AS e
+                                   WHERE e.key = ANY (h.whitelist)) END AS old_row
                   FROM handed AS h
-                 CROSS JOIN LATERAL (
-                       SELECT nullif(h.j -> 0, 'null') AS new_full,
-                              nullif(h.j -> 1, 'null') AS old_full,
-                              coalesce((h.j ->> 4)::boolean, false) AS key_only) AS f
-                 CROSS JOIN LATERAL (
-                       SELECT CASE WHEN h.whitelist IS NULL OR f.new_full IS NULL THEN f.new_full
-                                   WHEN f.new_full - h.left_out - h.whitelist = '{}'
-                                   THEN f.new_full - h.left_out
-                                   ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
-                                           FROM jsonb_each(f.new_full) AS e
-                                          WHERE e.key = ANY (h.whitelist)) END AS new_row,
-                              CASE WHEN h.whitelist IS NULL OR f.old_full IS NULL THEN f.old_full
-                                   WHEN f.old_full - h.left_out - h.whitelist = '{}'
-                                   THEN f.old_full - h.left_out
-                                   ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
-                                           FROM jsonb_each(f.old_full) AS e
-                                          WHERE e.key = ANY (h.whitelist)) END AS old_row) AS w
-                 CROSS JOIN LATERAL (
+            ), described AS MATERIALIZED (  -- what changed, who may see it, the keys
+                SELECT c.id, c.table_schema, c.table_name, c.op, c.captured_at, c.writer_xid,
+                       c.key_only, CASE WHEN c.op = 'DELETE' THEN c.old_row ELSE c.new_row END
+                           AS row_data,
+                       CASE WHEN c.op = 'UPDATE' AND NOT c.key_only THEN d.changed END AS changed,
+                       CASE WHEN c.op = 'UPDATE' AND NOT c.key_only THEN d.old_values END
+                           AS old_values,
+                       CASE WHEN c.by_function THEN c.given_who
+                            WHEN coalesce(c.new_full, c.old_full) ->> c.owner IS NULL
+                            THEN '{}'::text[]
+                            ELSE ARRAY[coalesce(c.new_full, c.old_full) ->> c.owner] END AS audience,
+                       CASE WHEN c.op <> 'UPDATE' THEN NULL
+                            WHEN c.by_function THEN nullif(c.given_old_who, c.given_who)
+                            WHEN c.new_full ->> c.owner IS NOT DISTINCT FROM c.old_full ->> c.owner
+                            THEN NULL
+                            WHEN c.old_full ->> c.owner IS NULL THEN '{}'::text[]
+                            ELSE ARRAY[c.old_full ->> c.owner] END AS old_audience,
+                       CASE WHEN cardinality(c.key_cols) = 1
+                            THEN jsonb_build_object(c.key_cols[1],
+                                                    coalesce(c.new_full, c.old_full) -> c.key_cols[1])
+                            ELSE (SELECT jsonb_object_agg(k.name,
+                                             coalesce(c.new_full, c.old_full) -> k.name)
+                                    FROM unnest(c.key_cols) AS k(name)) END AS pk,
+                       CASE WHEN c.op = 'INSERT' THEN NULL
+                            WHEN cardinality(c.key_cols) = 1
+                            THEN jsonb_build_object(c.key_cols[1], c.old_full -> c.key_cols[1])
+                            ELSE (SELECT jsonb_object_agg(k.name, c.old_full -> k.name)
+                                    FROM unnest(c.key_cols) AS k(name)) END AS old_key
+                  FROM carried AS c
+                  LEFT JOIN LATERAL (
                        SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}') AS changed,
-                              coalesce(jsonb_object_agg(e.key, w.old_row -> e.key), '{}')
+                              coalesce(jsonb_object_agg(e.key, c.old_row -> e.key), '{}')
                                   AS old_values
-                         FROM jsonb_each(CASE WHEN h.op = 'UPDATE' THEN w.new_row END) AS e
-                        WHERE e.value IS DISTINCT FROM w.old_row -> e.key) AS d
-                 CROSS JOIN LATERAL (
-                       SELECT CASE WHEN h.by_function THEN coalesce((h.j ->> 2)::text[], '{}')
-                                   WHEN coalesce(f.new_full, f.old_full) ->> h.owner IS NULL
-                                   THEN '{}'::text[]
-                                   ELSE ARRAY[coalesce(f.new_full, f.old_full) ->> h.owner]
-                              END AS who,
-                              CASE WHEN h.op <> 'UPDATE' THEN NULL
-                                   WHEN h.by_function THEN nullif(coalesce((h.j ->> 3)::text[], '{}'),
-                                                                  coalesce((h.j ->> 2)::text[], '{}'))
-                                   WHEN f.new_full ->> h.owner IS NOT DISTINCT FROM
-                                        f.old_full ->> h.owner THEN NULL
-                                   WHEN f.old_full ->> h.owner IS NULL THEN '{}'::text[]
-                                   ELSE ARRAY[f.old_full ->> h.owner] END AS old_who) AS a
-                 CROSS JOIN LATERAL (
-                       SELECT CASE WHEN cardinality(h.key_cols) = 1
-                                   THEN jsonb_build_object(h.key_cols[1],
-                                            coalesce(f.new_full, f.old_full) -> h.key_cols[1])
-                                   ELSE (SELECT jsonb_object_agg(c.name,
-                                                    coalesce(f.new_full, f.old_full) -> c.name)
-                                           FROM unnest(h.key_cols) AS c(name)) END AS pk,
-                              CASE WHEN h.op = 'INSERT' THEN NULL
-                                   WHEN cardinality(h.key_cols) = 1
-                                   THEN jsonb_build_object(h.key_cols[1], f.old_full -> h.key_cols[1])
-                                   ELSE (SELECT jsonb_object_agg(c.name, f.old_full -> c.name)
-                                           FROM unnest(h.key_cols) AS c(name)) END AS old_key) AS k
-                 CROSS JOIN LATERAL (
-                       SELECT CASE WHEN h.op = 'DELETE' THEN w.old_row ELSE w.new_row END AS carried,
-                              f.key_only OR coalesce(greatest(
-                                  pg_column_size(CASE WHEN h.op = 'DELETE' THEN w.old_row
-                                                      ELSE w.new_row END),
-                                  pg_column_size(CASE WHEN h.op = 'UPDATE' THEN d.old_values END))
-                                  > max_bytes, false) AS cut) AS c
-                 WHERE h.j IS NOT NULL
-                   AND NOT (h.op = 'UPDATE' AND NOT f.key_only AND d.changed = '{}'
-                            AND a.old_who IS NULL)
+                         FROM jsonb_each(c.new_row) AS e
+                        WHERE e.value IS DISTINCT FROM c.old_row -> e.key) AS d
+                    ON c.op = 'UPDATE' AND NOT c.key_only
             ), events AS (
-                SELECT s.id, s.table_schema, s.table_name, s.op, s.pk, s.old_key, s.row_data,
-                       s.changed, s.audience, s.truncated, s.old_values, s.old_audience,
+                SELECT s.id, s.table_schema, s.table_name, s.op, s.pk, s.old_key,
+                       CASE WHEN NOT s.cut THEN s.row_data END AS row_data, s.changed,
+                       s.audience, s.cut AS truncated,
+                       CASE WHEN NOT s.cut THEN s.old_values END AS old_values, s.old_audience,
                        s.captured_at, s.writer_xid
-                  FROM shaped AS s
+                  FROM (SELECT x.*, x.key_only OR coalesce(greatest(pg_column_size(x.row_data),
+                                       pg_column_size(x.old_values)) > max_bytes, false) AS cut
+                          FROM described AS x
+                         WHERE NOT (x.op = 'UPDATE' AND NOT x.key_only AND x.changed = '{}'
+                                    AND x.old_audience IS NULL)) AS s
                  UNION ALL  -- written before version 6, or a heartbeat: shaped already
                 SELECT t.id, t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data,
                        t.changed, t.audience, t.truncated, t.old_values, t.old_audience,
