@@ -266,9 +266,10 @@ BEGIN
     END IF;
     BEGIN
         handed := json_build_array(row_to_json(NEW), row_to_json(OLD), who::text, old_who::text);
-        -- What jsonb refuses can only come from a json column's text (an escaped \u0000 or lone
-        -- surrogate) or a value past jsonb's size limit: only then is the cast tried here.
-        IF strpos(handed, '\u') > 0 OR octet_length(handed) > 67108864 THEN
+        -- What jsonb refuses in JSON text comes from a json column's text (an escaped \u0000
+        -- or lone surrogate): only then is the cast tried here. (A row past jsonb's size limit,
+        -- hundreds of MB, is cut to its key by the sequencer: relay._salvage.)
+        IF strpos(handed, '\u') > 0 THEN
             PERFORM handed::jsonb;  -- raises for a row the sequencer could not take
         END IF;
     EXCEPTION WHEN OTHERS THEN
@@ -304,10 +305,14 @@ BEGIN
     END;
     handed := set_config('relay.captured', handed, true);
 
-    IF (CASE WHEN TG_NARGS > 6 THEN TG_ARGV[6] = 't'
-             ELSE (SELECT s.notify FROM relay.settings AS s) END) THEN
-        -- Constant payload: Postgres folds these into one per transaction, and no row can
-        -- ever fail to commit because of NOTIFY's 8000-byte limit.
+    -- Constant payload: Postgres folds these into one per transaction, and no row can ever fail
+    -- to commit because of NOTIFY's 8000-byte limit. (Two plain tests: an expression holding a
+    -- query costs a full executor run per row.)
+    IF TG_NARGS > 6 THEN
+        IF TG_ARGV[6] = 't' THEN
+            PERFORM pg_notify('relay_inbox', '');
+        END IF;
+    ELSIF (SELECT s.notify FROM relay.settings AS s) THEN  -- a trigger attached before version 6
         PERFORM pg_notify('relay_inbox', '');
     END IF;
     RETURN NULL;
@@ -335,16 +340,41 @@ BEGIN
 END
 $append$;
 
--- A captured hand-over (relay.capture) as jsonb, or NULL for text that is not one (no event):
--- the slow path of the sequencer's cast, taken row by row only for a batch the plain cast
--- failed. relay.capture hands over only what jsonb accepts, so this meets only text put into
--- relay.captured while relay_capture was disabled (by the table's owner).
-CREATE OR REPLACE FUNCTION relay._salvage(captured text) RETURNS jsonb
+-- A captured hand-over (relay.capture) as jsonb: the slow path of the sequencer's cast, taken
+-- row by row only for a batch the plain cast failed. relay.capture hands over only JSON text
+-- jsonb accepts, apart from a row past jsonb's size limit (hundreds of MB): that one keeps its
+-- key and owner columns (key_cols) alone, flagged key only. NULL, no event, for text that is no
+-- hand-over at all: only text put into relay.captured while relay_capture was disabled (by the
+-- table's owner) can be.
+CREATE OR REPLACE FUNCTION relay._salvage(captured text, key_cols text[]) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $salvage$
+DECLARE
+    handed json;
+    event  jsonb;
 BEGIN
-    RETURN CASE WHEN jsonb_typeof(captured::jsonb) = 'array' THEN captured::jsonb END;
+    BEGIN
+        event := captured::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        handed := captured::json;  -- valid JSON jsonb refused: the key alone
+        event := jsonb_build_array(
+            CASE WHEN json_typeof(handed -> 0) = 'object' THEN
+                (SELECT jsonb_object_agg(e.key, e.value::jsonb) FROM json_each(handed -> 0) AS e
+                  WHERE e.key = ANY (key_cols)) END,
+            CASE WHEN json_typeof(handed -> 1) = 'object' THEN
+                (SELECT jsonb_object_agg(e.key, e.value::jsonb) FROM json_each(handed -> 1) AS e
+                  WHERE e.key = ANY (key_cols)) END,
+            handed ->> 2, handed ->> 3, true);
+    END;
+    -- Only the shape relay.capture hands over goes on: the sequencer's statement reads it so.
+    IF jsonb_typeof(event) <> 'array'
+       OR coalesce(jsonb_typeof(event -> 0), 'null') NOT IN ('object', 'null')
+       OR coalesce(jsonb_typeof(event -> 1), 'null') NOT IN ('object', 'null') THEN
+        RETURN NULL;
+    END IF;
+    PERFORM (event ->> 2)::text[], (event ->> 3)::text[], (event ->> 4)::boolean;
+    RETURN event;
 EXCEPTION WHEN OTHERS THEN
-    RETURN NULL;
+    RETURN NULL;  -- no hand-over at all
 END
 $salvage$;
 
@@ -424,7 +454,8 @@ BEGIN
                   FROM taken AS t
                   JOIN tables AS tb ON tb.tbl = t.tbl
                  CROSS JOIN LATERAL (
-                       SELECT CASE WHEN salvage THEN relay._salvage(t.captured)
+                       SELECT CASE WHEN salvage
+                                   THEN relay._salvage(t.captured, tb.key_cols || tb.owner)
                                    ELSE t.captured::jsonb END AS j
                        OFFSET 0) AS p
                  WHERE t.captured IS NOT NULL AND p.j IS NOT NULL
