@@ -9,7 +9,9 @@
 -- schema; only the relay's own code runs with its rights (docs/operations.md, section 2).
 --
 -- Design, in short (docs/operations.md has the long form):
---   * a row trigger on each tracked table appends to relay.inbox (unsequenced); it rings
+--   * a row trigger on each tracked table appends the row as it is (JSON text) to relay.inbox
+--     (unsequenced), with only what needs the writer (the conversion with its rights, the
+--     audience function); the sequencer shapes the events from it, a batch at a time; it rings
 --     NOTIFY relay_inbox (an empty payload: a doorbell, never the data) only with notify on,
 --     off by default: the relay's sequencer polls the inbox instead;
 --   * one sequencer at a time (relay.sequence_batch, serialised on relay.head's row lock;

@@ -403,5 +403,7 @@ def test_handover_that_is_not_json_is_dropped_and_the_batch_moves_on(relay_db: s
             (1, {"id": 1}, ["u1"], False),
             (2, {"id": 9}, ["u9"], True),
             (3, {"id": 7}, ["u3"], False),
-        ] == conn.execute("SELECT pos, pk, audience, truncated FROM relay.log ORDER BY pos").fetchall()
+        ] == conn.execute(
+            "SELECT pos, pk, audience, truncated FROM relay.log ORDER BY pos"
+        ).fetchall()
         assert (0,) == conn.execute("SELECT count(*) FROM relay.inbox").fetchone()
