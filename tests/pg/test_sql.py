@@ -531,6 +531,41 @@ def test_upgrade_from_version_3_switches_the_writers_doorbell_off(empty_db: str)
         assert (True,) == conn.execute("SELECT notify FROM relay.settings").fetchone()
 
 
+def test_upgrade_from_version_5_moves_events_captured_before_it_unchanged(empty_db: str) -> None:
+    """Installing over version 5 keeps log, positions, epoch and tracking; the events its
+    triggers left in the inbox are moved as they were captured, in order with those the new
+    triggers hand over, and both kinds come out alike."""
+    with connect(empty_db) as conn:
+        conn.execute((FIXTURES / "install-v5.sql").read_text())
+        conn.execute(example_path().read_text())
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        sequence_all(conn)
+        conn.execute("UPDATE thumbnails SET title = 'before', user_id = 'u2'")  # in flight
+        epoch = conn.execute("SELECT epoch FROM relay.settings").fetchone()
+
+        conn.execute(install_script())
+
+        assert (epoch[0] if epoch else None, SCHEMA_VERSION) == conn.execute(
+            "SELECT epoch, schema_version FROM relay.settings"
+        ).fetchone()
+        assert (0,) == conn.execute(
+            "SELECT count(*) FROM relay.inbox WHERE captured IS NOT NULL"
+        ).fetchone()
+        conn.execute("UPDATE thumbnails SET title = 'after', user_id = 'u3'")
+        assert 2 == sequence_all(conn)
+        events = conn.execute(
+            "SELECT pos, op, row_data ->> 'title', changed, old_values, audience, old_audience"
+            " FROM relay.log ORDER BY pos"
+        ).fetchall()
+        assert [
+            (1, "INSERT", "", None, None, ["u1"], None),
+            (2, "UPDATE", "before", ["title", "user_id"], {"title": "", "user_id": "u1"},
+             ["u2"], ["u1"]),
+            (3, "UPDATE", "after", ["title", "user_id"], {"title": "before", "user_id": "u2"},
+             ["u3"], ["u2"]),
+        ] == events  # fmt: skip
+
+
 def test_heartbeat_travels_the_event_path_to_nobody(relay_db: str) -> None:
     """relay.heartbeat() rings the inbox doorbell with notify on and lands in the log with an
     empty audience."""
@@ -605,15 +640,18 @@ SELECT relay.configure(max_row_bytes => 65536);
 
 
 def captured_by(dsn: str, script: str) -> list[tuple[Any, ...]]:
-    """The inbox rows EQUIVALENCE_WORKLOAD leaves behind with the given install script."""
+    """The events EQUIVALENCE_WORKLOAD logs with the given install script, each statement
+    sequenced before the next (as the relay does, within milliseconds)."""
     with connect(dsn) as conn:
         conn.execute(uninstall_script())
         conn.execute(script)
         conn.execute(EQUIVALENCE_TABLES)
-        conn.execute(EQUIVALENCE_WORKLOAD)
+        for statement in EQUIVALENCE_WORKLOAD.strip().splitlines():
+            conn.execute(statement)
+            sequence_all(conn)
         return conn.execute(
             "SELECT table_name, op, pk, old_key, row_data, changed, audience, truncated"
-            " FROM relay.inbox ORDER BY id"
+            " FROM relay.log WHERE op <> 'HEARTBEAT' ORDER BY pos"
         ).fetchall()
 
 
@@ -671,6 +709,7 @@ def test_renamed_whitelisted_column_stays_carried_under_its_new_name(relay_db: s
     after the table is attached again; relay.tracked names it anew once it is."""
     with connect(relay_db) as conn:
         conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        assert 1 == sequence_all(conn)
         conn.execute("ALTER TABLE thumbnails RENAME COLUMN title TO caption")
         conn.execute("ALTER TABLE thumbnails RENAME COLUMN created_at TO made_at")
         conn.execute("UPDATE thumbnails SET caption = 'a', share_click_count = 1")
@@ -678,7 +717,7 @@ def test_renamed_whitelisted_column_stays_carried_under_its_new_name(relay_db: s
         conn.execute(install_script())  # re-attaches every tracked table
         conn.execute("UPDATE thumbnails SET caption = 'b'")
         conn.execute("DELETE FROM thumbnails")
-        assert 4 == sequence_all(conn)
+        assert 3 == sequence_all(conn)
         row = {"id": 1, "user_id": "u1", "project_id": "p1", "share_click_count": 1}
         assert [
             ("INSERT", {**row, "title": "", "share_click_count": 0}, None, None),
@@ -714,21 +753,30 @@ def test_several_changed_columns_are_listed_once_in_name_order(relay_db: str) ->
         ).fetchone()
 
 
-def test_trigger_names_the_columns_the_whitelist_leaves_out(relay_db: str) -> None:
-    """relay_capture's fifth argument lists the columns outside the whitelist; without one it is empty."""
-    with connect(relay_db) as conn:
-        args = dict(
-            conn.execute(
-                "SELECT tgrelid::regclass::text, encode(tgargs, 'escape') FROM pg_trigger"
-                " WHERE tgname = 'relay_capture'"
-            ).fetchall()
-        )
-        assert args["thumbnails"].split("\\000")[4] == "{created_at}"
-        assert args["generations"].split("\\000")[4] == ""
+def test_trigger_carries_the_notify_setting_and_configure_reattaches(relay_db: str) -> None:
+    """relay_capture's seventh argument is the notify setting; relay.configure re-attaches every
+    tracked table when it changes, and a write then rings relay_inbox."""
+
+    def notify_args(conn: psycopg.Connection[Any]) -> set[str]:
+        rows = conn.execute(
+            "SELECT encode(tgargs, 'escape') FROM pg_trigger WHERE tgname = 'relay_capture'"
+        ).fetchall()
+        return {args.split("\\000")[6] for (args,) in rows}
+
+    with connect(relay_db) as conn, connect(relay_db) as listener:
+        assert {"f"} == notify_args(conn)
+        conn.execute("SELECT relay.configure(notify => true)")
+        assert {"t"} == notify_args(conn)
+        listener.execute("LISTEN relay_inbox")
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        assert ["relay_inbox"] == [n.channel for n in listener.notifies(timeout=5, stop_after=1)]
+        conn.execute("SELECT relay.configure(max_row_bytes => 100)")  # notify unchanged
+        assert {"t"} == notify_args(conn)
 
 
-def test_capture_with_version_1_arguments_applies_the_whitelist_by_name(relay_db: str) -> None:
-    """A trigger still carrying version 1's four arguments captures the same event, the slow way."""
+def test_capture_with_version_1_arguments_is_shaped_by_the_tracking_row(relay_db: str) -> None:
+    """A trigger still carrying version 1's four arguments captures the same events as one
+    attached now: the sequencer shapes them by relay.tracked."""
     with connect(relay_db) as conn:
         conn.execute(
             """
@@ -737,14 +785,30 @@ def test_capture_with_version_1_arguments_applies_the_whitelist_by_name(relay_db
               FOR EACH ROW EXECUTE FUNCTION relay.capture('user_id', '', '{id,title}', '{id}');
             INSERT INTO thumbnails (user_id, project_id, title) VALUES ('u1', 'p1', 'cat');
             UPDATE thumbnails SET project_id = 'p2';
+            UPDATE thumbnails SET created_at = now();
             UPDATE thumbnails SET title = 'dog';
             """
         )
         sequence_all(conn)
+        row = {"id": 1, "user_id": "u1", "project_id": "p1", "share_click_count": 0, "title": "cat"}
         assert [
-            ("INSERT", {"id": 1, "title": "cat"}, None),
-            ("UPDATE", {"id": 1, "title": "dog"}, ["title"]),
+            ("INSERT", row, None),
+            ("UPDATE", {**row, "project_id": "p2"}, ["project_id"]),
+            ("UPDATE", {**row, "project_id": "p2", "title": "dog"}, ["title"]),
         ] == conn.execute("SELECT op, row_data, changed FROM relay.log ORDER BY pos").fetchall()
+
+
+def test_column_renamed_before_its_write_is_sequenced_is_left_out(relay_db: str) -> None:
+    """An event written before a whitelisted column's rename and sequenced after it leaves that
+    column out (its events are shaped by the tracking of now), and carries no other column."""
+    with connect(relay_db) as conn:
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        conn.execute("ALTER TABLE thumbnails RENAME COLUMN title TO caption")
+        conn.execute("ALTER TABLE thumbnails RENAME COLUMN created_at TO title")
+        assert 1 == sequence_all(conn)
+        assert [({"id": 1, "user_id": "u1", "project_id": "p1", "share_click_count": 0},)] == (
+            conn.execute("SELECT row_data FROM relay.log").fetchall()
+        )
 
 
 def test_example_schema_is_installable_over_itself(relay_db: str) -> None:
