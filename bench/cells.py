@@ -84,6 +84,7 @@ def latency_cell(runs: list[LatencyRun]) -> dict[str, float]:
         "others": max(r.others for r in runs),
         "kept": all(r.kept_rate for r in runs),
         "cpu_us": median([r.server_cpu / r.committed * 1e6 for r in runs if r.committed]),
+        "pg_us": median([r.postgres_cpu / r.committed * 1e6 for r in runs if r.committed]),
     }
 
 

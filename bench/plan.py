@@ -17,6 +17,10 @@ __all__ = [
     "MARK_END",
     "MARK_START",
     "PATH_SEGMENTS",
+    "PG_BACKGROUND",
+    "PG_OWN",
+    "PG_PARTS",
+    "PG_WRITERS",
     "QUICK",
     "SECTIONS",
     "FanoutRun",
@@ -50,6 +54,15 @@ PATH_SEGMENTS = (
     "sequenced → sequencer's commit",
     "sequencer's commit → client",
 )
+# The PostgreSQL server's CPU during a latency run, by part (bench/measure.py): the writers'
+# backends (the load generator's: they exit when it finishes, so the postmaster's reaped-children
+# time), the stack's own live connections (the relay's sequencer, reader and others; the peer's
+# listener), and the rest (postmaster, walwriter, checkpointer, I/O workers, autovacuum). The
+# other stack's backends, idle meanwhile, are left out.
+PG_WRITERS = "writers' backends"
+PG_OWN = "the stack's connections"
+PG_BACKGROUND = "background"
+PG_PARTS = (PG_WRITERS, PG_OWN, PG_BACKGROUND)
 BATCHES = "sequencer transactions"  # path entry: (per second, rows each)
 FANOUT_RATE = 20.0  # events/s to the one user of the fan-out runs
 FANOUT_USER = "fan0"  # the load generator's user 0 with prefix "fan"
@@ -157,6 +170,8 @@ class LatencyRun:
     commit_p99: float
     others: float
     server_cpu: float  # seconds of the server process's CPU during the run
+    # Seconds of the whole PostgreSQL server's CPU during the run, by part (PG_PARTS).
+    postgres: dict[str, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list, repr=False)
     # The relay's path, segment -> (p50, p99) seconds: see Bench.path_segments.
     path: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -164,6 +179,11 @@ class LatencyRun:
     @property
     def lost(self) -> int:
         return self.committed - self.distinct
+
+    @property
+    def postgres_cpu(self) -> float:
+        """Seconds of the PostgreSQL server's CPU for this run's stack (nan: not measured)."""
+        return sum(self.postgres.values()) if self.postgres else float("nan")
 
 
 @dataclass
