@@ -16,6 +16,7 @@ from bench.cells import (
     median,
     stack_label,
     sustained_best,
+    sustained_exact,
 )
 from bench.compare import latency_side_by_side, postgres_parts, sustained_steps
 from bench.findings import profile_section, targets
@@ -175,7 +176,7 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
         "commit rate of single-row transactions: see *The limits*). The search climbs while a "
         "step passes and stops at the first failure (from a failed first step it goes down "
         "until one passes); each step is one run, and the next starts once the previous one's "
-        "backlog is through.",
+        "backlog is through. `≥` marks a search that ended on a pass: a lower bound.",
         "",
         "| stack | users = connections | highest sustained | p99 there (ms) |",
         "|---|---:|---:|---:|",
@@ -184,9 +185,10 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
         stack = stacks[key]
         for users, steps in sorted(stack.sustained.items()):
             best, run = sustained_best(steps)
+            bound = "" if sustained_exact(steps) else "≥ "
             out.append(
                 f"| {stack_label(key)} | {users:,} | "
-                f"{'none passed' if run is None else f'≥ {best:,.0f}'} | "
+                f"{'none passed' if run is None else f'{bound}{best:,.0f}'} | "
                 f"{'n/a' if run is None else fmt_ms(run.p99)} |"
             )
     out.append("")

@@ -309,7 +309,7 @@ def _sustained(relay: StackResult, peer: StackResult) -> str:
         f"{fmt_n(needed)} of pgrelay. pgrelay: {_first_failure(steps)}. The peer: "
         f"{_first_failure(theirs)}. Where the writers fell behind, PostgreSQL's CPU per event is "
         "what limits the rate on these two cores (the Postgres CPU note above says where it "
-        "goes); where delivery fell behind, the relay process's."
+        "goes); where delivery fell behind, the server process's."
     )
 
 
