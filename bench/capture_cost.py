@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.regions import CAPTURE_REGION, replace_region
 from relay.demo.pgserver import SERVER_USER, PgServer
 from relay.ops.datafiles import install_script
 
@@ -177,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         "--case", action="append", help="only the cases whose name contains this (repeatable)"
     )
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument(
+        "--region",
+        type=Path,
+        help="also write it into this Markdown file's capture-cost region (BENCHMARKS.md)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not on the PATH", file=sys.stderr)
@@ -192,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(text)
     if args.out is not None:
         args.out.write_text(text)
+    if args.region is not None:
+        command = "python -m bench.capture_cost" + (
+            f" --baseline {args.baseline.name}" if args.baseline is not None else ""
+        )
+        region = CAPTURE_REGION.wrap(f"`{command}`, instructions per transaction:\n\n{text}")
+        replace_region(args.region, region, CAPTURE_REGION.start, CAPTURE_REGION.end)
     return 0
 
 
