@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bench import regions
 from bench.cells import (
     fanout_cell,
     fanout_max,
@@ -473,13 +474,5 @@ def history_section(results: Results) -> list[str]:
 
 
 def replace_region(path: Path, region: str) -> None:
-    """Writes the region between the markers, re-reading the file just before: the rest of
-    it belongs to others and may have changed while the benchmark ran."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(MARK_START)
-    end = text.find(MARK_END)
-    if start != -1 and end != -1 and end > start:
-        new = text[:start] + region + text[end + len(MARK_END) :]
-    else:
-        new = text.rstrip("\n") + ("\n\n" if text else "") + region + "\n"
-    path.write_text(new)
+    """Writes the relay benchmark's region (bench/regions.py)."""
+    regions.replace_region(path, region, MARK_START, MARK_END)

@@ -167,10 +167,12 @@ BEGIN
         -- set-based, a batch at a time: whitelist, key, old key, changed columns and their old
         -- values, an owner column's audiences, max_row_bytes (relay._shape). captured is that
         -- hand-over (a JSON array, as text: see relay.capture); tbl names the table for its
-        -- tracking row. Rows written before this version carry the shaped event as before
-        -- (captured NULL) and are moved as they are.
+        -- tracking row (and its schema and name: a captured row carries neither, 128 bytes of
+        -- the writer's WAL less). Rows written before this version carry the shaped event as
+        -- before (captured NULL) and are moved as they are.
         ALTER TABLE relay.inbox ADD COLUMN tbl oid, ADD COLUMN captured text,
-            ALTER COLUMN pk DROP NOT NULL, ALTER COLUMN audience DROP NOT NULL;
+            ALTER COLUMN pk DROP NOT NULL, ALTER COLUMN audience DROP NOT NULL,
+            ALTER COLUMN table_schema DROP NOT NULL, ALTER COLUMN table_name DROP NOT NULL;
     END IF;
 END
 $migrate$;
@@ -336,8 +338,7 @@ BEGIN
         RETURN NULL;  -- relay_capture found nothing to carry
     END IF;
     cleared := set_config('relay.captured', '', true);
-    INSERT INTO relay.inbox (tbl, table_schema, table_name, op, captured)
-    VALUES (TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, handed);
+    INSERT INTO relay.inbox (tbl, op, captured) VALUES (TG_RELID, TG_OP, handed);
     RETURN NULL;
 END
 $append$;
@@ -380,7 +381,9 @@ EXCEPTION WHEN OTHERS THEN
 END
 $salvage$;
 
--- Moves committed inbox rows into the log. Returns how many it moved.
+-- Moves committed inbox rows into the log. Returns how many inbox rows it took (at most
+-- max_rows: as many means more may wait), each now an event or, when it changed nothing an
+-- event carries, nothing.
 -- Positions are numbered from relay.head under its row lock, so two sequencers can never
 -- interleave; what one batch cannot see yet (uncommitted) a later batch moves, higher up.
 -- A batch that moved rows rings relay_log once, with the new head as the payload, so readers
@@ -407,7 +410,8 @@ CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) R
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $sequence$
 DECLARE
     head_pos  bigint;
-    moved     bigint;
+    took      bigint;  -- inbox rows taken
+    moved     bigint;  -- events logged: fewer when an UPDATE changed nothing carried
     commit_ts boolean := current_setting('track_commit_timestamp') = 'on';
     max_bytes integer;
     salvage   boolean := false;
@@ -429,12 +433,15 @@ BEGIN
                                           ORDER BY b.id LIMIT max_rows))
                 RETURNING i.*, i.xmin AS writer_xid
             ), tables AS MATERIALIZED (  -- each table of the batch once, tracked as it is now
-                SELECT tr.tbl, tr.pk_columns::text[] AS key_cols,
+                SELECT tr.tbl, n.nspname AS table_schema, c.relname AS table_name,
+                       tr.pk_columns::text[] AS key_cols,
                        tr.owner_column::text AS owner, tr.audience IS NOT NULL AS by_function,
                        CASE WHEN tr.columns IS NOT NULL THEN coalesce(cur.whitelist, '{}') END
                            AS whitelist,
                        coalesce(cur.left_out, '{}') AS left_out
                   FROM relay.tracked AS tr
+                  JOIN pg_class AS c ON c.oid = tr.tbl
+                  JOIN pg_namespace AS n ON n.oid = c.relnamespace
                  CROSS JOIN LATERAL (
                        SELECT array_agg(a.attname::text) FILTER (WHERE w.carried) AS whitelist,
                               array_agg(a.attname::text) FILTER (WHERE NOT w.carried) AS left_out
@@ -447,7 +454,7 @@ BEGIN
                        ) AS cur
                  WHERE tr.tbl IN (SELECT t.tbl FROM taken AS t)
             ), handed AS MATERIALIZED (  -- the hand-over parsed once
-                SELECT t.id, t.table_schema, t.table_name, t.op, t.captured_at, t.writer_xid,
+                SELECT t.id, tb.table_schema, tb.table_name, t.op, t.captured_at, t.writer_xid,
                        tb.key_cols, tb.owner, tb.by_function, tb.whitelist, tb.left_out,
                        nullif(p.j -> 0, 'null') AS new_full, nullif(p.j -> 1, 'null') AS old_full,
                        coalesce((p.j ->> 2)::text[], '{}') AS given_who,
@@ -529,18 +536,23 @@ BEGIN
                        t.captured_at, t.writer_xid
                   FROM taken AS t
                  WHERE t.captured IS NULL
+            ), logged AS (
+                INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data,
+                                       changed, audience, truncated, old_values, old_audience,
+                                       captured_at, committed_at)
+                SELECT head_pos + row_number() OVER (ORDER BY e.id),
+                       e.table_schema, e.table_name, e.op, e.pk, e.old_key, e.row_data,
+                       e.changed, e.audience, e.truncated, e.old_values, e.old_audience,
+                       e.captured_at,
+                       -- Exact with track_commit_timestamp = on; else the capture time, a lower
+                       -- bound.
+                       coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(e.writer_xid)
+                                END, e.captured_at)
+                  FROM events AS e
+                RETURNING 1
             )
-            INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data,
-                                   changed, audience, truncated, old_values, old_audience,
-                                   captured_at, committed_at)
-            SELECT head_pos + row_number() OVER (ORDER BY e.id),
-                   e.table_schema, e.table_name, e.op, e.pk, e.old_key, e.row_data, e.changed,
-                   e.audience, e.truncated, e.old_values, e.old_audience, e.captured_at,
-                   -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
-                   coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(e.writer_xid) END,
-                            e.captured_at)
-              FROM events AS e;
-            GET DIAGNOSTICS moved = ROW_COUNT;
+            SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM logged)
+              INTO took, moved;
             EXIT;
         EXCEPTION WHEN OTHERS THEN
             IF salvage OR SQLSTATE LIKE '40%' OR SQLSTATE = '57014' THEN
@@ -554,7 +566,7 @@ BEGIN
         UPDATE relay.head SET pos = head_pos + moved;
         PERFORM pg_notify('relay_log', (head_pos + moved)::text);
     END IF;
-    RETURN moved;
+    RETURN took;
 END
 $sequence$;
 

@@ -221,7 +221,8 @@ async def try_sequencer_lock(conn: AsyncConn) -> bool:
 
 
 async def sequence_batch(conn: AsyncConn, batch: int) -> int:
-    """Moves up to ``batch`` committed inbox rows into the log; returns how many it moved."""
+    """Moves up to ``batch`` committed inbox rows into the log; returns how many it took (each
+    became an event, or none for an UPDATE that changed nothing an event carries)."""
     row = await (await conn.execute("SELECT relay.sequence_batch(%s)", (batch,))).fetchone()
     assert row is not None
     return int(row[0])

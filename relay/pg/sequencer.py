@@ -106,11 +106,11 @@ class Sequencer:
         pacer = PollPacer(self.batch_window, self.poll_interval)
         while True:
             started = anyio.current_time()
-            moved = await self._timed(sequence_batch(conn, self.batch))
+            taken = await self._timed(sequence_batch(conn, self.batch))
             await self._maybe_prune(conn)
             # The window runs from the start of the look: what committed while the batch was
             # sequenced is already waiting. A full batch waits not at all.
-            wait = pacer.after(moved, self.batch) - (anyio.current_time() - started)
+            wait = pacer.after(taken, self.batch) - (anyio.current_time() - started)
             if wait <= 0:
                 continue
             # With notify on (relay.configure), a writer's doorbell ends the wait early; without

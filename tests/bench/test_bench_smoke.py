@@ -6,9 +6,11 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from bench.regions import CAPTURE_REGION, WRITE_REGION
 from tests.support.paths import FIXTURES, REPO
 
 pytestmark = pytest.mark.pg
@@ -41,11 +43,15 @@ def assert_every_cell(report: str) -> None:
     assert "Target (from the issue): tracked, notify off" in report
 
 
-def test_quick_benchmark_prints_a_row_for_every_cell() -> None:
-    """`--quick` exits 0 with pgbench as the load and a throughput and a CPU row for each of the 8 cells."""
-    report = quick_run()
+def test_quick_benchmark_prints_a_row_for_every_cell(tmp_path: Path) -> None:
+    """`--quick` exits 0 with pgbench as the load and a throughput and a CPU row for each of the
+    8 cells, and writes the same report into the write-bench region of `--region`'s file."""
+    target = tmp_path / "BENCHMARKS.md"
+    target.write_text("# Benchmarks\n\nprose\n")
+    report = quick_run("--region", str(target))
     assert_every_cell(report)
     assert "- Workload: pgbench (the server's own), `-M prepared`" in report
+    assert f"# Benchmarks\n\nprose\n\n{WRITE_REGION.wrap(report)}\n" == target.read_text()
 
 
 def test_quick_benchmark_with_python_writers() -> None:
@@ -56,12 +62,14 @@ def test_quick_benchmark_with_python_writers() -> None:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_capture_cost_counts_instructions_against_a_baseline() -> None:
+def test_capture_cost_counts_instructions_against_a_baseline(tmp_path: Path) -> None:
     """`bench.capture_cost` exits 0 with one row per chosen case: both scripts' counts and their
-    difference (the untracked UPDATE costs the same under both)."""
+    difference (the untracked UPDATE costs the same under both), also written, with its
+    command, into the capture-cost region of `--region`'s file."""
+    target = tmp_path / "BENCHMARKS.md"
     result = subprocess.run(
         [sys.executable, "-m", "bench.capture_cost", "--case", "untracked",
-         "--baseline", str(FIXTURES / "install-v3.sql")],
+         "--baseline", str(FIXTURES / "install-v3.sql"), "--region", str(target)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert 0 == result.returncode, result.stderr[-3000:]
@@ -69,3 +77,8 @@ def test_capture_cost_counts_instructions_against_a_baseline() -> None:
     assert "| case | install-v3.sql | sql/install.sql | difference |" == lines[0]
     assert re.fullmatch(r"\| untracked UPDATE \| ([\d,]+) k \| \1 k \| [+-]0 k \|", lines[2])
     assert 3 == len(lines)
+    command = "`python -m bench.capture_cost --baseline install-v3.sql`"
+    assert (
+        CAPTURE_REGION.wrap(f"{command}, instructions per transaction:\n\n{result.stdout}") + "\n"
+        == target.read_text()
+    )
