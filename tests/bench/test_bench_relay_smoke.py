@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -46,7 +47,9 @@ def test_quick_relay_benchmark_reports_every_section(tmp_path: Path) -> None:
     ) in text
     row = next(line for line in text.splitlines() if line.startswith("| 100 | 1,000 | durable"))
     postgres = row.split(" | ")[6]
-    assert re.fullmatch(r"\d[\d,]* / \d[\d,]* \([\d.]+x\)", postgres), row
+    # The peer runs only where `make bench` installed its packages (the bench extra).
+    peer = r"\d[\d,]* \([\d.]+x\)" if importlib.util.find_spec("broadcaster") else "n/a"
+    assert re.fullmatch(rf"\d[\d,]* / {peer}", postgres), row
     assert "| users | events/s | writers' backends | the stack's connections | background |" in text
     assert "| users | events/s | pgrelay | peer | CPU per event (µs), relay process / peer " in text
     # Issue 12's targets, one row each (judged or "not measured" in a quick run).
