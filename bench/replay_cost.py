@@ -100,6 +100,8 @@ INDEXES = {
     " WITH (fastupdate = off)",
     "log_old_audience": "CREATE INDEX log_old_audience ON relay.log USING gin (old_audience)"
     " WHERE old_audience IS NOT NULL",
+    "log_old_audience_direct": "CREATE INDEX log_old_audience_direct ON relay.log"
+    " USING gin (old_audience) WITH (fastupdate = off) WHERE old_audience IS NOT NULL",
     "log_audience_one": "CREATE INDEX log_audience_one ON relay.log ((audience[1]), pos)"
     " WHERE cardinality(audience) = 1",
     "log_audience_many": "CREATE INDEX log_audience_many ON relay.log USING gin (audience)"
@@ -128,8 +130,8 @@ class Layout:
 LAYOUTS = (
     Layout("GIN on audience, fastupdate on (schema v5)",
            ("log_audience", "log_old_audience", "log_sequenced_at"), GIN_MATCH),
-    Layout("GIN on audience, fastupdate off",
-           ("log_audience_direct", "log_old_audience", "log_sequenced_at"), GIN_MATCH),
+    Layout("GINs with fastupdate off, no index on sequenced_at (schema v7)",
+           ("log_audience_direct", "log_old_audience_direct"), GIN_MATCH),
     Layout("no audience index (primary key range, filtered)", ("log_sequenced_at",), GIN_MATCH),
     Layout("btree on the one owner, GIN on shared rows only",
            ("log_audience_one", "log_audience_many", "log_old_audience"), ONE_MATCH),
@@ -143,7 +145,9 @@ WRITE_SETS = (
     ("+ btree on the one owner", ("log_audience_one",)),
     ("+ GIN on shared rows only, fastupdate on (amortized)", ("log_audience_many",)),
     ("+ partial GIN on old_audience (amortized)", ("log_old_audience",)),
-    ("schema v5: sequenced_at, GIN audience, GIN old_audience", LAYOUTS[0].indexes),
+    ("+ partial GIN on old_audience, fastupdate off", ("log_old_audience_direct",)),
+    ("schema v5: sequenced_at, GINs on audience and old_audience", LAYOUTS[0].indexes),
+    ("schema v7: GINs on audience and old_audience, fastupdate off", LAYOUTS[1].indexes),
     ("one-owner layout: btree owner, GIN shared, GIN old_audience", LAYOUTS[3].indexes),
 )  # fmt: skip
 
