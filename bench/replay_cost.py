@@ -17,7 +17,8 @@ rolled back, so all layouts read the same rows, and rounds alternate the layouts
 * The write cost, exact: instructions per sequenced row of relay.sequence_batch, index by index,
   in a single-user backend under cachegrind (bench/cachegrind.py), on a log of 200,000 rows.
 
-    python -m bench.replay_cost [--hours H] [--rate R] [--rounds N] [--no-write] [--out FILE]
+    python -m bench.replay_cost [--hours H] [--rate R] [--rounds N] [--quick] [--no-read]
+                                [--no-sequencer] [--no-write] [--out FILE]
 
 Needs valgrind for the write cost. Writes Markdown to stdout (and to --out), progress to stderr.
 """
@@ -53,7 +54,8 @@ KEYS = (USER, "role:authenticated")  # what a signed-in connection is reached by
 PAGE = 500  # the relay's default page (replay_batch, queue_max_messages / 2)
 OFFLINE = (("1 min", 60), ("1 h", 3600), ("24 h", 86400))
 LIVE = 60_000  # events sequenced through the inbox after the bulk load
-BATCH, BATCHES = 100, 3000  # rows per timed relay.sequence_batch, batches per layout
+BATCH, BATCHES = 100, 3000  # rows per timed batch, batches per layout
+QUICK = {"hours": 0.02, "live": 2_000, "batches": 50, "rounds": 1}  # --quick: a smoke run
 WRITE_LOG, SMALL, LARGE = 200_000, 20, 120  # cachegrind: log rows, sequence_batch(100) calls
 CHUNK = 1_000_000
 
@@ -265,8 +267,8 @@ def _write_costs(rate: float) -> dict[str, float]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sequencer(dsn: str, first: int) -> dict[str, list[float]]:
-    """Layout -> wall times of BATCHES batch inserts into the log, BATCH rows each, as
+def _sequencer(dsn: str, first: int, batches: int) -> dict[str, list[float]]:
+    """Layout -> wall times of ``batches`` batch inserts into the log, BATCH rows each, as
     relay.sequence_batch inserts them; each layout in a transaction rolled back, from a vacuumed
     log (every GIN's pending list empty). Not through the inbox: in one open transaction each
     batch would walk past every inbox row the earlier ones deleted."""
@@ -278,7 +280,7 @@ def _sequencer(dsn: str, first: int) -> dict[str, list[float]]:
             with conn.transaction(force_rollback=True):
                 for statement in _drops(layout.indexes):
                     conn.execute(statement)
-                for low in range(first, first + BATCHES * BATCH, BATCH):
+                for low in range(first, first + batches * BATCH, BATCH):
                     params = {"first": low, "last": low + BATCH - 1, "start": datetime.now(UTC),
                               "step": timedelta(0)}  # fmt: skip
                     began = time.perf_counter()
@@ -293,7 +295,7 @@ def _ms(seconds: float) -> str:
 
 
 def _render_reads(facts: list[str], replays: dict[tuple[str, str], list[Run]],
-                  sequencer: dict[str, list[float]]) -> str:  # fmt: skip
+                  sequencer: dict[str, list[float]], batches: int) -> str:  # fmt: skip
     lines = [*facts, "", "Replay for one user (every table), first page / whole catch-up, ms"
              " (median; pages, rows):", "",
              "| layout | " + " | ".join(f"{label} offline" for label, _ in OFFLINE) + " |",
@@ -309,7 +311,7 @@ def _render_reads(facts: list[str], replays: dict[tuple[str, str], list[Run]],
     if sequencer:
         lines += [
             "",
-            f"The sequencer's INSERT into the log, {BATCH} rows a batch, {BATCHES:,} batches,"
+            f"The sequencer's INSERT into the log, {BATCH} rows a batch, {batches:,} batches,"
             " wall time, ms:",
             "",
             "| layout | p50 | p99 | max | batches over 10 x p50 |",
@@ -334,7 +336,7 @@ def _render_writes(writes: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_side(hours: float, rate: float, rounds: int, timings: bool) -> str:
+def _read_side(rate: float, *, hours: float, rounds: int, live: int, batches: int) -> str:
     """Builds the big log and measures replays (and the sequencer's batches): Markdown."""
     rows = int(hours * 3600 * rate)
     load = os.getloadavg()[0]
@@ -346,7 +348,7 @@ def _read_side(hours: float, rate: float, rounds: int, timings: bool) -> str:
             dsn = server.dsn()
             _build(dsn, rows, rate)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                _sequence(conn, rows + 1, LIVE)
+                _sequence(conn, rows + 1, live)
                 conn.execute("ANALYZE relay.log")
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
                 pending = conn.execute(
@@ -362,21 +364,21 @@ def _read_side(hours: float, rate: float, rounds: int, timings: bool) -> str:
                     "SELECT count(*) FROM relay.log WHERE audience && %s OR old_audience && %s",
                     (list(KEYS), list(KEYS)),
                 ).fetchone()
-            head = rows + LIVE
+            head = rows + live
             _note("replays")
             replays = anyio.run(_replays, dsn, head, rate, rounds)
-            sequencer = _sequencer(dsn, head + 1) if timings else {}
+            sequencer = _sequencer(dsn, head + 1, batches) if batches else {}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     assert pending is not None and mine is not None
     facts = [
-        f"Log: {head:,} rows ({hours:g} h at {rate:g} events/s, then {LIVE:,} sequenced"
+        f"Log: {head:,} rows ({hours:g} h at {rate:g} events/s, then {live:,} sequenced"
         f" through the inbox), {USERS:,} users; {MIX}. {USER} is in the audience of {mine[0]:,}"
         f" of them. The GIN on audience held {pending[0]:,} pending rows ({pending[1]} pages)"
         f" when read. Sizes, MB: " + ", ".join(f"{name} {size}" for name, size in sizes) + ".",
         f"Load average (1 min): {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end.",
     ]
-    return _render_reads(facts, replays, sequencer)
+    return _render_reads(facts, replays, sequencer, batches)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,14 +389,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-read", action="store_true", help="skip replays and batch timings")
     parser.add_argument("--no-sequencer", action="store_true", help="skip the batch timings")
     parser.add_argument("--no-write", action="store_true", help="skip the cachegrind counts")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: a small log, 1 round")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args(argv)
+    scale = QUICK if args.quick else {"hours": args.hours, "live": LIVE, "batches": BATCHES,
+                                      "rounds": args.rounds}  # fmt: skip
+    if args.no_sequencer:
+        scale["batches"] = 0
     if not args.no_write and shutil.which("valgrind") is None:
         print("valgrind is not on the PATH (or pass --no-write)", file=sys.stderr)
         return 2
     parts = []
     if not args.no_read:
-        parts.append(_read_side(args.hours, args.rate, args.rounds, not args.no_sequencer))
+        parts.append(
+            _read_side(args.rate, hours=float(scale["hours"]), rounds=int(scale["rounds"]),
+                       live=int(scale["live"]), batches=int(scale["batches"]))
+        )  # fmt: skip
         sys.stdout.write(parts[-1])
         sys.stdout.flush()
     if not args.no_write:

@@ -174,6 +174,20 @@ BEGIN
             ALTER COLUMN pk DROP NOT NULL, ALTER COLUMN audience DROP NOT NULL,
             ALTER COLUMN table_schema DROP NOT NULL, ALTER COLUMN table_name DROP NOT NULL;
     END IF;
+
+    IF current_version < 7 THEN
+        -- Replays find one user's events through the GIN on audience (a move-out through the
+        -- partial one on old_audience), now updated in place: a row costs the sequencer as many
+        -- instructions as through the pending list, every replay query no longer scans up to
+        -- 4 MB of pending entries, and no batch pays for moving thousands of rows' entries in at
+        -- once (BENCHMARKS.md, "Replays: finding one user's events"). What is pending moves in
+        -- now. relay.prune bisects the primary key: the index on sequenced_at goes.
+        ALTER INDEX relay.log_audience SET (fastupdate = off);
+        ALTER INDEX relay.log_old_audience SET (fastupdate = off);
+        PERFORM gin_clean_pending_list('relay.log_audience'),
+                gin_clean_pending_list('relay.log_old_audience');
+        DROP INDEX relay.log_sequenced_at;
+    END IF;
 END
 $migrate$;
 
@@ -822,6 +836,6 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 6, upgraded_at = now() WHERE schema_version < 6;
+UPDATE relay.settings SET schema_version = 7, upgraded_at = now() WHERE schema_version < 7;
 
 COMMIT;
