@@ -18,7 +18,7 @@ rolled back, so all layouts read the same rows, and rounds alternate the layouts
   in a single-user backend under cachegrind (bench/cachegrind.py), on a log of 200,000 rows.
 
     python -m bench.replay_cost [--hours H] [--rate R] [--rounds N] [--quick] [--no-read]
-                                [--no-sequencer] [--no-write] [--out FILE]
+                                [--no-sequencer] [--no-write] [--out FILE] [--region FILE]
 
 Needs valgrind for the write cost. Writes Markdown to stdout (and to --out), progress to stderr.
 """
@@ -40,6 +40,7 @@ import anyio
 import psycopg
 
 from bench.cachegrind import instructions, per_unit, scratch_folder
+from bench.regions import REPLAY_REGION, replace_region
 from relay.demo.pgserver import PgServer
 from relay.ops.datafiles import install_script
 from relay.pg.replay_query import fetch_replay
@@ -391,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="skip the cachegrind counts")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a small log, 1 round")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument(
+        "--region", type=Path, help="also write it into this file's replay-cost region"
+    )
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else {"hours": args.hours, "live": LIVE, "batches": BATCHES,
                                       "rounds": args.rounds}  # fmt: skip
@@ -412,6 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(parts[-1])
     if args.out is not None:
         args.out.write_text("".join(parts))
+    if args.region is not None:
+        changed = {
+            name: value
+            for name, value in vars(args).items()
+            if name not in ("out", "region") and value != parser.get_default(name)
+        }
+        flags = [f"--{name.replace('_', '-')}" + ("" if value is True else f" {value:g}")
+                 for name, value in changed.items()]  # fmt: skip
+        body = f"`{' '.join(['python -m bench.replay_cost', *flags])}`:\n\n" + "".join(parts)
+        replace_region(args.region, REPLAY_REGION.wrap(body), REPLAY_REGION.start,
+                       REPLAY_REGION.end)  # fmt: skip
     return 0
 
 

@@ -82,3 +82,20 @@ def test_capture_cost_counts_instructions_against_a_baseline(tmp_path: Path) -> 
         CAPTURE_REGION.wrap(f"{command}, instructions per transaction:\n\n{result.stdout}") + "\n"
         == target.read_text()
     )
+
+
+def test_replay_cost_quick_prints_every_layout_and_horizon() -> None:
+    """`bench.replay_cost --quick --no-write` exits 0 with, for each index layout, a first-page and
+    catch-up time at 1 min, 1 h and 24 h offline, and its sequencer batch times."""
+    from bench.replay_cost import LAYOUTS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.replay_cost", "--quick", "--no-write"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr[-3000:]
+    cell = r" [\d,.]+ / [\d,.]+ \(\d+; \d+\) \|"
+    for layout in LAYOUTS:
+        name = re.escape(layout.name)
+        assert re.search(rf"^\| {name} \|{cell * 3}$", result.stdout, re.M), layout.name
+        assert re.search(rf"^\| {name} \|( [\d,.]+ \|){{3}} \d+ \|$", result.stdout, re.M)
