@@ -3,10 +3,11 @@
 Each case is a one-row write transaction of one kind (an UPDATE of a carried column, an owner
 hand-over, an INSERT, ...). A single-user backend (``postgres --single``, no client, no other
 process) runs it 200 times and 1,200 times under valgrind's cachegrind, each time from a copy of
-the same data folder; the difference divided by 1,000 is the count per transaction, start-up
-and shut-down cancelled out. An instruction count is exact: the neighbours of a shared machine
-cannot disturb it, where they swing throughput by a factor of 3 (BENCHMARKS.md). It says nothing
-about waits (fsync, locks, NOTIFY): bench/write_overhead.py measures those.
+the same data folder (bench/cachegrind.py); the difference divided by 1,000 is the count per
+transaction, start-up and shut-down cancelled out. An instruction count is exact: the neighbours
+of a shared machine cannot disturb it, where they swing throughput by a factor of 3
+(BENCHMARKS.md). It says nothing about waits (fsync, locks, NOTIFY): bench/write_overhead.py
+measures those.
 
     python -m bench.capture_cost [--baseline FILE] [--case WORDS ...] [--wal] [--out FILE]
 
@@ -22,10 +23,7 @@ say) and prints both side by side. Needs valgrind on the PATH. Writes Markdown t
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -33,8 +31,9 @@ from pathlib import Path
 
 import psycopg
 
+from bench.cachegrind import instructions, per_unit, scratch_folder
 from bench.regions import CAPTURE_REGION, replace_region
-from relay.demo.pgserver import SERVER_USER, PgServer
+from relay.demo.pgserver import PgServer
 from relay.ops.datafiles import install_script
 
 __all__ = ["CASES", "Case", "main", "measure", "measure_wal"]
@@ -118,26 +117,9 @@ def prepare(folder: Path, script: str) -> PgServer:
     return server
 
 
-def _instructions(server: PgServer, case: Case, count: int, scratch: Path) -> int:
-    """Instructions a single-user backend executes for ``count`` transactions of the case."""
-    data = scratch / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    subprocess.run(["cp", "-a", str(server.pgdata), str(data)], check=True)
-    workload = "\n".join(
-        case.sql.format(i=i, row=i % ROWS + 1) + ";" for i in range(count)
-    )  # one statement, one transaction, per line
-    argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-            str(server.bindir / "postgres"), "--single", "-D", str(data), "-c", "fsync=off",
-            "bench"]  # fmt: skip
-    user = {"user": SERVER_USER, "group": SERVER_USER} if os.geteuid() == 0 else {}
-    result = subprocess.run(
-        argv, input=workload + "\n", capture_output=True, text=True, check=False, **user
-    )  # type: ignore[call-overload]
-    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
-    if result.returncode != 0 or found is None or "ERROR" in result.stdout + result.stderr:
-        raise RuntimeError(f"{case.name}: the backend failed:\n{result.stderr[-3000:]}")
-    return int(found.group(1).replace(",", ""))
+def _workload(case: Case, count: int) -> str:
+    """``count`` transactions of the case: one statement, one transaction, per line."""
+    return "\n".join(case.sql.format(i=i, row=i % ROWS + 1) + ";" for i in range(count))
 
 
 def measure(script: str, cases: tuple[Case, ...]) -> dict[str, float]:
@@ -146,15 +128,14 @@ def measure(script: str, cases: tuple[Case, ...]) -> dict[str, float]:
     try:
         folder.chmod(0o755)
         server = prepare(folder / "pg", script)
-        scratch = folder / "scratch"
-        scratch.mkdir()
-        if os.geteuid() == 0:  # the backend runs as the server's user
-            shutil.chown(scratch, SERVER_USER, SERVER_USER)
+        scratch = scratch_folder(folder)
         per_transaction: dict[str, float] = {}
         for case in cases:
-            small = _instructions(server, case, SMALL, scratch)
-            large = _instructions(server, case, LARGE, scratch)
-            per_transaction[case.name] = (large - small) / (LARGE - SMALL)
+
+            def count(n: int, case: Case = case) -> int:
+                return instructions(server, "bench", _workload(case, n), scratch, case.name)
+
+            per_transaction[case.name] = per_unit(count, SMALL, LARGE)
             print(f"{case.name}: {per_transaction[case.name] / 1000:.0f} k", file=sys.stderr)
         return per_transaction
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CAPTURE_REGION", "WRITE_REGION", "Region", "replace_region"]
+__all__ = ["CAPTURE_REGION", "REPLAY_REGION", "WRITE_REGION", "Region", "replace_region"]
 
 
 class Region:
@@ -22,6 +22,7 @@ class Region:
 
 WRITE_REGION = Region("write-bench")
 CAPTURE_REGION = Region("capture-cost")
+REPLAY_REGION = Region("replay-cost")
 
 
 def replace_region(path: Path, region: str, start: str, end: str) -> None:

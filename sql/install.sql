@@ -174,6 +174,20 @@ BEGIN
             ALTER COLUMN pk DROP NOT NULL, ALTER COLUMN audience DROP NOT NULL,
             ALTER COLUMN table_schema DROP NOT NULL, ALTER COLUMN table_name DROP NOT NULL;
     END IF;
+
+    IF current_version < 7 THEN
+        -- Replays find one user's events through the GIN on audience (a move-out through the
+        -- partial one on old_audience), now updated in place: a row costs the sequencer as many
+        -- instructions as through the pending list, every replay query no longer scans up to
+        -- 4 MB of pending entries, and no batch pays for moving thousands of rows' entries in at
+        -- once (BENCHMARKS.md, "Replays: finding one user's events"). What is pending moves in
+        -- now. relay.prune bisects the primary key: the index on sequenced_at goes.
+        ALTER INDEX relay.log_audience SET (fastupdate = off);
+        ALTER INDEX relay.log_old_audience SET (fastupdate = off);
+        PERFORM gin_clean_pending_list('relay.log_audience'),
+                gin_clean_pending_list('relay.log_old_audience');
+        DROP INDEX relay.log_sequenced_at;
+    END IF;
 END
 $migrate$;
 
@@ -572,23 +586,41 @@ $sequence$;
 
 -- Deletes log rows sequenced before now() - older_than, at most max_rows per call, oldest
 -- first. Returns how many it deleted; call again while it returns max_rows.
+-- Positions are gap-free and sequenced_at grows with them (one sequencer at a time stamps its
+-- rows), so the rows old enough are a prefix of the log: bisection over the primary key finds
+-- its end in about 17 probes for 100,000 rows, with no index on sequenced_at for the sequencer to
+-- maintain (should the clock step back, rows near the horizon go a little early or late).
 CREATE OR REPLACE FUNCTION relay.prune(older_than interval, max_rows integer DEFAULT 100000)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $prune$
 DECLARE
-    cutoff  bigint;
+    horizon timestamptz := now() - older_than;
+    pruned  bigint;
+    low     bigint;  -- the highest position known old enough (or already pruned)
+    high    bigint;  -- the lowest position known too young (or past the bound)
+    mid     bigint;
+    stamped timestamptz;
     deleted bigint;
 BEGIN
-    SELECT max(pos) INTO cutoff FROM (
-        SELECT pos FROM relay.log
-         WHERE sequenced_at < now() - older_than
-         ORDER BY pos LIMIT max_rows) AS oldest;
-    IF cutoff IS NULL THEN
+    SELECT h.pruned_through, least(h.pos, h.pruned_through + greatest(max_rows, 0)) + 1
+      INTO pruned, high FROM relay.head AS h;
+    low := pruned;
+    WHILE high - low > 1 LOOP
+        mid := low + (high - low) / 2;
+        SELECT l.sequenced_at INTO stamped FROM relay.log AS l
+         WHERE l.pos >= mid ORDER BY l.pos LIMIT 1;
+        IF stamped < horizon THEN
+            low := mid;
+        ELSE
+            high := mid;  -- too young, or no row from here on
+        END IF;
+    END LOOP;
+    IF low = pruned THEN
         RETURN 0;
     END IF;
-    DELETE FROM relay.log WHERE pos <= cutoff;
+    DELETE FROM relay.log WHERE pos > pruned AND pos <= low;
     GET DIAGNOSTICS deleted = ROW_COUNT;
-    UPDATE relay.head SET pruned_through = greatest(pruned_through, cutoff);
+    UPDATE relay.head SET pruned_through = greatest(pruned_through, low);
     RETURN deleted;
 END
 $prune$;
@@ -804,6 +836,6 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 6, upgraded_at = now() WHERE schema_version < 6;
+UPDATE relay.settings SET schema_version = 7, upgraded_at = now() WHERE schema_version < 7;
 
 COMMIT;

@@ -49,7 +49,7 @@ __all__ = [
     "write_heartbeat",
 ]
 
-SCHEMA_VERSION: Final = 6  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 7  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"

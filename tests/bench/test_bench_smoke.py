@@ -82,3 +82,35 @@ def test_capture_cost_counts_instructions_against_a_baseline(tmp_path: Path) -> 
         CAPTURE_REGION.wrap(f"{command}, instructions per transaction:\n\n{result.stdout}") + "\n"
         == target.read_text()
     )
+
+
+def test_replay_cost_quick_prints_every_layout_and_horizon() -> None:
+    """`bench.replay_cost --quick --no-write` exits 0 with, for each index layout, a first-page and
+    catch-up time at 1 min, 1 h and 24 h offline, and its sequencer batch times."""
+    from bench.replay_cost import LAYOUTS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.replay_cost", "--quick", "--no-write"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr[-3000:]
+    cell = r" [\d,.]+ / [\d,.]+ \(\d+; \d+\) \|"
+    for layout in LAYOUTS:
+        name = re.escape(layout.name)
+        assert re.search(rf"^\| {name} \|{cell * 3}$", result.stdout, re.M), layout.name
+        assert re.search(rf"^\| {name} \|( [\d,.]+ \|){{3}} \d+ \|$", result.stdout, re.M)
+
+
+def test_heartbeat_cost_prints_per_hour_counts() -> None:
+    """`bench.heartbeat_cost --replicas 2` exits 0 with 720 heartbeat rows an hour per replica at
+    5 s, every replica reading every heartbeat (2 x 720 x 2 reads), and WAL bytes per heartbeat."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.heartbeat_cost", "--replicas", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr[-3000:]
+    assert "| log rows | 720 | 1,440 |" in result.stdout
+    assert "| log reads (every replica reads every heartbeat) | 1,440 | 2,880 |" in result.stdout
+    assert re.search(
+        r"^\| WAL \| [\d.]+ MB \([\d,]+ bytes each\) \| [\d.]+ MB \|$", result.stdout, re.M
+    )

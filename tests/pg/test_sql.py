@@ -38,10 +38,12 @@ def log_rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
 
 
 def catalog_fingerprint(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """Every object of the relay schema with its definition, and every trigger it attached."""
+    """Every object of the relay schema with its definition (an index's with its options), and
+    every trigger it attached."""
     return conn.execute(
         """
-        SELECT 'rel', c.relname, c.relkind::text, NULL FROM pg_class c
+        SELECT 'rel', c.relname, c.relkind::text,
+               CASE WHEN c.relkind = 'i' THEN pg_get_indexdef(c.oid) END FROM pg_class c
          WHERE c.relnamespace = 'relay'::regnamespace
         UNION ALL
         SELECT 'fn', p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc FROM pg_proc p
@@ -324,6 +326,37 @@ def test_prune_deletes_old_rows_and_records_the_horizon(relay_db: str) -> None:
         assert (5, 3) == conn.execute("SELECT pos, pruned_through FROM relay.head").fetchone()
 
 
+def test_prune_bisects_to_the_end_of_the_expired_prefix(relay_db: str) -> None:
+    """prune deletes exactly the rows sequenced before the horizon, found by bisection over the
+    positions (each age boundary from 0 to 40 of 40 rows), at most max_rows a call."""
+    with connect(relay_db) as conn:
+        conn.execute(
+            "INSERT INTO generations (user_id, project_id) SELECT 'u1', g::text"
+            " FROM generate_series(1, 40) AS g"
+        )
+        assert 40 == sequence_all(conn)
+        for expired in range(41):
+            with conn.transaction(force_rollback=True):
+                conn.execute(
+                    "UPDATE relay.log SET sequenced_at = now() - (100 - pos) * interval '1 hour'"
+                    " - CASE WHEN pos <= %s THEN interval '1000 hours' ELSE interval '0' END",
+                    (expired,),
+                )  # older the lower the position; the first `expired` ones past 200 h
+                calls = []
+                while deleted := conn.execute(
+                    "SELECT relay.prune(interval '200 hours', 7)"
+                ).fetchone()[0]:  # type: ignore[index]
+                    calls.append(deleted)
+                assert sum(calls) == expired and all(n <= 7 for n in calls)
+                assert [7] * (expired // 7) == calls[: expired // 7]
+                assert (40, expired) == conn.execute(
+                    "SELECT pos, pruned_through FROM relay.head"
+                ).fetchone()
+                assert list(range(expired + 1, 41)) == [
+                    pos for (pos,) in conn.execute("SELECT pos FROM relay.log ORDER BY pos")
+                ]
+
+
 def test_long_open_transaction_does_not_hold_back_other_events(relay_db: str) -> None:
     """A transaction open for 10 s delays only its own event; others are sequenced meanwhile."""
     with connect(relay_db) as slow, connect(relay_db) as fast:
@@ -499,6 +532,52 @@ def test_upgrade_from_version_1_keeps_data_epoch_and_tracking(empty_db: str) -> 
         # Apart from the epoch, an upgraded install is the same as a fresh one.
         strip = [row for row in fresh if row[0] != "settings"]
         assert strip == [row for row in catalog_fingerprint(conn) if row[0] != "settings"]
+
+
+def test_upgrade_from_version_5_moves_pending_entries_in_and_drops_the_sequenced_at_index(
+    empty_db: str,
+) -> None:
+    """Installing over version 5 keeps log, positions and epoch, turns fastupdate off on both GINs
+    with nothing left pending, drops log_sequenced_at, and prunes and replays as before."""
+    with connect(empty_db) as conn:
+        conn.execute((FIXTURES / "install-v5.sql").read_text())
+        conn.execute(example_path().read_text())
+        conn.execute(
+            "INSERT INTO thumbnails (user_id, project_id) SELECT 'u' || g % 3, 'p' || g"
+            " FROM generate_series(1, 30) AS g"
+        )
+        assert 30 == sequence_all(conn)
+        before = conn.execute("SELECT epoch, schema_version FROM relay.settings").fetchone()
+        assert before is not None and 5 == before[1]
+        pending = "SELECT n_pending_tuples FROM gin_metapage_info(get_raw_page(%s, 0))"
+        conn.execute("CREATE EXTENSION pageinspect")
+        assert (
+            conn.execute("SELECT count(*) FROM relay.log").fetchone()
+            == conn.execute(pending, ("relay.log_audience",)).fetchone()
+        )  # every row's entries are pending
+        conn.execute("UPDATE relay.log SET sequenced_at = now() - interval '2 days' WHERE pos <= 4")
+
+        conn.execute(install_script())
+
+        assert (before[0], SCHEMA_VERSION) == conn.execute(
+            "SELECT epoch, schema_version FROM relay.settings"
+        ).fetchone()
+        assert [(0,), (0,)] == [
+            conn.execute(pending, (index,)).fetchone()
+            for index in ("relay.log_audience", "relay.log_old_audience")
+        ]
+        assert [
+            ("log_audience", ["fastupdate=off"]),
+            ("log_old_audience", ["fastupdate=off"]),
+            ("log_pkey", None),
+        ] == conn.execute(
+            "SELECT relname::text, reloptions FROM pg_class WHERE relkind = 'i'"
+            " AND relnamespace = 'relay'::regnamespace AND relname LIKE 'log%' ORDER BY 1"
+        ).fetchall()
+        assert (4,) == conn.execute("SELECT relay.prune(interval '1 day')").fetchone()
+        assert [(pos,) for pos in range(7, 29, 3)] == conn.execute(
+            "SELECT pos FROM relay.log WHERE audience && ARRAY['u1'] ORDER BY pos"
+        ).fetchall()
 
 
 def test_upgrade_from_version_3_switches_the_writers_doorbell_off(empty_db: str) -> None:
