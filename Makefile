@@ -41,6 +41,8 @@ bench: $(STAMP)
 			--region BENCHMARKS.md; \
 	else echo "valgrind not found: bench.capture_cost (instructions per write) skipped"; fi
 	$(BIN)/python -m bench.write_overhead --region BENCHMARKS.md
+	$(BIN)/python -m bench.replay_cost --region BENCHMARKS.md \
+		$$(command -v valgrind >/dev/null 2>&1 || echo --no-write)
 	$(BIN)/python -m bench.relay_bench --out BENCHMARKS.md
 
 # Refreshes docs/demo.png, the README's picture, from the Chromium end-to-end test.
