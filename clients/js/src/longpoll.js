@@ -9,7 +9,7 @@
 
 import { backoffDelay } from './backoff.js';
 import { RelayError } from './errors.js';
-import { pollRequest } from './subscriptions.js';
+import { handReset, pollRequest } from './subscriptions.js';
 
 /** The relay holds a long-poll at most this long (seconds). */
 export const MAX_POLL_WAIT_S = 25;
@@ -18,7 +18,7 @@ const QUICK_POLL_MS = 1000; // an empty answer faster than this waits this long 
 /**
  * The long-poll loops of one client. `deps`: url, fetch, subs (id -> record), wait (seconds),
  * timer, backoffOptions, random, now, call, report, tokens (tokenCache), closed(), setState,
- * waitingState, answered() (a poll was answered), deliverEvent, deliverReset, endSubscription,
+ * waitingState, answered() (a poll was answered), deliverEvent, endSubscription,
  * unavailable(error) (the relay serves no long-polling: the loops are to stop, for websockets).
  */
 export function longPoller(deps) {
@@ -115,7 +115,7 @@ export function longPoller(deps) {
       update();
       const events = Array.isArray(body.events) ? body.events : [];
       if (body.reset) {
-        deps.deliverReset(sub, body.reset.reason, body.cursor);
+        handReset(sub, body.reset.reason, body.cursor, call);
         if (!loop.confirmed && !loop.stopped) {
           call(sub.handlers.onSubscribed, { cursor: body.cursor });
         }

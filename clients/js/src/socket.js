@@ -121,7 +121,6 @@ export function createSocketClient(options) {
       everLive = true;
     },
     deliverEvent,
-    deliverReset: (sub, reason, cursor) => handReset(sub, reason, cursor, call),
     endSubscription,
     unavailable: (error) => {
       pollUnsupported = true;
