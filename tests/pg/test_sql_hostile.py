@@ -17,8 +17,8 @@ from psycopg import sql
 
 from relay.ops.datafiles import install_script
 from relay.pg.queries import SCHEMA_VERSION
-from tests.pg.test_sql import connect, sequence_all
 from tests.support.paths import FIXTURES
+from tests.support.relaylog import connect, sequence_all
 
 pytestmark = pytest.mark.pg
 
