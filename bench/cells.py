@@ -6,10 +6,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
-from bench.plan import FanoutRun, LatencyRun, Results, StackResult
+from bench.plan import BATCHES, PATH_SEGMENTS, FanoutRun, LatencyRun, Results, StackResult
 
 __all__ = [
+    "batches",
+    "cell_of",
+    "fan_of",
     "fanout_cell",
     "fanout_max",
     "fmt_f",
@@ -21,8 +25,12 @@ __all__ = [
     "latency_cell",
     "latency_summary",
     "median",
+    "profile_self",
+    "profile_share",
+    "segment",
     "stack_label",
     "sustained_best",
+    "sustained_exact",
 ]
 
 
@@ -56,8 +64,9 @@ def fmt_pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value * 100:.0f} %"
 
 
-def fmt_status(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
+def fmt_status(ok: bool | None) -> str:
+    """Met, not met, or not measured (None: the run has no figure that decides it)."""
+    return "**not measured**" if ok is None else "**met**" if ok else "**not met**"
 
 
 def stack_label(key: str) -> str:
@@ -85,6 +94,7 @@ def latency_cell(runs: list[LatencyRun]) -> dict[str, float]:
         "others": max(r.others for r in runs),
         "kept": all(r.kept_rate for r in runs),
         "cpu_us": median([r.server_cpu / r.committed * 1e6 for r in runs if r.committed]),
+        "pg_us": median([r.postgres_cpu / r.committed * 1e6 for r in runs if r.committed]),
     }
 
 
@@ -108,6 +118,13 @@ def sustained_best(steps: list[tuple[int, LatencyRun, bool]]) -> tuple[float, La
     return float(rate), run
 
 
+def sustained_exact(steps: list[tuple[int, LatencyRun, bool]]) -> bool:
+    """Whether the highest step passed is the stack's limit on the ladder (a step above it
+    failed), not only a lower bound (the search ran out of steps while passing)."""
+    best, _ = sustained_best(steps)
+    return not math.isnan(best) and any(not ok and rate > best for rate, _, ok in steps)
+
+
 def fanout_max(stack: StackResult) -> tuple[float, int]:
     best, at = float("nan"), 0
     for conns, runs in stack.fanout.items():
@@ -115,6 +132,44 @@ def fanout_max(stack: StackResult) -> tuple[float, int]:
         if math.isnan(best) or rate > best:
             best, at = rate, conns
     return best, at
+
+
+def cell_of(stack: StackResult, rate: int, users: int) -> dict[str, float]:
+    """One latency cell folded (latency_cell), or {} when the run has no such cell."""
+    runs = stack.latency.get((rate, users))
+    return latency_cell(runs) if runs else {}
+
+
+def segment(stack: StackResult, rate: int, users: int, index: int) -> tuple[float, float]:
+    """One step of the relay's path (PATH_SEGMENTS[index]) in a cell: median p50 and p99."""
+    name = PATH_SEGMENTS[index]
+    runs = [r for r in stack.latency.get((rate, users), []) if name in r.path]
+    return median([r.path[name][0] for r in runs]), median([r.path[name][1] for r in runs])
+
+
+def batches(stack: StackResult, rate: int, users: int) -> tuple[float, float]:
+    """The sequencer's transactions per second and log rows each in a cell (medians)."""
+    runs = [r for r in stack.latency.get((rate, users), []) if BATCHES in r.path]
+    return median([r.path[BATCHES][0] for r in runs]), median([r.path[BATCHES][1] for r in runs])
+
+
+def fan_of(stack: StackResult, conns: int, key: str) -> float:
+    runs = stack.fanout.get(conns)
+    return float(fanout_cell(runs)[key]) if runs else float("nan")
+
+
+def profile_share(results: Results, profile: str, name: str) -> float:
+    """A function's inclusive share of one profile's samples (nan: not profiled)."""
+    found: Any = results.profile.get(profile, {}).get("inclusive", {}).get(name, float("nan"))
+    return float(found)
+
+
+def profile_self(results: Results, profile: str, name: str) -> float:
+    """A function's own share of one profile's samples, if among the top ones (else nan)."""
+    for function, share in results.profile.get(profile, {}).get("self", []):
+        if function == name:
+            return float(share)
+    return float("nan")
 
 
 def latency_summary(results: Results) -> str:

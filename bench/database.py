@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from bench.plan import PG_BACKGROUND, PG_OWN
 from relay.demo.pgserver import PgServer
 from tests.support.databases import install_example
 
@@ -87,6 +88,32 @@ class Database:
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else "?"
+
+    @property
+    def postmaster(self) -> int:
+        pid = self.server.pid
+        if pid is None:
+            raise RuntimeError("the benchmark's PostgreSQL server is not running")
+        return pid
+
+    def server_parts(self, dbname: str) -> dict[int, str | None]:
+        """The part of the server each listed process works for, seen from a run on ``dbname``
+        (bench/plan.py PG_PARTS): that database's client backends are the stack's own; another
+        database's processes (the idle stack's backends, its autovacuum, this query's own
+        backend) are None, not that stack's cost; the rest is background."""
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid, datname, backend_type FROM pg_stat_activity"
+            ).fetchall()
+        parts: dict[int, str | None] = {}
+        for pid, datname, kind in rows:
+            if datname is not None and datname != dbname:
+                parts[int(pid)] = None
+            elif kind == "client backend":
+                parts[int(pid)] = PG_OWN
+            else:
+                parts[int(pid)] = PG_BACKGROUND
+        return parts
 
     def terminate(self, dbname: str, application_name: str | None = None) -> list[int]:
         """Kills the backends of one database (of one application_name): a lost connection."""

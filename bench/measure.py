@@ -18,6 +18,8 @@ from bench.plan import (
     BATCHES,
     FANOUT_RATE,
     PATH_SEGMENTS,
+    PG_BACKGROUND,
+    PG_WRITERS,
     FanoutRun,
     LatencyRun,
     Plan,
@@ -26,6 +28,7 @@ from bench.plan import (
 )
 from bench.procs import RelayServer, SwarmGroup, log, run_load
 from bench.profile import profiling
+from bench.write_cpu import server_cpu_between, server_snapshot
 from tests.support.processes import cpu_seconds
 from tests.support.stats import percentile_or_nan
 
@@ -67,13 +70,19 @@ class Measure:
         head = self.db.log_head() if path else 0
         cpu = MachineCpu()
         cpu0 = cpu_seconds(server_pid)
+        pg0 = server_snapshot(self.db.postmaster)
         load = run_load(
             dsn, rate=rate, seconds=seconds, users=users, seq_start=self.next_seq(),
             per_commit=per_commit,
         )  # fmt: skip
         stats = swarm.stats(load["committed"], self.plan.drain_timeout, arrivals=path)
         server_cpu = cpu_seconds(server_pid) - cpu0
+        pg1 = server_snapshot(self.db.postmaster)
         others = cpu.others()
+        dbname = str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+        postgres = server_cpu_between(
+            pg0, pg1, self.db.server_parts(dbname), default=PG_BACKGROUND, exited=PG_WRITERS
+        )
         lat = stats["latencies"]
         commit_lat = stats["commit_latencies"]
         return LatencyRun(
@@ -92,6 +101,7 @@ class Measure:
             commit_p99=percentile_or_nan(commit_lat, 0.99),
             others=others,
             server_cpu=server_cpu,
+            postgres=postgres,
             latencies=lat,
             path=self.path_segments(head, stats["arrivals"]) if path else {},
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from bench import regions
 from bench.cells import (
     fanout_cell,
     fanout_max,
@@ -16,7 +17,9 @@ from bench.cells import (
     median,
     stack_label,
     sustained_best,
+    sustained_exact,
 )
+from bench.compare import latency_side_by_side, postgres_parts, sustained_steps
 from bench.findings import profile_section, targets
 from bench.plan import (
     BATCHES,
@@ -125,15 +128,17 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
 
     # -- latency
     out += [SECTIONS[2], ""]
+    out += latency_side_by_side(relay, peer)
     out += [
-        "Milliseconds from the writing statement to the client; `commit→client` is the relay's "
-        "own share (from the event's commit timestamp `ts`, exact with "
-        "`track_commit_timestamp`); the peer's events carry no commit time. `lost` counts "
+        "Every stack's cells in full. Milliseconds from the writing statement to the client; "
+        "`commit→client` is the relay's own share (from the event's commit timestamp `ts`, exact "
+        "with `track_commit_timestamp`); the peer's events carry no commit time. `lost` counts "
         "events committed and never received, over all runs of the cell.",
         "",
         "| stack | events/s | users = connections | payload (B) | commit mode | p50 | p95 "
-        "| p99 | max | commit→client p50 / p99 | lost | server CPU/event (µs) | others |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p99 | max | commit→client p50 / p99 | lost | server CPU/event (µs) "
+        "| Postgres CPU/event (µs) | others |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     latency_keys: list[str] = [k for k in ("relay", "relay-supabase", "peer") if k in stacks]
     for key in latency_keys:
@@ -152,9 +157,11 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
                 f"| {stack_label(key)} | {rate:,}{kept} | {users:,} | {c['payload']:.0f} "
                 f"| {commit_mode(per_commit_for(rate))} | {fmt_ms(c['p50'])} | {fmt_ms(c['p95'])} "
                 f"| {fmt_ms(c['p99'])} | {fmt_ms(c['max'])} | {commit} | {c['lost']:.0f} of "
-                f"{c['committed']:,.0f} | {fmt_n(c['cpu_us'])} | {c['others']:.2f} |"
+                f"{c['committed']:,.0f} | {fmt_n(c['cpu_us'])} | {fmt_n(c['pg_us'])} "
+                f"| {c['others']:.2f} |"
             )
     out += ["", f"The individual runs' p99 in ms (to see the spread): {_runs_p99(stacks)}.", ""]
+    out += postgres_parts(relay, peer)
     out += dialect_cost(stacks)
     out += path_table(relay)
     if "cdf" in plots:
@@ -170,28 +177,23 @@ def render(results: Results, plan: Plan, *, quick: bool, plots: dict[str, Path])
         "commit rate of single-row transactions: see *The limits*). The search climbs while a "
         "step passes and stops at the first failure (from a failed first step it goes down "
         "until one passes); each step is one run, and the next starts once the previous one's "
-        "backlog is through.",
+        "backlog is through. `≥` marks a search that ended on a pass: a lower bound.",
         "",
-        "| stack | users = connections | highest sustained | p99 there (ms) | steps tried |",
-        "|---|---:|---:|---:|---|",
+        "| stack | users = connections | highest sustained | p99 there (ms) |",
+        "|---|---:|---:|---:|",
     ]
     for key in ("relay", "peer"):
         stack = stacks[key]
         for users, steps in sorted(stack.sustained.items()):
             best, run = sustained_best(steps)
-            tried = "; ".join(
-                f"{rate:,}: {'pass' if ok else 'fail'} (p99 {fmt_ms(r.p99)} ms"
-                + (f", lost {r.lost}" if r.lost else "")
-                + ("" if r.kept_rate else f", written {r.rate:,.0f}/s")
-                + ")"
-                for rate, r, ok in steps
-            )
+            bound = "" if sustained_exact(steps) else "≥ "
             out.append(
                 f"| {stack_label(key)} | {users:,} | "
-                f"{'none passed' if run is None else f'≥ {best:,.0f}'} | "
-                f"{'n/a' if run is None else fmt_ms(run.p99)} | {tried} |"
+                f"{'none passed' if run is None else f'{bound}{best:,.0f}'} | "
+                f"{'n/a' if run is None else fmt_ms(run.p99)} |"
             )
     out.append("")
+    out += sustained_steps(relay, peer)
 
     # -- fan-out
     out += [SECTIONS[4], ""]
@@ -396,8 +398,8 @@ def path_table(relay: StackResult) -> list[str]:
         "(`committed_at`: the writer's commit; `sequenced_at`: the sequencer's statement; "
         "`pg_xact_commit_timestamp(xmin)` of the log row: the sequencer's commit) and the "
         "client's clock; ms, p50 / p99 (medians over the runs). The last segment is the relay "
-        "process: the `NOTIFY relay_log` wake-up, reading the log, routing, writing the frame, "
-        "and the client reading it.",
+        "process (learning of the new log rows, routing, writing the frame) and the client "
+        "reading it.",
         "",
         "| events/s | users | " + " | ".join(PATH_SEGMENTS) + " |",
         "|---:|---:|" + "---:|" * len(PATH_SEGMENTS),
@@ -407,8 +409,8 @@ def path_table(relay: StackResult) -> list[str]:
         lines[-2] += " sequencer: transactions/s, rows each |"
         lines[-1] += "---:|"
         lines[0] += (
-            " The last column counts the sequencer's transactions (each one a durable commit "
-            "and a `NOTIFY relay_log`, so one wake-up and one query of the reader)."
+            " The last column counts the sequencer's transactions (each one a durable commit, "
+            "and one batch for the relay to learn of) and the log rows each moved."
         )
     for (rate, users), runs in cells:
         row = []
@@ -472,13 +474,5 @@ def history_section(results: Results) -> list[str]:
 
 
 def replace_region(path: Path, region: str) -> None:
-    """Writes the region between the markers, re-reading the file just before: the rest of
-    it belongs to others and may have changed while the benchmark ran."""
-    text = path.read_text() if path.exists() else ""
-    start = text.find(MARK_START)
-    end = text.find(MARK_END)
-    if start != -1 and end != -1 and end > start:
-        new = text[:start] + region + text[end + len(MARK_END) :]
-    else:
-        new = text.rstrip("\n") + ("\n\n" if text else "") + region + "\n"
-    path.write_text(new)
+    """Writes the relay benchmark's region (bench/regions.py)."""
+    regions.replace_region(path, region, MARK_START, MARK_END)

@@ -1,11 +1,13 @@
-"""CPU accounting of the write-overhead benchmark (Linux): every process of a run by part, from
-the kernel's per-process counters, the postmaster's reaped children, and the machine's busy time."""
+"""CPU accounting of a PostgreSQL server's processes (Linux), from the kernel's per-process
+counters, the postmaster's reaped children, and the machine's busy time: every process of a
+write-overhead run by part (bench/write_overhead.py), and a whole server over a window
+(bench/measure.py: the relay benchmark's Postgres CPU per event)."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,14 @@ import psycopg
 
 from bench.write_plan import CPU_PARTS, SEQUENCER_APP, WRITER_APP
 
-__all__ = ["CpuSnapshot", "cpu_between", "snapshot"]
+__all__ = [
+    "CpuSnapshot",
+    "ServerSnapshot",
+    "cpu_between",
+    "server_cpu_between",
+    "server_snapshot",
+    "snapshot",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -36,6 +45,17 @@ def _reaped_seconds(pid: int) -> float:
     counts every backend that has exited, with all its CPU."""
     fields = _stat_fields(pid)
     return 0.0 if fields is None else (int(fields[13]) + int(fields[14])) / _TICK
+
+
+def _children(parent: int) -> list[int]:
+    """The live processes whose parent is ``parent`` (every /proc entry, its ppid field)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found
 
 
 def _machine_busy() -> float:
@@ -107,3 +127,40 @@ def cpu_between(
     elapsed = max(end.at - start.at, 1e-9)
     others = max(0.0, (end.busy - start.busy - sum(used.values())) / elapsed)
     return used, others
+
+
+@dataclass
+class ServerSnapshot:
+    """One PostgreSQL server's CPU seconds at a moment: the postmaster's and each live child's
+    (backends, walwriter, checkpointer, autovacuum, I/O workers), and its reaped children's."""
+
+    reaped: float
+    processes: dict[int, float]  # pid -> CPU seconds, the postmaster included
+
+
+def server_snapshot(postmaster: int) -> ServerSnapshot:
+    """The whole server's counters now, from /proc alone (no connection: taking the snapshot
+    starts no backend)."""
+    pids = [postmaster, *_children(postmaster)]
+    processes = {pid: cpu for pid in pids if (cpu := _cpu_seconds(pid)) is not None}
+    return ServerSnapshot(reaped=_reaped_seconds(postmaster), processes=processes)
+
+
+def server_cpu_between(
+    start: ServerSnapshot,
+    end: ServerSnapshot,
+    part_of: Mapping[int, str | None],
+    *,
+    default: str,
+    exited: str,
+) -> dict[str, float]:
+    """CPU seconds the server used between two snapshots, by part: a process alive at the end
+    goes to ``part_of[pid]`` (``default`` if absent; skipped if None: another database's
+    backend), counted from zero if it started in between; a process that exited in between is
+    in the postmaster's reaped-children time, ``exited``, whatever it worked for."""
+    used = {exited: end.reaped - start.reaped}
+    for pid, cpu in end.processes.items():
+        part = part_of.get(pid, default)
+        if part is not None:
+            used[part] = used.get(part, 0.0) + cpu - start.processes.get(pid, 0.0)
+    return used

@@ -47,6 +47,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from bench.regions import WRITE_REGION, replace_region
 from bench.write_load import Load, measure_pgbench, measure_python
 from bench.write_plan import (
     BARE,
@@ -315,6 +316,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="load generator: pgbench (default) or Python writer processes",
     )
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
+    parser.add_argument(
+        "--region",
+        type=Path,
+        help="also write it into this Markdown file's write-bench region (BENCHMARKS.md)",
+    )
     speed = parser.add_mutually_exclusive_group()
     speed.add_argument("--short", action="store_true", help="2 s per run")
     speed.add_argument("--quick", action="store_true", help="smoke test: 1 s per run, 1 repeat")
@@ -408,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     if args.out:
         args.out.write_text(report)
+    if args.region:
+        region = WRITE_REGION.wrap(report)
+        replace_region(args.region, region, WRITE_REGION.start, WRITE_REGION.end)
     return 0
 
 

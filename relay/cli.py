@@ -16,8 +16,9 @@ from functools import partial
 import psycopg
 
 from relay.errors import RelayError
-from relay.ops.config import Settings, add_flags, render_env_example, settings_from_args
+from relay.ops.config import Settings, add_flags, settings_from_args
 from relay.ops.datafiles import install_script, uninstall_script
+from relay.ops.envfile import render_env_example
 
 __all__ = ["main"]
 

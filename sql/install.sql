@@ -9,10 +9,12 @@
 -- schema; only the relay's own code runs with its rights (docs/operations.md, section 2).
 --
 -- Design, in short (docs/operations.md has the long form):
---   * a row trigger on each tracked table appends to relay.inbox (unsequenced); it rings
+--   * a row trigger on each tracked table appends the row as it is (JSON text) to relay.inbox
+--     (unsequenced), with only what needs the writer (the conversion with its rights, the
+--     audience function); the sequencer shapes the events from it, a batch at a time; it rings
 --     NOTIFY relay_inbox (an empty payload: a doorbell, never the data) only with notify on,
 --     off by default: the relay's sequencer polls the inbox instead;
---   * one sequencer at a time (relay.sequence_log, serialised on relay.head's row lock;
+--   * one sequencer at a time (relay.sequence_batch, serialised on relay.head's row lock;
 --     the relay elects it with an advisory lock) moves committed inbox rows into relay.log,
 --     numbering them with strictly increasing, gap-free positions, then rings relay_log once
 --     per batch with the new head as the payload;
@@ -158,6 +160,34 @@ BEGIN
         ALTER TABLE relay.settings ALTER COLUMN notify SET DEFAULT false;
         UPDATE relay.settings SET notify = false;
     END IF;
+
+    IF current_version < 6 THEN
+        -- Lean capture: a writer's trigger hands the row as it is (row_to_json, the old row too
+        -- for an UPDATE, and an audience function's answers) and the sequencer shapes the event
+        -- set-based, a batch at a time: whitelist, key, old key, changed columns and their old
+        -- values, an owner column's audiences, max_row_bytes (relay._shape). captured is that
+        -- hand-over (a JSON array, as text: see relay.capture); tbl names the table for its
+        -- tracking row (and its schema and name: a captured row carries neither, 128 bytes of
+        -- the writer's WAL less). Rows written before this version carry the shaped event as
+        -- before (captured NULL) and are moved as they are.
+        ALTER TABLE relay.inbox ADD COLUMN tbl oid, ADD COLUMN captured text,
+            ALTER COLUMN pk DROP NOT NULL, ALTER COLUMN audience DROP NOT NULL,
+            ALTER COLUMN table_schema DROP NOT NULL, ALTER COLUMN table_name DROP NOT NULL;
+    END IF;
+
+    IF current_version < 7 THEN
+        -- Replays find one user's events through the GIN on audience (a move-out through the
+        -- partial one on old_audience), now updated in place: a row costs the sequencer as many
+        -- instructions as through the pending list, every replay query no longer scans up to
+        -- 4 MB of pending entries, and no batch pays for moving thousands of rows' entries in at
+        -- once (BENCHMARKS.md, "Replays: finding one user's events"). What is pending moves in
+        -- now. relay.prune bisects the primary key: the index on sequenced_at goes.
+        ALTER INDEX relay.log_audience SET (fastupdate = off);
+        ALTER INDEX relay.log_old_audience SET (fastupdate = off);
+        PERFORM gin_clean_pending_list('relay.log_audience'),
+                gin_clean_pending_list('relay.log_old_audience');
+        DROP INDEX relay.log_sequenced_at;
+    END IF;
 END
 $migrate$;
 
@@ -193,8 +223,10 @@ $pick$;
 -- The capture trigger. Arguments, fixed by relay._attach:
 --   0 owner column ('' when an audience function is used), 1 audience function oid ('' if none),
 --   2 whitelisted columns as a text[] literal ('' for all), 3 primary key columns (text[] literal),
---   4 with a whitelist, the table's other columns when the trigger was attached (text[] literal),
---   5 with a whitelist, the whitelisted columns' attribute numbers (int2[] literal).
+--   4 unused since version 6 (kept so the arguments of older triggers keep their places),
+--   5 with a whitelist, the whitelisted columns' attribute numbers (int2[] literal),
+--   6 the notify setting when the trigger was attached ('t' or 'f'; relay.configure re-attaches
+--     every tracked table when it changes; a trigger without it reads relay.settings).
 -- Capture is two row triggers on each tracked table, fired in name order for every row:
 --   relay_capture (this function, SECURITY INVOKER) converts the row and runs the audience
 --     function with the writer's rights, never the schema owner's (a column type's cast to json
@@ -207,327 +239,413 @@ $pick$;
 -- no role but the schema owner can attach them to a table of its own: a writer's only way to an
 -- event is a write to a tracked table. Whatever a writer puts into relay.captured before is
 -- overwritten by relay_capture before relay_capture_append reads it.
--- Capture never fails a write that would succeed untracked: a row to_jsonb refuses (json
--- holding \u0000 or a lone surrogate, a value over jsonb's 256 MB limit, a cast that raises) is
--- captured all the same, flagged truncated: with a whitelist the whitelisted columns are tried
--- alone, else (or if they fail too) the event carries the key only, and if even the key cannot
--- be converted its values are null. Errors of the audience function, the application's own
--- code, fail the write as any trigger's would.
--- An UPDATE also carries what the relay needs to tell, per subscriber, a row that stays in view
--- from one that leaves it (a move-out) or enters it (an entry): the old values of the carried
--- columns it changed (old_values; NULL when the values are not carried: truncated) and the old
--- row's audience when it differs from the new one (old_audience; else NULL). An UPDATE that
--- changes no carried column is an event only when it changes the audience.
--- It runs inside every writing transaction, where each distinct expression below is prepared
--- anew and each query starts an executor: so the common paths run one query (the settings; the
--- INSERT is relay_capture_append's) and few expressions. An UPDATE that changes neither a carried
--- column nor the audience returns early. The exception block around to_jsonb costs no
--- transaction id.
+-- Lean (version 6): the writer's transaction does only what needs the writer: the conversion of
+-- the row (row_to_json: each value's text, no jsonb built), and of the old row for an UPDATE,
+-- and the audience function's answers in the writer's snapshot. It hands them over as the text
+-- of one JSON array, [new row, old row, audience, old audience] (JSON null where there is none;
+-- the audiences as text[] literals, only with an audience function), and relay._shape builds the
+-- event from it when the sequencer moves it, a batch at a time: whitelist, key, old key, the
+-- changed columns and their old values, an owner column's audiences, max_row_bytes (see there).
+-- An UPDATE that changes nothing (NEW *= OLD) is no event, and hands nothing over.
+-- Capture never fails a write that would succeed untracked: a row row_to_json refuses (a cast
+-- that raises, a value too large) is handed over all the same, from the slow path below: with a
+-- whitelist the whitelisted columns are tried alone (with the key and owner columns), else (or
+-- if they fail too) the key and owner columns alone, flagged key only (a fifth element, true);
+-- a key that cannot be converted either travels with null values. So is a row whose JSON text
+-- jsonb would refuse (a json column holding \u0000, say): the sequencer never meets one.
+-- Errors of the audience function, the application's own code, fail the write as any
+-- trigger's would. The exception block around the conversion costs no transaction id.
 CREATE OR REPLACE FUNCTION relay.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $capture$
 DECLARE
-    whitelist     text[]  := CASE WHEN TG_ARGV[2] = '' THEN NULL ELSE TG_ARGV[2]::text[] END;
-    new_full      jsonb;  -- NULL for a DELETE
-    old_full      jsonb;  -- NULL for an INSERT
-    unconvertible boolean := false;  -- to_jsonb refused the row
-    key_only      boolean := false;  -- and the event carries the key alone
-    key_cols      text[];
-    owner_cols    text[];
-    left_out      text[];
-    pk_columns    text[];
-    new_row       jsonb;
-    old_row       jsonb;
-    old_values    jsonb;  -- an UPDATE's old values of the changed carried columns
-    key_source    jsonb;
-    row_key       jsonb;
-    old_row_key   jsonb;
-    changed_cols  text[];
-    who           text[];
-    old_who       text[];  -- an UPDATE's old audience, when it differs from the new one
-    ring          boolean;
-    max_row_bytes integer;
-    cut           boolean;
-    handed        text;
-    c             text;
+    handed     text;
+    who        text[];
+    old_who    text[];
+    whitelist  text[];
+    key_cols   text[];
+    new_picked jsonb;
+    old_picked jsonb;
+    key_only   boolean := false;
 BEGIN
+    IF TG_OP = 'UPDATE' AND NEW *= OLD THEN
+        handed := set_config('relay.captured', '', true);  -- nothing changed: no event
+        RETURN NULL;
+    END IF;
+    IF TG_ARGV[1] <> '' THEN
+        -- Both answers of an UPDATE in one statement: each EXECUTE is parsed and planned anew.
+        IF TG_OP = 'UPDATE' THEN
+            EXECUTE format('SELECT %1$s($1), %1$s($2)', TG_ARGV[1]::oid::regproc)
+               INTO who, old_who USING NEW, OLD;
+        ELSIF TG_OP = 'DELETE' THEN
+            EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
+        ELSE
+            EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING NEW;
+        END IF;
+    END IF;
     BEGIN
-        new_full := to_jsonb(NEW);
-        old_full := to_jsonb(OLD);
+        handed := json_build_array(row_to_json(NEW), row_to_json(OLD), who::text, old_who::text);
+        -- What jsonb refuses in JSON text comes from a json column's text (an escaped \u0000
+        -- or lone surrogate): only then is the cast tried here. (A row past jsonb's size limit,
+        -- hundreds of MB, is cut to its key by the sequencer: relay._salvage.)
+        IF strpos(handed, '\u') > 0 THEN
+            PERFORM handed::jsonb;  -- raises for a row the sequencer could not take
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         IF SQLSTATE LIKE '40%' THEN
             RAISE;  -- serialization failure, deadlock: the transaction must see them
         END IF;
-        unconvertible := true;
-    END;
-    IF unconvertible THEN
         -- Slow path (dynamic SQL, only for such rows): the whitelisted columns with the key and
         -- owner columns, or those alone.
         key_cols := TG_ARGV[3]::text[] || CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] END;
-        IF whitelist IS NOT NULL THEN
+        IF TG_ARGV[2] <> '' THEN
+            whitelist := TG_ARGV[2]::text[];
             IF TG_NARGS > 5 THEN  -- the whitelisted columns as they are named now
                 whitelist := ARRAY(SELECT a.attname::text FROM pg_attribute AS a
                                     WHERE a.attrelid = TG_RELID AND NOT a.attisdropped
                                       AND a.attnum = ANY (TG_ARGV[5]::int2[]));
             END IF;
-            new_full := relay._pick(NEW, whitelist || key_cols);
-            old_full := relay._pick(OLD, whitelist || key_cols);
+            new_picked := relay._pick(NEW, whitelist || key_cols);
+            old_picked := relay._pick(OLD, whitelist || key_cols);
         END IF;
-        IF whitelist IS NULL OR (TG_OP <> 'DELETE' AND new_full IS NULL)
-                             OR (TG_OP <> 'INSERT' AND old_full IS NULL) THEN
+        IF whitelist IS NULL OR (TG_OP <> 'DELETE' AND new_picked IS NULL)
+                             OR (TG_OP <> 'INSERT' AND old_picked IS NULL) THEN
             key_only := true;
-            -- A key that cannot be converted either: its values are null; the owner column
-            -- is still tried alone, for the audience.
-            owner_cols := CASE WHEN TG_ARGV[0] <> '' THEN ARRAY[TG_ARGV[0]] ELSE '{}' END;
             IF TG_OP <> 'DELETE' THEN
-                new_full := coalesce(relay._pick(NEW, key_cols), relay._pick(NEW, owner_cols), '{}');
+                new_picked := coalesce(relay._pick(NEW, key_cols),
+                                       relay._pick(NEW, ARRAY[TG_ARGV[0]]), '{}');
             END IF;
             IF TG_OP <> 'INSERT' THEN
-                old_full := coalesce(relay._pick(OLD, key_cols), relay._pick(OLD, owner_cols), '{}');
+                old_picked := coalesce(relay._pick(OLD, key_cols),
+                                       relay._pick(OLD, ARRAY[TG_ARGV[0]]), '{}');
             END IF;
         END IF;
-    END IF;
+        handed := json_build_array(new_picked, old_picked, who::text, old_who::text, key_only);
+    END;
+    handed := set_config('relay.captured', handed, true);
 
-    IF whitelist IS NULL THEN
-        new_row := new_full;
-        old_row := old_full;
-    ELSE
-        -- The whitelisted values: the row without the columns the whitelist left out when the
-        -- trigger was attached, in one operation. Exact unless a column has appeared since
-        -- (added, renamed), which the check sees; then the whitelist is applied by attribute
-        -- number, under the columns' names of now (a renamed column stays carried).
-        left_out := CASE WHEN TG_NARGS > 4 AND TG_ARGV[4] <> '' THEN TG_ARGV[4]::text[] END;
-        new_row := new_full - left_out;
-        old_row := old_full - left_out;
-        IF left_out IS NULL OR coalesce(new_row, old_row) - whitelist <> '{}' THEN
-            IF TG_NARGS > 5 THEN
-                SELECT coalesce(array_agg(a.attname::text), '{}'),
-                       coalesce(jsonb_object_agg(a.attname, new_full -> a.attname::text)
-                                FILTER (WHERE new_full ? a.attname), '{}'),
-                       coalesce(jsonb_object_agg(a.attname, old_full -> a.attname::text)
-                                FILTER (WHERE old_full ? a.attname), '{}')
-                  INTO whitelist, new_row, old_row
-                  FROM pg_attribute AS a
-                 WHERE a.attrelid = TG_RELID AND NOT a.attisdropped
-                   AND a.attnum = ANY (TG_ARGV[5]::int2[]);
-            ELSE  -- a trigger attached by version 1 or 2: by name
-                SELECT coalesce(jsonb_object_agg(w.c, new_full -> w.c) FILTER (WHERE new_full ? w.c), '{}'),
-                       coalesce(jsonb_object_agg(w.c, old_full -> w.c) FILTER (WHERE old_full ? w.c), '{}')
-                  INTO new_row, old_row
-                  FROM (SELECT DISTINCT unnest(whitelist) AS c) AS w;
-            END IF;
+    -- Constant payload: Postgres folds these into one per transaction, and no row can ever fail
+    -- to commit because of NOTIFY's 8000-byte limit. (Two plain tests: an expression holding a
+    -- query costs a full executor run per row.)
+    IF TG_NARGS > 6 THEN
+        IF TG_ARGV[6] = 't' THEN
+            PERFORM pg_notify('relay_inbox', '');
         END IF;
-    END IF;
-
-    IF TG_OP = 'UPDATE' THEN
-        -- An owner column's old value, when it changed: the old audience.
-        IF TG_ARGV[0] <> '' AND new_full ->> TG_ARGV[0] IS DISTINCT FROM old_full ->> TG_ARGV[0] THEN
-            old_who := CASE WHEN old_full ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
-                            ELSE ARRAY[old_full ->> TG_ARGV[0]] END;
-        END IF;
-        IF key_only THEN
-            NULL;  -- which columns changed, and from what, is unknown
-        ELSIF new_row = old_row THEN
-            -- Nothing the events carry has changed: an event only if the audience has (an owner
-            -- column the whitelist leaves out, or what the audience function reads).
-            IF old_who IS NULL AND (TG_ARGV[0] <> '' OR NEW *= OLD) THEN
-                handed := set_config('relay.captured', '', true);  -- no event: nothing to append
-                RETURN NULL;
-            END IF;
-            changed_cols := '{}';
-            old_values := '{}';
-        ELSIF whitelist IS NULL THEN
-            SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}'),
-                   coalesce(jsonb_object_agg(e.key, old_row -> e.key), '{}')
-              INTO changed_cols, old_values
-              FROM jsonb_each(new_row) AS e
-             WHERE e.value IS DISTINCT FROM old_row -> e.key;
-        ELSE
-            changed_cols := '{}';
-            old_values := '{}';
-            FOREACH c IN ARRAY whitelist LOOP
-                IF new_row -> c IS DISTINCT FROM old_row -> c THEN
-                    changed_cols := changed_cols || c;
-                    old_values := old_values || jsonb_build_object(c, old_row -> c);
-                END IF;
-            END LOOP;
-            IF cardinality(changed_cols) > 1 THEN  -- in name order, each once
-                changed_cols := ARRAY(SELECT DISTINCT u.c FROM unnest(changed_cols) AS u(c)
-                                       ORDER BY u.c);
-            END IF;
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        new_row := old_row;  -- a DELETE carries the old whitelisted values
-    END IF;
-
-    -- Who may see it: the new row's audience, or the old row's for a DELETE; an UPDATE also
-    -- keeps the old row's, when it differs.
-    key_source := coalesce(new_full, old_full);
-    IF TG_ARGV[0] <> '' THEN
-        who := CASE WHEN key_source ->> TG_ARGV[0] IS NULL THEN '{}'::text[]
-                    ELSE ARRAY[key_source ->> TG_ARGV[0]] END;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- Both answers in one statement: each EXECUTE is parsed and planned anew.
-        EXECUTE format('SELECT %1$s($1), %1$s($2)', TG_ARGV[1]::oid::regproc)
-           INTO who, old_who USING NEW, OLD;
-        IF coalesce(old_who, '{}') = coalesce(who, '{}') THEN
-            old_who := NULL;
-            IF old_values = '{}' THEN
-                handed := set_config('relay.captured', '', true);
-                RETURN NULL;  -- neither a carried column nor the audience has changed
-            END IF;
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING OLD;
-    ELSE
-        EXECUTE format('SELECT %s($1)', TG_ARGV[1]::oid::regproc) INTO who USING NEW;
-    END IF;
-
-    -- The row's key, and its key before an UPDATE or DELETE: plain expressions, no query.
-    pk_columns := TG_ARGV[3]::text[];
-    IF cardinality(pk_columns) = 1 THEN
-        row_key := jsonb_build_object(pk_columns[1], key_source -> pk_columns[1]);
-        IF TG_OP <> 'INSERT' THEN
-            old_row_key := jsonb_build_object(pk_columns[1], old_full -> pk_columns[1]);
-        END IF;
-    ELSE
-        row_key := '{}';
-        FOREACH c IN ARRAY pk_columns LOOP
-            row_key := row_key || jsonb_build_object(c, key_source -> c);
-        END LOOP;
-        IF TG_OP <> 'INSERT' THEN
-            old_row_key := '{}';
-            FOREACH c IN ARRAY pk_columns LOOP
-                old_row_key := old_row_key || jsonb_build_object(c, old_full -> c);
-            END LOOP;
-        END IF;
-    END IF;
-
-    -- Only the two settings used. A row over max_row_bytes (its carried values, or an UPDATE's
-    -- old values of the changed ones), or one to_jsonb refused, travels as its key only,
-    -- flagged truncated; its audiences travel all the same.
-    SELECT s.notify, s.max_row_bytes INTO ring, max_row_bytes FROM relay.settings AS s;
-    cut := key_only OR coalesce(greatest(pg_column_size(new_row), pg_column_size(old_values))
-                                > max_row_bytes, false);
-    handed := set_config('relay.captured',
-        ROW(row_key, old_row_key, CASE WHEN NOT cut THEN new_row END, changed_cols,
-            coalesce(who, '{}'), cut, CASE WHEN NOT cut THEN old_values END, old_who
-           )::relay.handover::text,
-        true);
-
-    IF ring THEN
-        -- Constant payload: Postgres folds these into one per transaction, and no row can
-        -- ever fail to commit because of NOTIFY's 8000-byte limit.
+    ELSIF (SELECT s.notify FROM relay.settings AS s) THEN  -- a trigger attached before version 6
         PERFORM pg_notify('relay_inbox', '');
     END IF;
     RETURN NULL;
 END
 $capture$;
 
--- The privileged step of capture, the trigger relay_capture_append: appends the event
--- relay_capture handed over for this row (see relay.capture) to relay.inbox, as the schema
--- owner, and clears the hand-over (so with relay_capture disabled, nothing is appended). It
--- runs no code but its own; the table and op come from its own TG_*.
+-- The privileged step of capture, the trigger relay_capture_append: appends what relay_capture
+-- handed over for this row (see relay.capture) to relay.inbox, as the schema owner, as it is
+-- (relay._shape reads it when the sequencer moves it), and clears the hand-over (so with
+-- relay_capture disabled, nothing is appended). It runs no code but its own; the table and op
+-- come from its own TG_*.
 CREATE OR REPLACE FUNCTION relay.append_captured() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $append$
 DECLARE
     handed text := current_setting('relay.captured', true);
-    event  relay.handover;
+    cleared text;
 BEGIN
     IF handed IS NULL OR handed = '' THEN
         RETURN NULL;  -- relay_capture found nothing to carry
     END IF;
-    event := handed::relay.handover;
-    handed := set_config('relay.captured', '', true);
-    INSERT INTO relay.inbox (table_schema, table_name, op, pk, old_key, row_data, changed,
-                             audience, truncated, old_values, old_audience)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, event.pk, event.old_key, event.row_data,
-            event.changed, event.audience, event.truncated, event.old_values,
-            event.old_audience);
+    cleared := set_config('relay.captured', '', true);
+    INSERT INTO relay.inbox (tbl, op, captured) VALUES (TG_RELID, TG_OP, handed);
     RETURN NULL;
 END
 $append$;
 
--- Moves committed inbox rows into the log and returns them, in position order, in the shape the
--- relay reads the log in (relay/pg/queries.py LOG_COLUMNS: the JSON columns as text): the
--- leader's relay delivers them without reading them back.
+-- A captured hand-over (relay.capture) as jsonb: the slow path of the sequencer's cast, taken
+-- row by row only for a batch the plain cast failed. relay.capture hands over only JSON text
+-- jsonb accepts, apart from a row past jsonb's size limit (hundreds of MB): that one keeps its
+-- key and owner columns (key_cols) alone, flagged key only. NULL, no event, for text that is no
+-- hand-over at all: only text put into relay.captured while relay_capture was disabled (by the
+-- table's owner) can be.
+CREATE OR REPLACE FUNCTION relay._salvage(captured text, key_cols text[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $salvage$
+DECLARE
+    handed json;
+    event  jsonb;
+BEGIN
+    BEGIN
+        event := captured::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        handed := captured::json;  -- valid JSON jsonb refused: the key alone
+        event := jsonb_build_array(
+            CASE WHEN json_typeof(handed -> 0) = 'object' THEN
+                (SELECT jsonb_object_agg(e.key, e.value::jsonb) FROM json_each(handed -> 0) AS e
+                  WHERE e.key = ANY (key_cols)) END,
+            CASE WHEN json_typeof(handed -> 1) = 'object' THEN
+                (SELECT jsonb_object_agg(e.key, e.value::jsonb) FROM json_each(handed -> 1) AS e
+                  WHERE e.key = ANY (key_cols)) END,
+            handed ->> 2, handed ->> 3, true);
+    END;
+    -- Only the shape relay.capture hands over goes on: the sequencer's statement reads it so.
+    IF jsonb_typeof(event) <> 'array'
+       OR coalesce(jsonb_typeof(event -> 0), 'null') NOT IN ('object', 'null')
+       OR coalesce(jsonb_typeof(event -> 1), 'null') NOT IN ('object', 'null') THEN
+        RETURN NULL;
+    END IF;
+    PERFORM (event ->> 2)::text[], (event ->> 3)::text[], (event ->> 4)::boolean;
+    RETURN event;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;  -- no hand-over at all
+END
+$salvage$;
+
+-- Moves committed inbox rows into the log. Returns how many inbox rows it took (at most
+-- max_rows: as many means more may wait), each now an event or, when it changed nothing an
+-- event carries, nothing.
 -- Positions are numbered from relay.head under its row lock, so two sequencers can never
 -- interleave; what one batch cannot see yet (uncommitted) a later batch moves, higher up.
 -- A batch that moved rows rings relay_log once, with the new head as the payload, so readers
 -- learn it once per batch and skip a read for a head they have already read.
-CREATE OR REPLACE FUNCTION relay.sequence_log(max_rows integer DEFAULT 1000)
-RETURNS TABLE (pos bigint, table_schema name, table_name name, op text, pk text, row_data text,
-               old_key text, changed text[], audience text[], committed_at timestamptz,
-               truncated boolean, old_values text, old_audience text[])
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence$
+-- Each captured row becomes its event here, set-based, one statement for the batch (the writer
+-- handed the row as it is: relay.capture):
+--   * the table's tracking now (relay.tracked; an event of a table untracked since it was
+--     written is dropped): the whitelist by attribute number under the columns' names of now,
+--     the key columns, the owner column;
+--   * the carried values: the row without the columns the whitelist leaves out, in one
+--     operation (exact unless the row holds a name the catalog does not know now: a column
+--     renamed since the write; then the whitelisted names are picked one by one);
+--   * an UPDATE's changed carried columns, in name order, and their old values; an UPDATE that
+--     changes no carried column and not the audience is no event;
+--   * the audience: the owner column's value (the old row's for a DELETE), or the audience
+--     function's answer the writer handed over; an UPDATE's old audience when it differs;
+--   * a row over max_row_bytes (its carried values, or an UPDATE's old values of the changed
+--     ones), or one handed over key only, travels as its key only, flagged truncated.
+-- Rows written before version 6 carry their event already shaped, and are moved as they are.
+-- A batch holding a row whose text the plain cast to jsonb refuses is taken again, each row
+-- through relay._salvage (one subtransaction per batch in the common case, none per row). Its
+-- plan is prepared once (plan_cache_mode): a batch is one statement, never planned anew.
+CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $sequence$
 DECLARE
     head_pos  bigint;
-    moved     bigint;
+    took      bigint;  -- inbox rows taken
+    moved     bigint;  -- events logged: fewer when an UPDATE changed nothing carried
     commit_ts boolean := current_setting('track_commit_timestamp') = 'on';
+    max_bytes integer;
+    salvage   boolean := false;
 BEGIN
     -- The relay polls the inbox (every millisecond or two under load): a look at an empty inbox
     -- must stay cheap: no row lock, no transaction id.
     IF NOT EXISTS (SELECT FROM relay.inbox) THEN
-        RETURN;
+        RETURN 0;
     END IF;
-    SELECT h.pos INTO head_pos FROM relay.head AS h FOR UPDATE;
+    SELECT pos INTO head_pos FROM relay.head FOR UPDATE;
+    SELECT s.max_row_bytes INTO max_bytes FROM relay.settings AS s;
 
-    RETURN QUERY
-    WITH batch AS (
-        SELECT i.id FROM relay.inbox AS i ORDER BY i.id LIMIT max_rows
-    ), taken AS (
-        DELETE FROM relay.inbox AS i USING batch WHERE i.id = batch.id
-        RETURNING i.*, i.xmin AS writer_xid
-    ), logged AS (
-        INSERT INTO relay.log AS l (pos, table_schema, table_name, op, pk, old_key, row_data,
-                                    changed, audience, truncated, old_values, old_audience,
-                                    captured_at, committed_at)
-        SELECT head_pos + row_number() OVER (ORDER BY t.id),
-               t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data, t.changed,
-               t.audience, t.truncated, t.old_values, t.old_audience, t.captured_at,
-               -- Exact with track_commit_timestamp = on; else the capture time, a lower bound.
-               coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(t.writer_xid) END,
-                        t.captured_at)
-          FROM taken AS t
-        RETURNING l.pos, l.table_schema, l.table_name, l.op, l.pk::text, l.row_data::text,
-                  l.old_key::text, l.changed, l.audience, l.committed_at, l.truncated,
-                  l.old_values::text, l.old_audience
-    )
-    SELECT * FROM logged ORDER BY 1;
-    GET DIAGNOSTICS moved = ROW_COUNT;
+    LOOP
+        BEGIN
+            -- Each stage is MATERIALIZED: computed once per row, not once per use.
+            WITH taken AS (
+                DELETE FROM relay.inbox AS i
+                 WHERE i.id = ANY (ARRAY(SELECT b.id FROM relay.inbox AS b
+                                          ORDER BY b.id LIMIT max_rows))
+                RETURNING i.*, i.xmin AS writer_xid
+            ), tables AS MATERIALIZED (  -- each table of the batch once, tracked as it is now
+                SELECT tr.tbl, n.nspname AS table_schema, c.relname AS table_name,
+                       tr.pk_columns::text[] AS key_cols,
+                       tr.owner_column::text AS owner, tr.audience IS NOT NULL AS by_function,
+                       CASE WHEN tr.columns IS NOT NULL THEN coalesce(cur.whitelist, '{}') END
+                           AS whitelist,
+                       coalesce(cur.left_out, '{}') AS left_out
+                  FROM relay.tracked AS tr
+                  JOIN pg_class AS c ON c.oid = tr.tbl
+                  JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                 CROSS JOIN LATERAL (
+                       SELECT array_agg(a.attname::text) FILTER (WHERE w.carried) AS whitelist,
+                              array_agg(a.attname::text) FILTER (WHERE NOT w.carried) AS left_out
+                         FROM pg_attribute AS a
+                        CROSS JOIN LATERAL (SELECT CASE
+                                WHEN tr.columns IS NULL THEN true
+                                WHEN tr.column_nums IS NOT NULL THEN a.attnum = ANY (tr.column_nums)
+                                ELSE a.attname = ANY (tr.columns) END AS carried) AS w
+                        WHERE a.attrelid = tr.tbl AND a.attnum > 0 AND NOT a.attisdropped
+                       ) AS cur
+                 WHERE tr.tbl IN (SELECT t.tbl FROM taken AS t)
+            ), handed AS MATERIALIZED (  -- the hand-over parsed once
+                SELECT t.id, tb.table_schema, tb.table_name, t.op, t.captured_at, t.writer_xid,
+                       tb.key_cols, tb.owner, tb.by_function, tb.whitelist, tb.left_out,
+                       nullif(p.j -> 0, 'null') AS new_full, nullif(p.j -> 1, 'null') AS old_full,
+                       coalesce((p.j ->> 2)::text[], '{}') AS given_who,
+                       coalesce((p.j ->> 3)::text[], '{}') AS given_old_who,
+                       coalesce((p.j ->> 4)::boolean, false) AS key_only
+                  FROM taken AS t
+                  JOIN tables AS tb ON tb.tbl = t.tbl
+                 CROSS JOIN LATERAL (
+                       SELECT CASE WHEN salvage
+                                   THEN relay._salvage(t.captured, tb.key_cols || tb.owner)
+                                   ELSE t.captured::jsonb END AS j
+                       OFFSET 0) AS p
+                 WHERE t.captured IS NOT NULL AND p.j IS NOT NULL
+            ), carried AS MATERIALIZED (  -- the whitelisted values, new and old
+                SELECT h.*,
+                       CASE WHEN h.whitelist IS NULL OR h.new_full IS NULL THEN h.new_full
+                            WHEN h.new_full - h.left_out - h.whitelist = '{}'
+                            THEN h.new_full - h.left_out
+                            ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                    FROM jsonb_each(h.new_full) AS e
+                                   WHERE e.key = ANY (h.whitelist)) END AS new_row,
+                       CASE WHEN h.whitelist IS NULL OR h.old_full IS NULL THEN h.old_full
+                            WHEN h.old_full - h.left_out - h.whitelist = '{}'
+                            THEN h.old_full - h.left_out
+                            ELSE (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                    FROM jsonb_each(h.old_full) AS e
+                                   WHERE e.key = ANY (h.whitelist)) END AS old_row
+                  FROM handed AS h
+            ), described AS MATERIALIZED (  -- what changed, who may see it, the keys
+                SELECT c.id, c.table_schema, c.table_name, c.op, c.captured_at, c.writer_xid,
+                       c.key_only, CASE WHEN c.op = 'DELETE' THEN c.old_row ELSE c.new_row END
+                           AS row_data,
+                       CASE WHEN c.op = 'UPDATE' AND NOT c.key_only THEN d.changed END AS changed,
+                       CASE WHEN c.op = 'UPDATE' AND NOT c.key_only THEN d.old_values END
+                           AS old_values,
+                       CASE WHEN c.by_function THEN c.given_who
+                            WHEN coalesce(c.new_full, c.old_full) ->> c.owner IS NULL
+                            THEN '{}'::text[]
+                            ELSE ARRAY[coalesce(c.new_full, c.old_full) ->> c.owner] END AS audience,
+                       CASE WHEN c.op <> 'UPDATE' THEN NULL
+                            WHEN c.by_function THEN nullif(c.given_old_who, c.given_who)
+                            WHEN c.new_full ->> c.owner IS NOT DISTINCT FROM c.old_full ->> c.owner
+                            THEN NULL
+                            WHEN c.old_full ->> c.owner IS NULL THEN '{}'::text[]
+                            ELSE ARRAY[c.old_full ->> c.owner] END AS old_audience,
+                       CASE WHEN cardinality(c.key_cols) = 1
+                            THEN jsonb_build_object(c.key_cols[1],
+                                                    coalesce(c.new_full, c.old_full) -> c.key_cols[1])
+                            ELSE (SELECT jsonb_object_agg(k.name,
+                                             coalesce(c.new_full, c.old_full) -> k.name)
+                                    FROM unnest(c.key_cols) AS k(name)) END AS pk,
+                       CASE WHEN c.op = 'INSERT' THEN NULL
+                            WHEN cardinality(c.key_cols) = 1
+                            THEN jsonb_build_object(c.key_cols[1], c.old_full -> c.key_cols[1])
+                            ELSE (SELECT jsonb_object_agg(k.name, c.old_full -> k.name)
+                                    FROM unnest(c.key_cols) AS k(name)) END AS old_key
+                  FROM carried AS c
+                  LEFT JOIN LATERAL (
+                       SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}') AS changed,
+                              coalesce(jsonb_object_agg(e.key, c.old_row -> e.key), '{}')
+                                  AS old_values
+                         FROM jsonb_each(c.new_row) AS e
+                        WHERE e.value IS DISTINCT FROM c.old_row -> e.key) AS d
+                    ON c.op = 'UPDATE' AND NOT c.key_only
+            ), events AS (
+                SELECT s.id, s.table_schema, s.table_name, s.op, s.pk, s.old_key,
+                       CASE WHEN NOT s.cut THEN s.row_data END AS row_data, s.changed,
+                       s.audience, s.cut AS truncated,
+                       CASE WHEN NOT s.cut THEN s.old_values END AS old_values, s.old_audience,
+                       s.captured_at, s.writer_xid
+                  FROM (SELECT x.*, x.key_only OR coalesce(greatest(pg_column_size(x.row_data),
+                                       pg_column_size(x.old_values)) > max_bytes, false) AS cut
+                          FROM described AS x
+                         WHERE NOT (x.op = 'UPDATE' AND NOT x.key_only AND x.changed = '{}'
+                                    AND x.old_audience IS NULL)) AS s
+                 UNION ALL  -- written before version 6, or a heartbeat: shaped already
+                SELECT t.id, t.table_schema, t.table_name, t.op, t.pk, t.old_key, t.row_data,
+                       t.changed, t.audience, t.truncated, t.old_values, t.old_audience,
+                       t.captured_at, t.writer_xid
+                  FROM taken AS t
+                 WHERE t.captured IS NULL
+            ), logged AS (
+                INSERT INTO relay.log (pos, table_schema, table_name, op, pk, old_key, row_data,
+                                       changed, audience, truncated, old_values, old_audience,
+                                       captured_at, committed_at)
+                SELECT head_pos + row_number() OVER (ORDER BY e.id),
+                       e.table_schema, e.table_name, e.op, e.pk, e.old_key, e.row_data,
+                       e.changed, e.audience, e.truncated, e.old_values, e.old_audience,
+                       e.captured_at,
+                       -- Exact with track_commit_timestamp = on; else the capture time, a lower
+                       -- bound.
+                       coalesce(CASE WHEN commit_ts THEN pg_xact_commit_timestamp(e.writer_xid)
+                                END, e.captured_at)
+                  FROM events AS e
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM taken), (SELECT count(*) FROM logged)
+              INTO took, moved;
+            EXIT;
+        EXCEPTION WHEN OTHERS THEN
+            IF salvage OR SQLSTATE LIKE '40%' OR SQLSTATE = '57014' THEN
+                RAISE;  -- not a value the cast refused: the caller must see it
+            END IF;
+            salvage := true;  -- once more, each row through relay._salvage
+        END;
+    END LOOP;
 
     IF moved > 0 THEN
         UPDATE relay.head SET pos = head_pos + moved;
         PERFORM pg_notify('relay_log', (head_pos + moved)::text);
     END IF;
+    RETURN took;
 END
 $sequence$;
 
--- relay.sequence_log counting the rows it moved: what relays before schema version 6 call (a
--- rolling upgrade runs both), and a DBA may call by hand.
-CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $batch$
-    SELECT count(*) FROM relay.sequence_log(max_rows);
-$batch$;
+-- relay.sequence_batch, returning the events it logged, in position order, in the shape the relay
+-- reads the log in (relay/pg/queries.py LOG_COLUMNS: the JSON columns as text): the leader's
+-- relay routes them without reading them back (docs/operations.md, "The leader's path"). The
+-- rows are those past the head it found under relay.head's row lock: this transaction's own.
+CREATE OR REPLACE FUNCTION relay.sequence_log(max_rows integer DEFAULT 1000)
+RETURNS TABLE (pos bigint, table_schema name, table_name name, op text, pk text, row_data text,
+               old_key text, changed text[], audience text[], committed_at timestamptz,
+               truncated boolean, old_values text, old_audience text[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence_log$
+DECLARE
+    head_pos bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM relay.inbox) THEN
+        RETURN;  -- as cheap as sequence_batch's empty look: no row lock, no transaction id
+    END IF;
+    SELECT h.pos INTO head_pos FROM relay.head AS h FOR UPDATE;
+    PERFORM relay.sequence_batch(max_rows);
+    RETURN QUERY
+    SELECT l.pos, l.table_schema, l.table_name, l.op, l.pk::text, l.row_data::text,
+           l.old_key::text, l.changed, l.audience, l.committed_at, l.truncated,
+           l.old_values::text, l.old_audience
+      FROM relay.log AS l WHERE l.pos > head_pos ORDER BY l.pos;
+END
+$sequence_log$;
 
 -- Deletes log rows sequenced before now() - older_than, at most max_rows per call, oldest
 -- first. Returns how many it deleted; call again while it returns max_rows.
+-- Positions are gap-free and sequenced_at grows with them (one sequencer at a time stamps its
+-- rows), so the rows old enough are a prefix of the log: bisection over the primary key finds
+-- its end in about 17 probes for 100,000 rows, with no index on sequenced_at for the sequencer to
+-- maintain (should the clock step back, rows near the horizon go a little early or late).
 CREATE OR REPLACE FUNCTION relay.prune(older_than interval, max_rows integer DEFAULT 100000)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $prune$
 DECLARE
-    cutoff  bigint;
+    horizon timestamptz := now() - older_than;
+    pruned  bigint;
+    low     bigint;  -- the highest position known old enough (or already pruned)
+    high    bigint;  -- the lowest position known too young (or past the bound)
+    mid     bigint;
+    stamped timestamptz;
     deleted bigint;
 BEGIN
-    SELECT max(pos) INTO cutoff FROM (
-        SELECT pos FROM relay.log
-         WHERE sequenced_at < now() - older_than
-         ORDER BY pos LIMIT max_rows) AS oldest;
-    IF cutoff IS NULL THEN
+    SELECT h.pruned_through, least(h.pos, h.pruned_through + greatest(max_rows, 0)) + 1
+      INTO pruned, high FROM relay.head AS h;
+    low := pruned;
+    WHILE high - low > 1 LOOP
+        mid := low + (high - low) / 2;
+        SELECT l.sequenced_at INTO stamped FROM relay.log AS l
+         WHERE l.pos >= mid ORDER BY l.pos LIMIT 1;
+        IF stamped < horizon THEN
+            low := mid;
+        ELSE
+            high := mid;  -- too young, or no row from here on
+        END IF;
+    END LOOP;
+    IF low = pruned THEN
         RETURN 0;
     END IF;
-    DELETE FROM relay.log WHERE pos <= cutoff;
+    DELETE FROM relay.log WHERE pos > pruned AND pos <= low;
     GET DIAGNOSTICS deleted = ROW_COUNT;
-    UPDATE relay.head SET pruned_through = greatest(pruned_through, cutoff);
+    UPDATE relay.head SET pruned_through = greatest(pruned_through, low);
     RETURN deleted;
 END
 $prune$;
@@ -550,15 +668,28 @@ BEGIN
 END
 $heartbeat$;
 
--- Changes settings in the one place triggers read them. NULL leaves a setting as it is.
+-- Changes settings in the one place they are kept. NULL leaves a setting as it is. The capture
+-- triggers carry the notify setting as an argument (no query per written row): a change of it
+-- re-attaches every tracked table's triggers, in this transaction.
 CREATE OR REPLACE FUNCTION relay.configure(notify boolean DEFAULT NULL,
                                            max_row_bytes integer DEFAULT NULL)
 RETURNS relay.settings
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $configure$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $configure$
+DECLARE
+    before relay.settings;
+    after  relay.settings;
+BEGIN
+    SELECT * INTO STRICT before FROM relay.settings;
     UPDATE relay.settings AS s
        SET notify = coalesce(configure.notify, s.notify),
            max_row_bytes = coalesce(configure.max_row_bytes, s.max_row_bytes)
-    RETURNING s.*;
+    RETURNING s.* INTO STRICT after;
+    IF after.notify IS DISTINCT FROM before.notify THEN
+        PERFORM relay._attach(t.tbl) FROM relay.tracked AS t
+          WHERE EXISTS (SELECT FROM pg_class AS c WHERE c.oid = t.tbl);
+    END IF;
+    RETURN after;
+END
 $configure$;
 
 -- (Re)creates the capture trigger of a tracked table from its row in relay.tracked.
@@ -567,7 +698,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $attach$
 DECLARE
     t        relay.tracked;
     names    name[];
-    left_out name[];
 BEGIN
     SELECT * INTO STRICT t FROM relay.tracked WHERE relay.tracked.tbl = _attach.tbl;
     IF t.column_nums IS NOT NULL THEN
@@ -582,24 +712,19 @@ BEGIN
             t.columns := names;
         END IF;
     END IF;
-    -- With a whitelist, the columns it leaves out, as they are now: relay.capture drops them
-    -- from the row in one operation (and notices a column that appears later).
-    SELECT array_agg(a.attname ORDER BY a.attnum) INTO left_out
-      FROM pg_attribute AS a
-     WHERE a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped
-       AND NOT a.attname = ANY (t.columns);
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture ON %s', t.tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS relay_capture_append ON %s', t.tbl);
     EXECUTE format(
         'CREATE TRIGGER relay_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L, %L)',
+        'FOR EACH ROW EXECUTE FUNCTION relay.capture(%L, %L, %L, %L, %L, %L, %L)',
         t.tbl,
         coalesce(t.owner_column::text, ''),
         coalesce(t.audience::oid::text, ''),
         coalesce(t.columns::text[]::text, ''),
         t.pk_columns::text[]::text,
-        CASE WHEN t.columns IS NULL THEN '' ELSE coalesce(left_out, '{}')::text END,
-        coalesce(t.column_nums::text, ''));
+        '',  -- unused since version 6
+        coalesce(t.column_nums::text, ''),
+        (SELECT CASE WHEN s.notify THEN 't' ELSE 'f' END FROM relay.settings AS s));
     -- Fires right after relay_capture for each row (triggers fire in name order).
     EXECUTE format(
         'CREATE TRIGGER relay_capture_append AFTER INSERT OR UPDATE OR DELETE ON %s '
@@ -719,8 +844,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA relay TO %s', role);
     EXECUTE format('GRANT SELECT ON relay.log, relay.head, relay.settings, relay.tracked TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_log(integer), '
-                   'relay.sequence_batch(integer), relay.prune(interval, integer), '
-                   'relay.heartbeat(text) TO %s', role);
+                   'relay.sequence_batch(integer), '
+                   'relay.prune(interval, integer), relay.heartbeat(text) TO %s', role);
 END
 $grant$;
 
@@ -737,7 +862,7 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
--- A role granted the relay's rights before version 6 may run relay.sequence_log too.
+-- A role granted the relay's rights before version 8 may run relay.sequence_log too.
 DO $regrant$
 DECLARE
     grantee regrole;
@@ -752,6 +877,6 @@ BEGIN
 END
 $regrant$;
 
-UPDATE relay.settings SET schema_version = 6, upgraded_at = now() WHERE schema_version < 6;
+UPDATE relay.settings SET schema_version = 8, upgraded_at = now() WHERE schema_version < 8;
 
 COMMIT;

@@ -18,19 +18,27 @@ say where it says something, prefixed as its system messages are.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from relay.core.cursor import Cursor
 from relay.core.events import OPS, dumps
-from relay.core.phoenix import ColumnTypes
+from relay.core.phoenix import ColumnTypes, sub_id
 from relay.core.postgrest import parse_filter
 from relay.core.requests import Tracked, short
+from relay.core.session import Limits
 from relay.core.subscription import ANY_TABLE, Subscription
 from relay.errors import AuthError, CursorError, ProtocolError
 
-__all__ = ["BindingSpec", "assign_ids", "auth_reason", "binding_id", "parse_binding"]
+__all__ = [
+    "BindingSpec",
+    "assign_ids",
+    "auth_reason",
+    "binding_id",
+    "parse_binding",
+    "parse_bindings",
+]
 
 _ID_BITS: Final = 0x7FFFFFF  # the range of Erlang's phash2, as Supabase's ids have
 _NO_PARAMS: Final = (
@@ -109,7 +117,7 @@ def _scope(entry: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def parse_binding(
-    entry: Mapping[str, Any], sub_id: str, *, tracked: Tracked, types: ColumnTypes, head: int,
+    entry: Mapping[str, Any], sid: str, *, tracked: Tracked, types: ColumnTypes, head: int,
     epoch: str,
 ) -> BindingSpec:  # fmt: skip
     """Validates one join entry into a not-yet-live Subscription standing at ``head``.
@@ -153,6 +161,35 @@ def parse_binding(
         since = cursor if cursor.epoch == epoch else "epoch_changed"
     ops = _ops(entry.get("event"))
     sub = Subscription(
-        id=sub_id, table=any_table, schema=any_schema, ops=ops, filter=row_filter, after=head
+        id=sid, table=any_table, schema=any_schema, ops=ops, filter=row_filter, after=head
     )
     return BindingSpec(any_table, any_schema, ops, sub, resume, since)
+
+
+def parse_bindings(
+    topic: str, entries: list[dict[str, Any]], ids: list[int], *, tracked: Tracked,
+    types: ColumnTypes, head: int, epoch: str, held: list[Subscription], limits: Limits,
+    on_limit: Callable[[str], None],
+) -> list[BindingSpec]:  # fmt: skip
+    """A join's distinct bindings validated, within the socket's limits beside the ``held``
+    subscriptions, or ProtocolError for the first that is not (``on_limit`` names a limit hit)."""
+    specs: dict[str, BindingSpec] = {}
+    for entry, id_ in zip(entries, ids, strict=True):
+        sid = sub_id(topic, id_)
+        if sid not in specs:
+            specs[sid] = parse_binding(entry, sid, tracked=tracked, types=types, head=head,
+                                       epoch=epoch)  # fmt: skip
+    if len(held) + len(specs) > limits.max_subscriptions:
+        on_limit("subscriptions")
+        raise ProtocolError(
+            "too_many_subscriptions",
+            f"TooManyBindings: at most {limits.max_subscriptions} bindings per connection",
+        )
+    cost = sum(spec.subscription.filter.cost for spec in specs.values())
+    if sum(sub.filter.cost for sub in held) + cost > limits.max_filter_bytes:
+        on_limit("filter_bytes")
+        raise ProtocolError(
+            "filter_budget_exceeded",
+            "FilterBudgetExceeded: the connection's filters would pass RELAY_MAX_FILTER_BYTES",
+        )
+    return list(specs.values())

@@ -23,9 +23,17 @@ from typing import Any, Final
 
 from relay.core.audience import audience_keys
 from relay.core.auth import Authenticator, Claims
-from relay.core.bindings import BindingSpec, assign_ids, auth_reason, parse_binding
+from relay.core.bindings import assign_ids, auth_reason, parse_bindings
 from relay.core.outqueue import OutQueue
-from relay.core.phoenix import ColumnTypes, FrameError, Message, PhoenixWire, decode, sub_id
+from relay.core.phoenix import (
+    ColumnTypes,
+    FrameError,
+    Message,
+    PhoenixWire,
+    binding_of,
+    decode,
+    topic_of,
+)
 from relay.core.requests import Tracked
 from relay.core.router import Router, Target
 from relay.core.session import CLOSE_POLICY, Abort, Close, Limits, Replay
@@ -57,14 +65,6 @@ class Channel:
     join_ref: str | None
     subs: list[str] = field(default_factory=list)
     pending: set[str] = field(default_factory=set)  # bindings still catching up (resume)
-
-
-def _id_of(sid: str) -> int:
-    return int(sid.rsplit("\x00", 1)[1])
-
-
-def _topic_of(sid: str) -> str:
-    return sid.rsplit("\x00", 1)[0]
 
 
 class PhoenixSession:
@@ -180,7 +180,7 @@ class PhoenixSession:
 
     def went_live(self, sub: Subscription) -> None:
         self.queue.release_window(sub.id)
-        channel = self.channels.get(_topic_of(sub.id))
+        channel = self.channels.get(topic_of(sub.id))
         if channel is not None and sub.id in channel.pending:
             channel.pending.discard(sub.id)
             if not channel.pending:
@@ -250,7 +250,11 @@ class PhoenixSession:
         echoed = [{**entry, "id": id_} for entry, id_ in zip(entries, ids, strict=True)]
         self._reply(message, "ok", {"postgres_changes": echoed})
         try:
-            specs = self._specs(topic, entries, ids)
+            specs = parse_bindings(
+                topic, entries, ids, tracked=self.tables(), types=self.types(),
+                head=self.router.head, epoch=self.wire.epoch, held=self.subscriptions(),
+                limits=self.limits, on_limit=self.on_limit,
+            )  # fmt: skip
         except ProtocolError as exc:
             self._system(topic, "postgres_changes", "error", {"message": exc.message})
             return []
@@ -258,7 +262,7 @@ class PhoenixSession:
         for spec in specs:
             sub = spec.subscription
             self.router.subscribe(self.target, sub)
-            self.wire.bind(sub.id, topic, _id_of(sub.id), resume=spec.resume)
+            self.wire.bind(sub.id, topic, binding_of(sub.id), resume=spec.resume)
             channel.subs.append(sub.id)
             if isinstance(spec.since, str):
                 channel.pending.add(sub.id)
@@ -272,33 +276,6 @@ class PhoenixSession:
         if channel.subs and not channel.pending:
             self._subscribed(channel)
         return actions
-
-    def _specs(
-        self, topic: str, entries: list[dict[str, Any]], ids: list[int]
-    ) -> list[BindingSpec]:
-        """Every distinct binding validated, or ProtocolError for the first that is not."""
-        specs: dict[str, BindingSpec] = {}
-        tracked, types, head = self.tables(), self.types(), self.router.head
-        for entry, id_ in zip(entries, ids, strict=True):
-            sid = sub_id(topic, id_)
-            if sid not in specs:
-                specs[sid] = parse_binding(entry, sid, tracked=tracked, types=types, head=head,
-                                           epoch=self.wire.epoch)  # fmt: skip
-        held = self.subscriptions()
-        if len(held) + len(specs) > self.limits.max_subscriptions:
-            self.on_limit("subscriptions")
-            raise ProtocolError(
-                "too_many_subscriptions",
-                f"TooManyBindings: at most {self.limits.max_subscriptions} bindings per connection",
-            )
-        cost = sum(spec.subscription.filter.cost for spec in specs.values())
-        if sum(sub.filter.cost for sub in held) + cost > self.limits.max_filter_bytes:
-            self.on_limit("filter_bytes")
-            raise ProtocolError(
-                "filter_budget_exceeded",
-                "FilterBudgetExceeded: the connection's filters would pass RELAY_MAX_FILTER_BYTES",
-            )
-        return list(specs.values())
 
     def _access_token(self, message: Message, now: float) -> None:
         token = message.payload.get("access_token")
@@ -389,7 +366,7 @@ class PhoenixSession:
     def _subscribed(self, channel: Channel) -> None:
         extra: dict[str, Any] = {"message": "Subscribed to PostgreSQL"}
         cursors = {
-            str(_id_of(sid)): self.wire.cursor(self.router.head)
+            str(binding_of(sid)): self.wire.cursor(self.router.head)
             for sid in channel.subs if self.wire.bindings[sid].resume
         }  # fmt: skip
         if cursors:

@@ -38,10 +38,12 @@ __all__ = [
     "FrameError",
     "Message",
     "PhoenixWire",
+    "binding_of",
     "change_data",
     "decode",
     "encode",
     "sub_id",
+    "topic_of",
 ]
 
 VSN_1: Final = "1.0.0"
@@ -141,6 +143,16 @@ def encode(
 def sub_id(topic: str, binding_id: int) -> str:
     """The router's id of a channel's binding: unique per connection (one channel per topic)."""
     return f"{topic}\x00{binding_id}"
+
+
+def binding_of(sid: str) -> int:
+    """The binding id in a ``sub_id``."""
+    return int(sid.rsplit("\x00", 1)[1])
+
+
+def topic_of(sid: str) -> str:
+    """The topic in a ``sub_id``."""
+    return sid.rsplit("\x00", 1)[0]
 
 
 def _timestamp(event: Event) -> str:

@@ -50,7 +50,7 @@ __all__ = [
     "write_heartbeat",
 ]
 
-SCHEMA_VERSION: Final = 6  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 8  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 # The log's columns as the relay reads them; relay.sequence_log (sql/install.sql) returns the rows
 # it moved in the same shape: change both together.
@@ -229,8 +229,9 @@ async def try_sequencer_lock(conn: AsyncConn) -> bool:
 
 
 async def sequence_log(conn: AsyncConn, batch: int) -> list[tuple[Any, ...]]:
-    """Moves up to ``batch`` committed inbox rows into the log; returns the rows it moved,
-    committed, in position order (LOG_COLUMNS)."""
+    """Moves up to ``batch`` committed inbox rows into the log; returns the events it logged,
+    committed, in position order (LOG_COLUMNS): one per row taken, or none for an UPDATE that
+    changed nothing an event carries."""
     cur = await conn.execute("SELECT * FROM relay.sequence_log(%s)", (batch,))
     return await cur.fetchall()
 

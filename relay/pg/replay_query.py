@@ -18,7 +18,13 @@ from relay.core.prefilter import ColumnValues
 from relay.pg.queries import ALL_OPS, LOG_COLUMNS, AsyncConn
 from relay.pg.rows import event_from_row
 
-__all__ = ["REPLAY_SCAN_ROWS", "fetch_replay", "replay_filter_sql", "replay_query"]
+__all__ = [
+    "AUDIENCE_MATCH",
+    "REPLAY_SCAN_ROWS",
+    "fetch_replay",
+    "replay_filter_sql",
+    "replay_query",
+]
 
 # The same columns as stored (jsonb), for SQL that still has to look inside the values.
 LOG_STORED_COLUMNS: Final = (
@@ -32,6 +38,9 @@ MOVE_OPS: Final = frozenset({"INSERT", "DELETE"})
 # user's log rows of the table, however few match the subscription's ops and filter: its
 # database time stays bounded, and a never-matching filter moves on a page at a time.
 REPLAY_SCAN_ROWS: Final = 5000
+# The rows a reader with the audience keys %(keys)s may see, written for the indexes of
+# sql/install.sql: its audience or, an UPDATE's move-out, its old audience holds one of them.
+AUDIENCE_MATCH: Final = "(audience && %(keys)s::text[] OR old_audience && %(keys)s::text[])"
 
 
 # -- replay pages ---------------------------------------------------------------------------------
@@ -149,8 +158,10 @@ def replay_query(
     ops: frozenset[str],
     row_filter: RowFilter,
     encoding: str = "utf-8",
+    match: str = AUDIENCE_MATCH,
 ) -> tuple[str, dict[str, Any]]:
-    """The SQL of one replay page and its parameters (see ``fetch_replay``)."""
+    """The SQL of one replay page and its parameters (see ``fetch_replay``); ``match`` is the
+    audience condition (bench/replay_cost.py compares index layouts with it)."""
     condition, params = replay_filter_sql(ops, row_filter, encoding)
     # Streams: the index scan stops once `limit` rows were kept, or after `scan` rows, the last
     # of which (k = scan) comes back too, kept or not, to say how far the page reached.
@@ -162,7 +173,7 @@ def replay_query(
         "   WHERE pos > %(after)s AND pos <= %(upto)s"
         "   AND (%(table)s = '' OR table_name = %(table)s)"  # '': every table (ANY_TABLE)
         "   AND (%(schema)s::text IS NULL OR table_schema = %(schema)s)"
-        "   AND (audience && %(keys)s::text[] OR old_audience && %(keys)s::text[])"
+        f"   AND {match}"
         "   ORDER BY pos LIMIT %(scan)s) AS s"
         ") AS w WHERE keep OR k = %(scan)s ORDER BY pos LIMIT %(limit)s"
     )
@@ -185,6 +196,7 @@ async def fetch_replay(
     ops: frozenset[str] = ALL_OPS,
     row_filter: RowFilter | None = None,
     scan: int = REPLAY_SCAN_ROWS,
+    match: str = AUDIENCE_MATCH,
 ) -> ReplayPage:
     """One page of the log between two positions, for one reader and table (every table for
     ANY_TABLE), in position order.
@@ -201,7 +213,7 @@ async def fetch_replay(
     """
     query, params = replay_query(
         keys=keys, table=table, schema=schema, after=after, upto=upto, limit=limit, scan=scan,
-        ops=ops, row_filter=row_filter or RowFilter(), encoding=conn.info.encoding,
+        ops=ops, row_filter=row_filter or RowFilter(), encoding=conn.info.encoding, match=match,
     )  # fmt: skip
     # Never prepared: after a few runs of one query text a prepared statement may get a generic
     # plan, blind to the user and the positions, which scanned the whole log: about 100 times

@@ -123,11 +123,13 @@ class Sequencer:
             rows = await self._timed(sequence_log(conn, self.batch))
             if rows:
                 self.on_batch(rows)
-            moved = len(rows)
+            # Events logged: as many as rows taken but for UPDATEs that changed nothing carried,
+            # so a full batch holding one is followed after the window, not at once.
+            taken = len(rows)
             await self._maybe_prune(conn)
             # The window runs from the start of the look: what committed while the batch was
             # sequenced is already waiting. A full batch waits not at all.
-            wait = pacer.after(moved, self.batch) - (anyio.current_time() - started)
+            wait = pacer.after(taken, self.batch) - (anyio.current_time() - started)
             if wait <= 0:
                 continue
             # With notify on (relay.configure), a writer's doorbell ends the wait early; without

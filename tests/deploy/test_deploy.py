@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.ops.config import env_variables
+from relay.ops.envfile import env_variables
 from tests.support.paths import REPO
 
 DEPLOY = REPO / "deploy"

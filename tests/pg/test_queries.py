@@ -33,6 +33,7 @@ def test_fetch_replay_pages_are_bounded_by_scan_and_limit(relay_db: str) -> None
                 "INSERT INTO generations (user_id, project_id) VALUES ('alice', %s)", (project,)
             )
         conn.execute("INSERT INTO generations (user_id, project_id) VALUES ('bob', 'p2')")
+        conn.execute("SELECT relay.sequence_batch(100)")  # the limit applies when sequenced
         conn.execute("SELECT relay.configure(max_row_bytes => 100)")
         conn.execute(
             "INSERT INTO generations (user_id, project_id, url) VALUES ('alice', 'p9', %s)",

@@ -17,8 +17,8 @@ from psycopg import sql
 
 from relay.ops.datafiles import install_script
 from relay.pg.queries import SCHEMA_VERSION
-from tests.pg.test_sql import connect, sequence_all
 from tests.support.paths import FIXTURES
+from tests.support.relaylog import connect, sequence_all
 
 pytestmark = pytest.mark.pg
 
@@ -376,3 +376,35 @@ def test_text_over_the_jsonb_limit_is_written_and_captured_truncated(relay_db: s
             ("blobs", "UPDATE", {"id": 1}, {"id": 1}, None, None, ["u1"], True),
             ("blobs", "DELETE", {"id": 1}, {"id": 1}, None, None, ["u1"], True),
         ] == log_events(conn)
+
+
+def test_handover_that_is_not_json_is_dropped_and_the_batch_moves_on(relay_db: str) -> None:
+    """With relay_capture disabled (only a table's owner can), text put into relay.captured
+    reaches the inbox; the sequencer drops each row that is no hand-over (or holds what JSON
+    functions cannot read), keeps valid JSON jsonb refuses to its key, and moves the rest."""
+    with connect(relay_db) as conn:
+        conn.execute("INSERT INTO generations (user_id, project_id) VALUES ('u1', 'p1')")
+        with conn.transaction():
+            conn.execute("ALTER TABLE generations DISABLE TRIGGER relay_capture")
+            for forged in (
+                "not json at all",
+                '[{"id": 1}, null, "not an array literal"]',
+                "[1, 2]",
+                '[{"id": 1, "user_id": "u2", "project_id": "\\u0000"}, null, null, null]',
+                '[{"id": 9, "user_id": "u9", "project_id": 1e999999}, null, null, null]',
+            ):
+                conn.execute("SELECT set_config('relay.captured', %s, true)", (forged,))
+                conn.execute("INSERT INTO generations (user_id, project_id) VALUES ('u2', 'p2')")
+            conn.execute("ALTER TABLE generations ENABLE TRIGGER relay_capture")
+        conn.execute("INSERT INTO generations (user_id, project_id) VALUES ('u3', 'p3')")
+        assert (7,) == conn.execute("SELECT count(*) FROM relay.inbox").fetchone()
+        taken = conn.execute("SELECT relay.sequence_batch()").fetchone()
+        assert (7,) == taken  # every row taken, three of them events
+        assert [
+            (1, {"id": 1}, ["u1"], False),
+            (2, {"id": 9}, ["u9"], True),
+            (3, {"id": 7}, ["u3"], False),
+        ] == conn.execute(
+            "SELECT pos, pk, audience, truncated FROM relay.log ORDER BY pos"
+        ).fetchall()
+        assert (0,) == conn.execute("SELECT count(*) FROM relay.inbox").fetchone()

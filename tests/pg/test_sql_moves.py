@@ -15,8 +15,8 @@ from relay.core.filters import RowFilter
 from relay.ops.datafiles import install_script, uninstall_script
 from relay.pg.queries import SCHEMA_VERSION
 from relay.pg.replay_query import replay_query
-from tests.pg.test_sql import catalog_fingerprint, connect, sequence_all
 from tests.support.paths import FIXTURES, example_path
+from tests.support.relaylog import catalog_fingerprint, connect, sequence_all
 
 pytestmark = pytest.mark.pg
 

@@ -1,5 +1,6 @@
-"""relay.sequence_log (the rows a batch moved, as the reader reads them), relay.sequence_batch
-(its count, for relays of the previous version), the relay role's grant, the upgrade from 5."""
+"""relay.sequence_log (the events a batch logged, as the reader reads them, over
+relay.sequence_batch, which relays of the previous version call), the relay role's grant, the
+upgrade from version 7."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from psycopg import sql
 
 from relay.ops.datafiles import install_script, uninstall_script
 from relay.pg.queries import LOG_COLUMNS, SCHEMA_VERSION
-from tests.pg.test_sql import catalog_fingerprint, connect
 from tests.support.paths import FIXTURES, example_path
+from tests.support.relaylog import catalog_fingerprint, connect
 
 pytestmark = pytest.mark.pg
 
@@ -81,8 +82,9 @@ def test_sequence_log_rings_relay_log_once_per_batch_with_the_head(relay_db: str
         ]
 
 
-def test_sequence_batch_counts_what_sequence_log_moves(relay_db: str) -> None:
-    """The previous version's call moves rows by the same rule and returns how many it moved."""
+def test_sequence_batch_still_moves_rows_and_counts_them(relay_db: str) -> None:
+    """The previous version's call, the sequencing rule itself: it moves rows and returns how
+    many inbox rows it took."""
     with connect(relay_db) as conn:
         for i in range(5):
             conn.execute(
@@ -113,27 +115,27 @@ def test_grant_relay_lets_a_role_sequence_and_read_the_log(relay_db: str, relay_
             assert read_log(conn)[:1] == moved
 
 
-def test_upgrade_from_version_5_keeps_the_log_and_the_relay_roles_rights(
+def test_upgrade_from_version_7_keeps_the_log_and_the_relay_roles_rights(
     empty_db: str, relay_role: str
 ) -> None:
-    """Installing over version 5 keeps log, positions and epoch; a role granted the relay's
-    rights on version 5 may call sequence_log without a new grant; the result is a fresh install."""
+    """Installing over version 7 keeps log, positions and epoch; a role granted the relay's
+    rights on version 7 may call sequence_log without a new grant; the result is a fresh install."""
     with connect(empty_db) as conn:
-        conn.execute((FIXTURES / "install-v5.sql").read_text())
+        conn.execute((FIXTURES / "install-v7.sql").read_text())
         conn.execute(example_path().read_text())
         conn.execute("SELECT relay.grant_relay(%s)", (relay_role,))
         conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
         assert (1,) == conn.execute("SELECT relay.sequence_batch(1000)").fetchone()
         conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p2')")  # waits
         before = conn.execute("SELECT epoch, schema_version FROM relay.settings").fetchone()
-        assert before is not None and 5 == before[1]
+        assert before is not None and 7 == before[1]
 
         conn.execute(install_script())
 
         assert (before[0], SCHEMA_VERSION) == conn.execute(
             "SELECT epoch, schema_version FROM relay.settings"
         ).fetchone()
-        assert 6 == SCHEMA_VERSION
+        assert 8 == SCHEMA_VERSION
         conn.execute("SELECT increment_thumbnail_share_click_count(1)")
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(relay_role)))

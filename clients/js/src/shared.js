@@ -10,18 +10,18 @@
  * browser when the tab closes or crashes, and the next member in the queue leads.
  *
  * The leader's websocket client gets its tokens from the leader tab's provider while that
- * returns a token of the group's user; otherwise it borrows one from the followers (the first
- * valid answer within BORROW_MS).
+ * returns a token of the group's user; otherwise it borrows one from the followers (borrow.js).
  */
 
 import { backoffDelay } from './backoff.js';
+import { BORROW_MS, tokenLending } from './borrow.js';
 import { RelayError, callbackCaller } from './errors.js';
+import { stateCell, wakeOnBrowserSignals } from './status.js';
 import { TabCore, groupName, memberName } from './tabs.js';
 import { timerFactory } from './timers.js';
-import { tokenExpiry, tokenSubject } from './token.js';
+import { tokenSubject } from './token.js';
 
-/** How long a leader without a token of its own waits for a follower to lend one. */
-export const BORROW_MS = 2_000;
+export { BORROW_MS };
 
 /** The locks and BroadcastChannel to share tabs with, or null: the option shareTabs is false,
  * or the environment has no Web Locks or no BroadcastChannel (Node, old browsers, workers
@@ -52,9 +52,8 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
   const timer = timerFactory(timers);
   const handlers = new Map(); // subscription id -> the app's handlers
   let nextId = 1;
-  let state = 'connecting';
+  const state = stateCell('connecting', call, onState);
   let lastEventAt = null;
-  const watchers = new Set();
   let closed = false;
 
   let user = null;
@@ -64,18 +63,18 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
 
   let inner = null; // the leader's websocket client
   const innerSubs = new Map(); // route key -> unsubscribe
-  const borrowing = new Map(); // n -> accept(token)
-  let borrowSeq = 0;
+  const tokens = tokenLending({
+    token,
+    user: () => user,
+    member,
+    now,
+    timer,
+    closed: () => closed,
+    ask: (n) => run(core.askToken(n)),
+    post: (message) => channelTo(null)?.postMessage(message),
+  });
 
   // -- plumbing -------------------------------------------------------------------------------
-
-
-  function setState(next) {
-    if (next === state) return;
-    state = next;
-    call(onState, next);
-    for (const listener of [...watchers]) call(listener, next);
-  }
 
   /** Carries out the core's actions, in order. */
   function run(actions) {
@@ -88,7 +87,7 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
           deliver(action);
           break;
         case 'state':
-          setState(action.state);
+          state.set(action.state);
           break;
         case 'connect':
           connect();
@@ -115,10 +114,10 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
           inner?.reconnect();
           break;
         case 'lend-token':
-          lend(action.to, action.n);
+          tokens.lend(action.to, action.n);
           break;
         case 'token':
-          borrowing.get(action.n)?.(action.token);
+          tokens.received(action.n, action.token);
           break;
         default:
           throw new Error(`pgrelay: unknown action ${action.type}`);
@@ -219,7 +218,7 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
     inner = createSocketClient({
       ...options,
       shareTabs: false,
-      token: leaderToken,
+      token: tokens.leaderToken,
       onState: (next) => {
         if (!closed) run(core.innerState(next));
       },
@@ -246,54 +245,6 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
     }));
   }
 
-  /** A token of the group's user: this tab's own, else one a follower lends. */
-  async function leaderToken() {
-    let problem;
-    try {
-      const value = await token();
-      if (tokenSubject(value) === user) return value;
-      problem = new RelayError('token_user_changed', 'the token provider returned a token of another user than the one this tab shares a socket for');
-    } catch (err) {
-      problem = err;
-    }
-    const borrowed = await borrow();
-    if (borrowed !== null) return borrowed;
-    throw problem;
-  }
-
-  function borrow() {
-    if (closed) return Promise.resolve(null);
-    return new Promise((resolve) => {
-      const n = ++borrowSeq;
-      const wait = timer();
-      const finish = (value) => {
-        wait.clear();
-        borrowing.delete(n);
-        resolve(value);
-      };
-      borrowing.set(n, (value) => {
-        if (usable(value)) finish(value);
-      });
-      wait.set(BORROW_MS, () => finish(null));
-      run(core.askToken(n));
-    });
-  }
-
-  function usable(value) {
-    if (typeof value !== 'string' || tokenSubject(value) !== user) return false;
-    const exp = tokenExpiry(value);
-    return exp === null || exp > now();
-  }
-
-  async function lend(to, n) {
-    try {
-      const value = await token();
-      if (!closed && usable(value)) channelTo(null)?.postMessage({ t: 'token', from: member, to, n, token: value });
-    } catch {
-      // nothing to lend
-    }
-  }
-
   // -- starting: who is the user? ---------------------------------------------------------------
 
   async function start() {
@@ -315,10 +266,10 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
 
   /** A token without a user: this tab keeps a socket of its own, subscriptions moved over. */
   function goSolo() {
-    solo = createSocketClient({ ...options, shareTabs: false, onState: setState });
+    solo = createSocketClient({ ...options, shareTabs: false, onState: state.set });
     for (const sub of core.subs.values()) soloSubscribe(sub.id, sub.spec, sub.cursor);
     core.subs.clear();
-    setState(solo.state);
+    state.set(solo.state);
   }
 
   function soloSubscribe(id, spec, since) {
@@ -370,13 +321,7 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
 
   // A follower that becomes visible (or gets its network back) asks the leader to retry now:
   // the leader may be a background tab whose timers the browser slows down.
-  const onVisibility = () => {
-    if (globalThis.document?.visibilityState === 'visible') wake();
-  };
-  const events = typeof globalThis.addEventListener === 'function' ? globalThis : null;
-  const doc = typeof globalThis.document?.addEventListener === 'function' ? globalThis.document : null;
-  events?.addEventListener('online', wake);
-  doc?.addEventListener('visibilitychange', onVisibility);
+  const stopListening = wakeOnBrowserSignals(wake);
 
   function close() {
     if (closed) return;
@@ -384,7 +329,7 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
     closed = true;
     solo?.close();
     timer.clearAll();
-    for (const accept of borrowing.values()) accept(null);
+    tokens.cancel();
     if (group !== null) {
       group.stop.abort();
       for (const abort of group.watches.values()) abort.abort();
@@ -393,10 +338,9 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
       for (const channel of [group.control, group.own, ...group.channels.values()]) channel?.close();
     }
     handlers.clear();
-    events?.removeEventListener('online', wake);
-    doc?.removeEventListener('visibilitychange', onVisibility);
-    setState('closed');
-    watchers.clear();
+    stopListening();
+    state.set('closed');
+    state.clear();
   }
 
   start().catch((err) => call(onError, new RelayError('share_failed', 'could not join the other tabs', { cause: err })));
@@ -406,15 +350,12 @@ export function createSharedClient(options, { locks, BroadcastChannel: Channel }
     close,
     reconnect: wake,
     get state() {
-      return state;
+      return state.value;
     },
     get lastEventAt() {
       return solo !== null ? solo.lastEventAt : lastEventAt;
     },
-    watchState(listener) {
-      watchers.add(listener);
-      return () => watchers.delete(listener);
-    },
+    watchState: state.watch,
     /** 'leader' (this tab holds the socket), 'follower', 'solo' (a socket of its own) or
      * 'joining'; 'closed' after close(). */
     get tabRole() {

@@ -4,6 +4,8 @@
  * when to ask its token provider for a new one, and which tabs may share a socket.
  */
 
+import { RelayError } from './errors.js';
+
 /** setTimeout's largest delay (about 24.8 days); longer ones fire at once in browsers. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -47,6 +49,56 @@ export function refreshDelay(expMs, nowMs, refreshBeforeMs = 60_000) {
   const left = expMs - nowMs;
   const lead = Math.min(refreshBeforeMs, left / 2);
   return Math.max(MIN_REFRESH_MS, left - lead);
+}
+
+/**
+ * The app's token provider behind a cache: `get()` answers from the cache while the token is
+ * fresh (until refreshDelay says to replace it), else calls the provider, one call at once;
+ * `get(true)` always calls it. A provider that throws or returns no string fails with a
+ * RelayError `token_failed`.
+ */
+export function tokenCache(provider, { now, refreshBeforeMs }) {
+  let cached = null; // { token, refreshAt }
+  let pending = null;
+  return {
+    get(fresh = false) {
+      if (!fresh && cached && now() < cached.refreshAt) {
+        return Promise.resolve(cached.token);
+      }
+      if (!pending) {
+        pending = (async () => {
+          try {
+            const value = await provider();
+            if (typeof value !== 'string' || !value) {
+              throw new TypeError('the token provider must return a non-empty string');
+            }
+            const at = now();
+            cached = {
+              token: value,
+              refreshAt: at + refreshDelay(tokenExpiry(value), at, refreshBeforeMs),
+            };
+            return value;
+          } catch (err) {
+            throw err instanceof RelayError
+              ? err
+              : new RelayError('token_failed', 'the token provider failed', { cause: err });
+          } finally {
+            pending = null;
+          }
+        })();
+      }
+      return pending;
+    },
+    /** When `value` (a token this cache handed out) is due for replacement: now if it is no
+     * longer the cached one. */
+    refreshAt(value) {
+      return cached?.token === value ? cached.refreshAt : now();
+    },
+    /** Drops the cached token (the relay refused it): the next get() asks the provider. */
+    forget() {
+      cached = null;
+    },
+  };
 }
 
 function base64UrlDecode(text) {
