@@ -23,6 +23,7 @@ __all__ = [
     "fmt_ratio",
     "fmt_status",
     "latency_cell",
+    "latency_summary",
     "median",
     "profile_self",
     "profile_share",
@@ -169,3 +170,21 @@ def profile_self(results: Results, profile: str, name: str) -> float:
         if function == name:
             return float(share)
     return float("nan")
+
+
+def latency_summary(results: Results) -> str:
+    """The latency cells as a plain table: medians over the repeats, the server's CPU per
+    event, what else ran on the machine (cores, the most of any repeat), losses."""
+    lines = [
+        "stack  rate/s  users  runs  p50 ms  p99 ms  cpu us/event  others  lost  dup",
+    ]
+    for name, stack in results.stacks.items():
+        for (rate, users), runs in sorted(stack.latency.items()):
+            cell = latency_cell(runs)
+            lines.append(
+                f"{name:5}  {rate:6}  {users:5}  {len(runs):4}  {fmt_ms(cell['p50']):>6}  "
+                f"{fmt_ms(cell['p99']):>6}  {cell['cpu_us']:12.0f}  {cell['others']:6.2f}  "
+                f"{cell['lost']:4}  {cell['duplicates']:3}"
+            )
+    lines += [f"{key}: {value}" for key, value in results.machine.items() if "load" in key]
+    return "\n".join(lines)

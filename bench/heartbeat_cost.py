@@ -4,8 +4,9 @@ Each replica writes a heartbeat every ``RELAY_HEARTBEAT_INTERVAL`` (5 s by defau
 same path as row events: ``relay.heartbeat`` into the inbox, the sequencer's batch into the log,
 and every replica's log reader reads it. On an idle log each heartbeat is a batch of its own, the
 case measured here: a private server (relay.demo.pgserver.PgServer, the default settings) runs
-``HEARTBEATS`` rounds of the relay's own calls (``write_heartbeat``, ``sequence_batch``, one
-``read_log_after``), and the WAL written is read from ``pg_current_wal_lsn()`` before and after.
+``HEARTBEATS`` rounds of the relay's own calls (``write_heartbeat``, ``sequence_log``, one
+``read_log_after``: another replica's read), and the WAL written is read from
+``pg_current_wal_lsn()`` before and after.
 Not counted: the catalog and head reads of each maintenance round, which run every 5 s with
 heartbeats off too.
 
@@ -27,7 +28,7 @@ import psycopg
 
 from relay.demo.pgserver import PgServer
 from relay.ops.datafiles import install_script
-from relay.pg.queries import READ_BATCH, read_log_after, sequence_batch, write_heartbeat
+from relay.pg.queries import READ_BATCH, read_log_after, sequence_log, write_heartbeat
 
 __all__ = ["main", "measure"]
 
@@ -42,7 +43,7 @@ async def _wal_bytes(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> tuple
     empty = await (await conn.execute(size)).fetchone()
     for n in range(HEARTBEATS):
         await write_heartbeat(conn, "replica-1")
-        assert 1 == await sequence_batch(conn, 1000)
+        assert 1 == len(await sequence_log(conn, 1000))
         assert 1 == len(await read_log_after(conn, n, READ_BATCH))
     after = (await (await conn.execute(lsn)).fetchone() or ("",))[0]
     wal = await (await conn.execute("SELECT %s::pg_lsn - %s::pg_lsn", (after, before))).fetchone()

@@ -16,27 +16,36 @@ INSERT/UPDATE rate on an untracked table, one psycopg listener's raw NOTIFY rece
 websockets' raw ``broadcast()`` to the same clients.
 
     python -m bench.relay_bench [--quick] [--out BENCHMARKS.md] [--plots DIR] [--no-profile]
+    python -m bench.relay_bench --only latency [--rates 1000,4500] [--users 100,1000]
+                                [--repeats N] [--no-peer] [--relay-env NAME=VALUE] [--json FILE]
 
 Writes its Markdown region (between the relay-bench markers) into --out, leaving the rest of
 the file as it is; progress goes to stderr. --quick (under a minute) is the smoke mode of the
-test suite: tiny runs, every section present, numbers meaningless.
+test suite: tiny runs, every section present, numbers meaningless. --only latency measures the
+commit-to-client latency cells alone (the full plan's, or those chosen) and prints a summary
+table instead of the region (medians per cell, the relay's CPU per event, the load average): for
+A/B comparisons of one change; it writes no report (--json keeps the runs, and the py-spy
+profile of the first run at 1,000 events/s over 1,000 users unless --no-profile).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
+import os
 import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cells import latency_summary
 from bench.machine import machine_info
 from bench.measure import Measure
 from bench.plan import (
@@ -44,6 +53,7 @@ from bench.plan import (
     FULL,
     QUICK,
     LatencyRun,
+    Plan,
     Results,
     StackResult,
     per_commit_for,
@@ -80,6 +90,8 @@ class Stack:
 class Bench(Measure):
     """The whole run: the limits, then each stack's cells, alternating between the stacks."""
 
+    relay_env: dict[str, str] = {}  # settings for the relay process (replaced, never changed)
+
     def run_stacks(self, stacks: list[Stack]) -> None:
         """Measures the stacks side by side: each cell's runs alternate between them, so a
         neighbour's load on the shared machine falls on both alike."""
@@ -90,11 +102,7 @@ class Bench(Measure):
             st.swarm.close()
         with_db = [st for st in stacks if st.dsn is not None]
         for n_users in sorted(plan.lat_users, reverse=True):
-            for st in with_db:
-                st.swarm.close()
-                answer = st.swarm.connect(st.server.kind, st.server.url, users[:n_users],
-                                          concurrency=st.calm, retries=3)  # fmt: skip
-                log(f"{st.server.kind}: {answer['connected']} clients for the latency runs")
+            self._connect_users(with_db, users[:n_users])
             self._latency(with_db, n_users)
             for st in with_db:
                 self._sustained(st.server, st.swarm, st.dsn or "", st.result, n_users)
@@ -105,6 +113,13 @@ class Bench(Measure):
             st.swarm.close()
         for st in with_db:  # last: the peer does not recover from it
             self.kill_run(st.server, st.swarm, st.dsn or "", st.result, users[:100], st.calm)
+
+    def _connect_users(self, stacks: list[Stack], users: list[str]) -> None:
+        for st in stacks:
+            st.swarm.close()
+            answer = st.swarm.connect(st.server.kind, st.server.url, users,
+                                      concurrency=st.calm, retries=3)  # fmt: skip
+            log(f"{st.server.kind}: {answer['connected']} clients for the latency runs")
 
     def _memory_and_storm(
         self, server: Any, swarm: SwarmGroup, result: StackResult, users: list[str], calm: int
@@ -264,31 +279,10 @@ class Bench(Measure):
             peer = StackResult("peer")
             bare = StackResult("bare websockets")
             results.stacks.update(relay=relay, peer=peer, bare=bare)
-            missing = [m for m in ("broadcaster", "starlette", "uvicorn", "asyncpg")
-                       if importlib.util.find_spec(m) is None]  # fmt: skip
-            if missing:
-                peer.available = False
-                peer.why_not = f"not installed here: {', '.join(missing)}"
-                log(f"peer skipped: {peer.why_not}")
             self.relay_base = self.db.pipeline()[1]
-            with contextlib.ExitStack() as stack:
-                relay_server = RelayServer(self.db.dsn("relay")).start()
-                stack.callback(relay_server.stop)
-                self.servers[relay_server.pid] = relay_server
-                stacks = [Stack(relay_server, self.db.dsn("relay"), relay, SwarmGroup(2), 200)]
-                stack.callback(stacks[0].swarm.stop)
-                if peer.available:
-                    peer_server = PeerServer(self.db.dsn("peer"), self.workdir / "peer.log")
-                    peer_server.start()
-                    stack.callback(peer_server.stop)
-                    stack.callback(lambda: peer.errors.update(peer_server.errors()))
-                    # Subscribing is serial on the peer: broadcaster's one asyncpg connection
-                    # refuses a second LISTEN while one is in flight (see the storms).
-                    stacks.append(Stack(peer_server, self.db.dsn("peer"), peer, SwarmGroup(2), 1))
-                    stack.callback(stacks[-1].swarm.stop)
+            with self._db_stacks(relay, peer) as stacks:
                 self.run_stacks(stacks)
-                self._dialect_latency(relay_server, self.db.dsn("relay"), dialect)
-            self.servers.clear()
+                self._dialect_latency(stacks[0].server, self.db.dsn("relay"), dialect)
             with contextlib.ExitStack() as stack:
                 bare_server = BareServer().start()
                 stack.callback(bare_server.stop)
@@ -299,6 +293,58 @@ class Bench(Measure):
             self.db.stop()
         results.seconds = time.time() - results.started
         return results
+
+    def run_latency(self, *, peer: bool) -> Results:
+        """Only the latency cells of the plan: the relay (and the peer) on one database server,
+        alternating run by run."""
+        results = self.results
+        results.machine = machine_info()
+        results.machine["load average before"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        self.db.start()
+        try:
+            relay, peer_result = StackResult("relay"), StackResult("peer")
+            results.stacks.update(relay=relay, peer=peer_result)
+            if not peer:
+                peer_result.available, peer_result.why_not = False, "--no-peer"
+            self.relay_base = self.db.pipeline()[1]
+            with self._db_stacks(relay, peer_result) as stacks:
+                users = [str(u) for u in range(max(self.plan.lat_users))]
+                for n_users in sorted(self.plan.lat_users, reverse=True):
+                    self._connect_users(stacks, users[:n_users])
+                    self._latency(stacks, n_users)
+        finally:
+            self.db.stop()
+        results.machine["load average after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        results.seconds = time.time() - results.started
+        return results
+
+    @contextlib.contextmanager
+    def _db_stacks(self, relay: StackResult, peer: StackResult) -> Iterator[list[Stack]]:
+        """The relay's server and, when it is installed (and ``peer.available``), the peer's,
+        each with its swarm; stopped on exit."""
+        missing = [m for m in ("broadcaster", "starlette", "uvicorn", "asyncpg")
+                   if importlib.util.find_spec(m) is None]  # fmt: skip
+        if missing and peer.available:
+            peer.available = False
+            peer.why_not = f"not installed here: {', '.join(missing)}"
+            log(f"peer skipped: {peer.why_not}")
+        with contextlib.ExitStack() as stack:
+            relay_server = RelayServer(self.db.dsn("relay"), self.relay_env).start()
+            stack.callback(relay_server.stop)
+            self.servers[relay_server.pid] = relay_server
+            stacks = [Stack(relay_server, self.db.dsn("relay"), relay, SwarmGroup(2), 200)]
+            stack.callback(stacks[0].swarm.stop)
+            if peer.available:
+                peer_server = PeerServer(self.db.dsn("peer"), self.workdir / "peer.log")
+                peer_server.start()
+                stack.callback(peer_server.stop)
+                stack.callback(lambda: peer.errors.update(peer_server.errors()))
+                # Subscribing is serial on the peer: broadcaster's one asyncpg connection
+                # refuses a second LISTEN while one is in flight (see the storms).
+                stacks.append(Stack(peer_server, self.db.dsn("peer"), peer, SwarmGroup(2), 1))
+                stack.callback(stacks[-1].swarm.stop)
+            yield stacks
+        self.servers.clear()
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -313,8 +359,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="keep the results (pickle) to --render later")
     parser.add_argument("--render", type=Path, help="measure nothing: report saved results")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    parser.add_argument("--only", choices=("latency",), help="measure only these cells, no report")
+    parser.add_argument("--rates", help="with --only: events/s, comma-separated (plan's if unset)")
+    parser.add_argument("--users", help="with --only: users, comma-separated (plan's if unset)")
+    parser.add_argument("--repeats", type=int, help="with --only: runs per cell (plan's if unset)")
+    parser.add_argument("--no-peer", action="store_true", help="with --only: the relay alone")
+    parser.add_argument(
+        "--relay-env", action="append", default=[], metavar="NAME=VALUE",
+        help="with --only: a setting for the relay (RELAY_EVENT_LOOP=uvloop)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.only:
+        return latency_only(plan, args)
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         workdir = Path(tmp)
         if args.render:
@@ -333,6 +390,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         replace_region(args.out, region)
         log(f"wrote {args.out}")
+    return 0
+
+
+def latency_only(plan: Plan, args: argparse.Namespace) -> int:
+    """--only latency: the chosen latency cells, a summary table on stdout (and --json)."""
+    plan = dataclasses.replace(
+        plan,
+        lat_rates=tuple(int(r) for r in args.rates.split(",")) if args.rates else plan.lat_rates,
+        lat_users=tuple(int(u) for u in args.users.split(",")) if args.users else plan.lat_users,
+        repeats=args.repeats or plan.repeats,
+    )
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+        bench = Bench(plan, Path(tmp), profile=not args.no_profile and not args.quick)
+        bench.relay_env = dict(item.split("=", 1) for item in args.relay_env)
+        results = bench.run_latency(peer=not args.no_peer)
+    if args.json:
+        args.json.write_text(json.dumps(results_to_json(results), indent=1))
+    sys.stdout.write(latency_summary(results) + "\n")
     return 0
 
 

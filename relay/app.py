@@ -131,12 +131,20 @@ async def run_relay(
         on_reconnect=metrics.listener_reconnects.inc,
         on_caught_up=hub.caught_up,
         on_uncarriable=hub.on_uncarriable,
+        on_batch=metrics.count_reader_batch,
         listen_window=settings.listen_window,
         query_timeout=settings.query_timeout,
     )
+
+    def on_leader(leader: bool) -> None:
+        metrics.sequencer_leader.set(1 if leader else 0)
+        reader.lead(leader)
+
+    # The leader's reader takes each batch from its sequencer, in process (relay/pg/reader.py).
     sequencer = Sequencer(
         settings.dsn,
-        on_leader=lambda leader: metrics.sequencer_leader.set(1 if leader else 0),
+        on_leader=on_leader,
+        on_batch=reader.hand,
         query_timeout=settings.query_timeout,
         poll_interval=settings.poll_interval,
         batch_window=settings.batch_window,

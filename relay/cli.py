@@ -54,12 +54,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     configure_logging(settings.log_format, settings.log_level)
+    # RELAY_EVENT_LOOP: uvloop when asked for (checked installed when the settings loaded).
+    options = {"use_uvloop": settings.event_loop == "uvloop"}
     if settings.demo:
         from relay.demo.web import demo_routes
 
-        anyio.run(partial(run_relay, settings, extra_routes=demo_routes))
+        anyio.run(partial(run_relay, settings, extra_routes=demo_routes), backend_options=options)
     else:
-        anyio.run(run_relay, settings)
+        anyio.run(run_relay, settings, backend_options=options)
     return 0
 
 

@@ -584,6 +584,31 @@ BEGIN
 END
 $sequence$;
 
+-- relay.sequence_batch, returning the events it logged, in position order, in the shape the relay
+-- reads the log in (relay/pg/queries.py LOG_COLUMNS: the JSON columns as text): the leader's
+-- relay routes them without reading them back (docs/operations.md, "The leader's path"). The
+-- rows are those past the head it found under relay.head's row lock: this transaction's own.
+CREATE OR REPLACE FUNCTION relay.sequence_log(max_rows integer DEFAULT 1000)
+RETURNS TABLE (pos bigint, table_schema name, table_name name, op text, pk text, row_data text,
+               old_key text, changed text[], audience text[], committed_at timestamptz,
+               truncated boolean, old_values text, old_audience text[])
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence_log$
+DECLARE
+    head_pos bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM relay.inbox) THEN
+        RETURN;  -- as cheap as sequence_batch's empty look: no row lock, no transaction id
+    END IF;
+    SELECT h.pos INTO head_pos FROM relay.head AS h FOR UPDATE;
+    PERFORM relay.sequence_batch(max_rows);
+    RETURN QUERY
+    SELECT l.pos, l.table_schema, l.table_name, l.op, l.pk::text, l.row_data::text,
+           l.old_key::text, l.changed, l.audience, l.committed_at, l.truncated,
+           l.old_values::text, l.old_audience
+      FROM relay.log AS l WHERE l.pos > head_pos ORDER BY l.pos;
+END
+$sequence_log$;
+
 -- Deletes log rows sequenced before now() - older_than, at most max_rows per call, oldest
 -- first. Returns how many it deleted; call again while it returns max_rows.
 -- Positions are gap-free and sequenced_at grows with them (one sequencer at a time stamps its
@@ -818,7 +843,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $grant$
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA relay TO %s', role);
     EXECUTE format('GRANT SELECT ON relay.log, relay.head, relay.settings, relay.tracked TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_batch(integer), '
+    EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_log(integer), '
+                   'relay.sequence_batch(integer), '
                    'relay.prune(interval, integer), relay.heartbeat(text) TO %s', role);
 END
 $grant$;
@@ -836,6 +862,21 @@ GRANT EXECUTE ON FUNCTION relay._pick(anyelement, text[]) TO PUBLIC;
 DELETE FROM relay.tracked WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = tbl);
 DO $reattach$ BEGIN PERFORM relay._attach(tbl) FROM relay.tracked; END $reattach$;
 
-UPDATE relay.settings SET schema_version = 7, upgraded_at = now() WHERE schema_version < 7;
+-- A role granted the relay's rights before version 8 may run relay.sequence_log too.
+DO $regrant$
+DECLARE
+    grantee regrole;
+BEGIN
+    FOR grantee IN
+        SELECT a.grantee::regrole FROM pg_proc AS p, aclexplode(p.proacl) AS a
+         WHERE p.oid = 'relay.sequence_batch(integer)'::regprocedure
+           AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION relay.sequence_log(integer) TO %s', grantee);
+    END LOOP;
+END
+$regrant$;
+
+UPDATE relay.settings SET schema_version = 8, upgraded_at = now() WHERE schema_version < 8;
 
 COMMIT;

@@ -9,6 +9,7 @@ one line naming the variable (as Starlette's config).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import socket
@@ -207,6 +208,11 @@ class Settings:
     replica_id: str = _setting(
         "", str, "name of this replica in logs and heartbeats (default: host-pid)"
     )
+    event_loop: str = _setting(
+        "asyncio",
+        choice("asyncio", "uvloop"),
+        "the event loop: asyncio, or uvloop (installed with pgrelay[uvloop])",
+    )
     # Logs
     log_format: str = _setting(
         "auto",
@@ -272,6 +278,11 @@ class Settings:
             raise ConfigError("RELAY_RETENTION must be at least 60s")
         if self.inbound_byte_rate <= 0:
             raise ConfigError("RELAY_INBOUND_BYTE_RATE must be greater than 0")
+        if self.event_loop == "uvloop" and not _importable("uvloop"):
+            raise ConfigError(
+                "RELAY_EVENT_LOOP=uvloop, but uvloop is not installed: "
+                "pip install 'pgrelay[uvloop]' (or set RELAY_EVENT_LOOP=asyncio)"
+            )
 
     def redacted(self) -> dict[str, Any]:
         """Every setting, with secrets and DSN passwords hidden: safe to print and log."""
@@ -284,6 +295,14 @@ class Settings:
                 value = "********"
             out[spec.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _replace(settings: Settings, **changes: Any) -> Settings:

@@ -178,6 +178,18 @@ class Metrics:
             "1 while this replica holds the sequencer role",
             registry=registry,
         )
+        reader_batches = Counter(
+            "relay_reader_batches",
+            "Batches the log reader delivered, by source: log (read from relay.log) or handoff "
+            "(the leader's own, handed by its sequencer without a query)",
+            ["source"],
+            registry=registry,
+        )
+        self._reader_batches = {s: reader_batches.labels(s) for s in ("log", "handoff")}
+
+    def count_reader_batch(self, source: str) -> None:
+        """One batch delivered by the log reader, read from the log or handed over."""
+        self._reader_batches[source].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

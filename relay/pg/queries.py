@@ -44,13 +44,16 @@ __all__ = [
     "read_head",
     "read_log_after",
     "read_log_state",
-    "sequence_batch",
+    "sequence_log",
     "try_sequencer_lock",
+    "unlisten",
     "write_heartbeat",
 ]
 
-SCHEMA_VERSION: Final = 7  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 8  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
+# The log's columns as the relay reads them; relay.sequence_log (sql/install.sql) returns the rows
+# it moved in the same shape: change both together.
 LOG_COLUMNS: Final = (
     "pos, table_schema, table_name, op, pk::text, row_data::text, old_key::text, changed,"
     " audience, committed_at, truncated, old_values::text, old_audience"
@@ -199,6 +202,11 @@ async def listen(conn: AsyncConn, channel: str) -> None:
     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
 
 
+async def unlisten(conn: AsyncConn, channel: str) -> None:
+    """UNLISTEN ``channel``: its notifications stop coming to ``conn``."""
+    await conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+
+
 async def ping(conn: AsyncConn) -> None:
     """One round trip: proves the connection answers."""
     await conn.execute("SELECT 1")
@@ -220,12 +228,12 @@ async def try_sequencer_lock(conn: AsyncConn) -> bool:
     return bool(row and row[0])
 
 
-async def sequence_batch(conn: AsyncConn, batch: int) -> int:
-    """Moves up to ``batch`` committed inbox rows into the log; returns how many it took (each
-    became an event, or none for an UPDATE that changed nothing an event carries)."""
-    row = await (await conn.execute("SELECT relay.sequence_batch(%s)", (batch,))).fetchone()
-    assert row is not None
-    return int(row[0])
+async def sequence_log(conn: AsyncConn, batch: int) -> list[tuple[Any, ...]]:
+    """Moves up to ``batch`` committed inbox rows into the log; returns the events it logged,
+    committed, in position order (LOG_COLUMNS): one per row taken, or none for an UPDATE that
+    changed nothing an event carries."""
+    cur = await conn.execute("SELECT * FROM relay.sequence_log(%s)", (batch,))
+    return await cur.fetchall()
 
 
 async def prune(conn: AsyncConn, retention: float, limit: int) -> int:

@@ -2,11 +2,13 @@
 
 Policy: every replica competes for an advisory session lock, polling for it every
 ``TAKEOVER_INTERVAL``. The holder moves committed inbox rows into the log
-(``relay.sequence_batch``, one transaction and one ``relay_log`` notification per batch) by an
+(``relay.sequence_log``, one transaction and one ``relay_log`` notification per batch) by an
 adaptive poll of the inbox (relay/core/pacing.py): ``batch_window`` after a batch that moved rows
 (stretched under heavy load), backing off to ``poll_interval`` while the inbox stays empty;
-with notify on, a writer's doorbell cuts the wait short. It prunes the log to its retention at
-most every ``prune_interval``.
+with notify on, a writer's doorbell cuts the wait short. The rows of each batch come back from
+the same call, committed, and are handed to this process's log reader (``on_batch``), which
+delivers them without reading the log (relay/pg/reader.py); the other replicas learn of them from
+the doorbell. It prunes the log to its retention at most every ``prune_interval``.
 If the holder dies its backend goes, the lock is released and another replica takes over within
 ``TAKEOVER_INTERVAL``. Its connection is kept by the supervised loop (relay/pg/supervise.py);
 every query runs under ``query_timeout``.
@@ -15,8 +17,8 @@ every query runs under ``query_timeout``.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import anyio
 import structlog
@@ -27,7 +29,7 @@ from relay.pg.queries import (
     listen,
     ping,
     prune,
-    sequence_batch,
+    sequence_log,
     try_sequencer_lock,
 )
 from relay.pg.supervise import Supervisor
@@ -41,10 +43,16 @@ log = structlog.get_logger("relay.pg.sequencer")
 T = TypeVar("T")
 
 
+def _ignore_batch(rows: Sequence[Sequence[Any]]) -> None:
+    pass
+
+
 class Sequencer:
     """Competes for the sequencer lock; while held, moves inbox rows into the log.
 
-    ``on_leader`` is told True when this replica takes the role and False when it loses it.
+    ``on_leader`` is told True when this replica takes the role and False when it loses it;
+    ``on_batch`` is handed the rows of each batch that moved rows, committed, in position order
+    (LOG_COLUMNS), before the next look. Both are synchronous and must not block.
     The log is pruned on the leader's connection after batches, at most every
     ``prune_interval`` seconds, of rows older than ``retention`` seconds.
     """
@@ -54,6 +62,7 @@ class Sequencer:
         dsn: str,
         *,
         on_leader: Callable[[bool], None],
+        on_batch: Callable[[Sequence[Sequence[Any]]], None] = _ignore_batch,
         query_timeout: float,
         poll_interval: float,
         batch_window: float,
@@ -64,6 +73,7 @@ class Sequencer:
         rng: random.Random | None = None,
     ) -> None:
         self.on_leader = on_leader
+        self.on_batch = on_batch
         self.query_timeout = query_timeout
         self.poll_interval = poll_interval
         self.batch_window = batch_window
@@ -82,8 +92,12 @@ class Sequencer:
         self._next_prune = 0.0
 
     async def run(self) -> None:
-        """Competes for the role and serves it until cancelled."""
-        await self.supervisor.run(self._serve)
+        """Competes for the role and serves it until cancelled (the role ends with it: its
+        connection closes, and ``on_leader`` is told False)."""
+        try:
+            await self.supervisor.run(self._serve)
+        finally:
+            self._set_leader(False)
 
     def _set_leader(self, leader: bool) -> None:
         if leader != self.leader:
@@ -106,7 +120,12 @@ class Sequencer:
         pacer = PollPacer(self.batch_window, self.poll_interval)
         while True:
             started = anyio.current_time()
-            taken = await self._timed(sequence_batch(conn, self.batch))
+            rows = await self._timed(sequence_log(conn, self.batch))
+            if rows:
+                self.on_batch(rows)
+            # Events logged: as many as rows taken but for UPDATEs that changed nothing carried,
+            # so a full batch holding one is followed after the window, not at once.
+            taken = len(rows)
             await self._maybe_prune(conn)
             # The window runs from the start of the look: what committed while the batch was
             # sequenced is already waiting. A full batch waits not at all.
