@@ -595,12 +595,23 @@ RETURNS TABLE (pos bigint, table_schema name, table_name name, op text, pk text,
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence_log$
 DECLARE
     head_pos bigint;
+    logged   bigint := 0;
+    want     integer;
+    took     bigint;
 BEGIN
-    IF NOT EXISTS (SELECT FROM relay.inbox) THEN
+    IF max_rows < 1 OR NOT EXISTS (SELECT FROM relay.inbox) THEN
         RETURN;  -- as cheap as sequence_batch's empty look: no row lock, no transaction id
     END IF;
     SELECT h.pos INTO head_pos FROM relay.head AS h FOR UPDATE;
-    PERFORM relay.sequence_batch(max_rows);
+    -- Batches until max_rows events are logged or every visible inbox row is taken: an UPDATE
+    -- that changed nothing carried is taken and logs nothing, so fewer than max_rows rows back
+    -- means nothing more waits (the relay's pacing reads it so), never a batch of such UPDATEs.
+    LOOP
+        want := max_rows - logged;
+        took := relay.sequence_batch(want);
+        SELECT h.pos - head_pos INTO logged FROM relay.head AS h;
+        EXIT WHEN took < want OR logged >= max_rows;
+    END LOOP;
     RETURN QUERY
     SELECT l.pos, l.table_schema, l.table_name, l.op, l.pk::text, l.row_data::text,
            l.old_key::text, l.changed, l.audience, l.committed_at, l.truncated,

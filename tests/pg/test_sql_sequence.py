@@ -82,6 +82,22 @@ def test_sequence_log_rings_relay_log_once_per_batch_with_the_head(relay_db: str
         ]
 
 
+def test_sequence_log_takes_past_updates_that_change_nothing_carried(relay_db: str) -> None:
+    """A batch of UPDATEs that change nothing carried is taken and logs nothing; sequence_log
+    takes on until it has max_rows events or the inbox is empty, so a short result means
+    nothing more waits."""
+    with connect(relay_db) as conn:
+        conn.execute("INSERT INTO thumbnails (user_id, project_id) VALUES ('u1', 'p1')")
+        assert [1] == [row[0] for row in sequence_log(conn, 10)]
+        for _ in range(3):  # created_at is not carried: three rows taken, no event
+            conn.execute("UPDATE thumbnails SET created_at = created_at + interval '1 s'")
+        for title in ("a", "b", "c"):
+            conn.execute("UPDATE thumbnails SET title = %s", (title,))
+        assert [2, 3] == [row[0] for row in sequence_log(conn, 2)]
+        assert [4] == [row[0] for row in sequence_log(conn, 2)]
+        assert (0,) == conn.execute("SELECT count(*) FROM relay.inbox").fetchone()
+
+
 def test_sequence_batch_still_moves_rows_and_counts_them(relay_db: str) -> None:
     """The previous version's call, the sequencing rule itself: it moves rows and returns how
     many inbox rows it took."""
