@@ -140,7 +140,7 @@ class LogReader:
         self.handoff.offer(rows[0][0], rows)
         if self._waiting is not None and not self._take_handed():
             self._must_read = True
-            self._waiting.cancel()
+            self._wake()
 
     @property
     def waiting(self) -> bool:
