@@ -420,8 +420,14 @@ $salvage$;
 -- A batch holding a row whose text the plain cast to jsonb refuses is taken again, each row
 -- through relay._salvage (one subtransaction per batch in the common case, none per row). Its
 -- plan is prepared once (plan_cache_mode): a batch is one statement, never planned anew.
+-- enable_seqscan is off in it (and in relay.sequence_log): the inbox and the log are read by
+-- their primary keys, whatever their statistics say. Left to the planner, a plan made while the
+-- inbox looks empty (it always does) or the log is small (a new install) scans them whole; the
+-- inbox's heap, rows deleted as fast as they are written, holds every dead row since the last
+-- vacuum, and the plan stays until an analyze replaces it: at 10,000 events/s that cost the
+-- sequencer's backend 4 to 5 times its work (BENCHMARKS.md, "The planner and the hot inbox").
 CREATE OR REPLACE FUNCTION relay.sequence_batch(max_rows integer DEFAULT 1000) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $sequence$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $sequence$
 DECLARE
     head_pos  bigint;
     took      bigint;  -- inbox rows taken
@@ -592,7 +598,7 @@ CREATE OR REPLACE FUNCTION relay.sequence_log(max_rows integer DEFAULT 1000)
 RETURNS TABLE (pos bigint, table_schema name, table_name name, op text, pk text, row_data text,
                old_key text, changed text[], audience text[], committed_at timestamptz,
                truncated boolean, old_values text, old_audience text[])
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sequence_log$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $sequence_log$
 DECLARE
     head_pos bigint;
     logged   bigint := 0;
@@ -888,6 +894,6 @@ BEGIN
 END
 $regrant$;
 
-UPDATE relay.settings SET schema_version = 8, upgraded_at = now() WHERE schema_version < 8;
+UPDATE relay.settings SET schema_version = 9, upgraded_at = now() WHERE schema_version < 9;
 
 COMMIT;

@@ -50,7 +50,7 @@ __all__ = [
     "write_heartbeat",
 ]
 
-SCHEMA_VERSION: Final = 8  # the sql/install.sql version this relay speaks
+SCHEMA_VERSION: Final = 9  # the sql/install.sql version this relay speaks
 SEQUENCER_LOCK_KEY: Final = 7236111260339318785
 # The log's columns as the relay reads them; relay.sequence_log (sql/install.sql) returns the rows
 # it moved in the same shape: change both together.

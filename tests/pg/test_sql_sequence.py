@@ -113,6 +113,36 @@ def test_sequence_batch_still_moves_rows_and_counts_them(relay_db: str) -> None:
         assert (5,) == conn.execute("SELECT pos FROM relay.head").fetchone()
 
 
+def seq_scans(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Sequential scans of relay.inbox and relay.log so far, this session's included."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute(
+        "SELECT relname, seq_scan FROM pg_stat_user_tables"
+        " WHERE schemaname = 'relay' AND relname IN ('inbox', 'log')"
+    ).fetchall()
+    return {name: count for name, count in rows}
+
+
+def test_the_sequencer_reads_the_inbox_and_the_log_by_their_keys(relay_db: str) -> None:
+    """sequence_log and sequence_batch scan neither the inbox nor the log whole, whatever their
+    statistics: on one connection whose plans are made while both look empty, through a log
+    grown to 3,200 rows and more than the five calls after which a plan may be kept."""
+    with connect(relay_db) as conn:
+        before = seq_scans(conn)
+        assert [] == sequence_log(conn, 100)
+        for _ in range(8):
+            conn.execute(
+                "INSERT INTO generations (user_id, project_id)"
+                " SELECT 'u1', g::text FROM generate_series(1, 400) AS g"
+            )
+            while len(sequence_log(conn, 150)) == 150:
+                pass
+            assert (0,) == conn.execute("SELECT relay.sequence_batch(100)").fetchone()
+        assert (3200,) == conn.execute("SELECT pos FROM relay.head").fetchone()
+        assert before == seq_scans(conn)
+
+
 def test_grant_relay_lets_a_role_sequence_and_read_the_log(relay_db: str, relay_role: str) -> None:
     """A role with relay.grant_relay calls sequence_log and sequence_batch and reads what they
     moved; without it, sequence_log is refused."""
@@ -151,7 +181,7 @@ def test_upgrade_from_version_7_keeps_the_log_and_the_relay_roles_rights(
         assert (before[0], SCHEMA_VERSION) == conn.execute(
             "SELECT epoch, schema_version FROM relay.settings"
         ).fetchone()
-        assert 8 == SCHEMA_VERSION
+        assert 9 == SCHEMA_VERSION
         conn.execute("SELECT increment_thumbnail_share_click_count(1)")
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(relay_role)))
