@@ -285,6 +285,6 @@ class PhoenixWire:
         """The channel lost events to an overflow: ``phx_error`` (the client rejoins) and the
         session stops the channel until then."""
         binding = self.bindings.get(sub_id)
-        topic = binding.topic if binding is not None else sub_id.split("\x00", 1)[0]
+        topic = binding.topic if binding is not None else topic_of(sub_id)
         self.on_overflow(topic)
         return self.frame(None, None, topic, "phx_error", {})

@@ -109,3 +109,15 @@ def test_a_framed_push_is_shared_by_sockets_of_the_same_binding() -> None:
     two.bind("room\x007", "realtime:room", 7, resume=True)
     assert b'"cursor"' in two.event_frame("room\x007", event)
     assert b'"cursor"' not in one.event_frame("room\x007", event)
+
+
+def test_an_overflow_of_an_unbound_id_errors_the_whole_topic_even_one_holding_a_nul() -> None:
+    """overflow_reset reads the topic of a binding already gone with topic_of, as every other
+    reader of a router id does: a topic holding the separator stays whole."""
+    stopped: list[str] = []
+    wire = PhoenixWire(VSN_2, "e" * 32, lambda: TYPES, on_overflow=stopped.append)
+    frame = wire.overflow_reset("realtime:a\x00b\x007", 9)
+    assert (["realtime:a\x00b"], [None, None, "realtime:a\x00b", "phx_error", {}]) == (
+        stopped,
+        json.loads(frame),
+    )
