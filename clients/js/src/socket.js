@@ -125,6 +125,7 @@ export function createSocketClient(options) {
     unavailable: (error) => {
       pollUnsupported = true;
       report(error);
+      if (closed) return; // the app may close() from its onError handler
       stopPolling();
       scheduleReconnect();
     },

@@ -315,6 +315,22 @@ test('a relay without /v1/poll (404) keeps retrying websockets instead', async (
   client.close();
 });
 
+test('close() from onError on a 404 from /v1/poll leaves no timer and stays closed', async () => {
+  const { fetch } = fakeFetch(async () => ({ status: 404, body: null }));
+  let client = null;
+  const harness = setup({ fetch, fallbackAfter: 1, onError: () => client.close() });
+  client = harness.client;
+  const { sockets, clock, states } = harness;
+  client.subscribe('thumbnails', {}, {});
+  sockets[0].serverClose(1006);
+  await flush();
+  assert.equal(client.state, 'closed');
+  assert.equal(states.at(-1), 'closed');
+  assert.equal(clock.pending, 0);
+  await clock.advance(60_000);
+  assert.equal(sockets.length, 1);
+});
+
 test('poll errors: 400 ends the subscription, 401 refreshes the token, 503 backs off', async () => {
   const replies = [
     { status: 200, body: { events: [], cursor: cursor(1) } },
