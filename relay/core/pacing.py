@@ -7,12 +7,9 @@ transaction and one ``relay_log`` notification for all of it. Under heavy load t
 stretches: a look that moved more than ``BUSY_ROWS`` rows waits in proportion (twice the rows,
 twice the window), up to ``BUSY_FACTOR`` windows, so the sequencer's transactions (each a durable
 commit, whatever its size) stop multiplying with the write rate; below about ``BUSY_ROWS`` rows
-per window (some 3,000 events a second with the defaults) the window stays as set. The first
-look that finds nothing after one that moved rows waits the window again: at a steady rate of
-about one event per window, an empty look is a gap between arrivals, not the start of a quiet
-spell, and an event committed just after it would otherwise wait twice the window. Each further
-empty look doubles the wait, up to ``idle``: an idle database costs one cheap query per ``idle``
-seconds, and the first event after a quiet spell waits at most ``idle`` to be sequenced.
+per window (some 3,000 events a second with the defaults) the window stays as set. Each look that
+finds nothing doubles the wait, up to ``idle``: an idle database costs one cheap query per
+``idle`` seconds, and the first event after a quiet spell waits at most ``idle`` to be sequenced.
 A look that filled its batch is followed at once (``0.0``): more is waiting.
 """
 
@@ -31,8 +28,7 @@ BUSY_FACTOR: Final = 5  # the window stretches to at most this many windows (and
 class PollPacer:
     """The wait before the next look at the inbox: ``0`` after a full batch, ``window`` after one
     that moved rows (stretched in proportion past ``BUSY_ROWS`` rows, to at most ``BUSY_FACTOR``
-    windows or ``idle``) and after the first empty look that follows it, doubling from there
-    with every further empty look up to ``idle``."""
+    windows or ``idle``), doubling from there with every empty look up to ``idle``."""
 
     def __init__(self, window: float = DEFAULT_WINDOW, idle: float = DEFAULT_IDLE) -> None:
         if not 0 < window <= idle:
@@ -41,18 +37,14 @@ class PollPacer:
         self.idle = idle
         self.busy = min(idle, window * BUSY_FACTOR)
         self._wait = idle  # until the first event, the database is idle
-        self._grace = False  # the last look moved rows: an empty one now waits the window
 
     def after(self, moved: int, batch: int) -> float:
         """The wait after a look that moved ``moved`` rows with a batch limit of ``batch``."""
-        self._grace, grace = moved > 0, self._grace
         if moved >= batch:
             self._wait = self.window
             return 0.0
         if moved > 0:
             self._wait = min(self.busy, self.window * max(1.0, moved / BUSY_ROWS))
-        elif grace:
-            self._wait = self.window
         else:
             self._wait = min(self.idle, self._wait * 2)
         return self._wait
